@@ -1,0 +1,171 @@
+"""One settings model for the whole server.
+
+Loaded once at start-up from a YAML file plus ``GENSERVE_SECTION__KEY`` environment variables
+(env wins). Lower layers receive values as arguments and never read the environment themselves,
+so a bad key or value fails here, at start-up, with a message that names it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "GENSERVE_"
+CONFIG_ENV = "GENSERVE_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelsSettings(_Section):
+    dir: Path = Field(Path("models"), description="Models folder: one sub-folder per kind (vae/, ...).")
+    max_loaded: int = Field(8, ge=1, description="Most models kept loaded at once, all devices together.")
+    memory_budget_mb: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per-device memory budget in MiB for loaded models, e.g. {cpu: 8192, 'cuda:0': 20000}. "
+        "A device not named has no budget beyond its count limit.",
+    )
+    default_device: str = Field("auto", description="'auto' (first CUDA device, else cpu), 'cpu' or 'cuda:N'.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype: auto = float32 on CPU, bfloat16 on CUDA."
+    )
+
+
+class StorageSettings(_Section):
+    read_roots: list[Path] = Field(
+        default_factory=lambda: [Path("data")],
+        description="Folders that requests may read images and tensors from. Output roots are readable too.",
+    )
+    write_roots: list[Path] = Field(
+        default_factory=lambda: [Path("data/outputs")],
+        description="Folders that requests may write into (output_dir must lie inside one).",
+    )
+    default_output_dir: Path = Field(Path("data/outputs"), description="Where outputs go when a request names none.")
+
+    @field_validator("read_roots", "write_roots")
+    @classmethod
+    def _not_empty(cls, roots: list[Path]) -> list[Path]:
+        if not roots:
+            raise ValueError("at least one root is required")
+        return roots
+
+
+class EngineSettings(_Section):
+    queue_size: int = Field(64, ge=1, description="Requests waiting per device before new ones are refused.")
+    workers_per_device: int = Field(1, ge=1, description="Executor threads per device.")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads on CPU; 0 = torch's default.")
+
+
+class PipelineSettings(_Section):
+    """Defaults of the Qwen-Image-Edit pipeline, as in the original ComfyUI graph."""
+
+    vae_reference_megapixels: float = Field(
+        1.0, gt=0, le=16, description="Area the text encoder resizes each reference image to for the VAE."
+    )
+    vision_reference_megapixels: float = Field(
+        384 * 384 / 1_000_000, gt=0, le=4, description="Area each reference image gets for the vision encoder."
+    )
+    steps: int = Field(4, ge=1, le=1000)
+    cfg: float = Field(1.0, ge=0)
+    sampler_name: str = "euler"
+    scheduler: str = "simple"
+    denoise: float = Field(1.0, gt=0, le=1)
+    shift: float = Field(3.0, gt=0)
+    cfg_norm_strength: float = Field(1.0, ge=0)
+    lora_strength: float = 1.0
+    upscale_method: str = "lanczos"
+    megapixels: float = Field(1.0, gt=0, le=16)
+    output_format: Literal["jpg", "png", "webp"] = "jpg"
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_lines: bool = Field(False, description="One JSON object per line instead of plain text.")
+
+
+class Settings(_Section):
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+
+class ConfigError(Exception):
+    """A config file or variable that cannot start the server; the message names the key."""
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """Turn ``GENSERVE_SECTION__KEY=value`` into nested dicts; values are parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        if len(path) < 2 or not all(path):
+            raise ConfigError(f"{name}: expected {ENV_PREFIX}SECTION__KEY (two underscores between parts)")
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: conflicts with another variable for the same key")
+        node[path[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return tree
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | str | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Read the YAML file (if any) and the environment into validated Settings.
+
+    The file comes from ``path``, else ``$GENSERVE_CONFIG``, else ``genserve.yaml`` when present.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    chosen = path or environ.get(CONFIG_ENV)
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if chosen is None and Path("genserve.yaml").is_file():
+        chosen = "genserve.yaml"
+    if chosen is not None:
+        file = Path(chosen)
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {file}")
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: top level must be a mapping of sections")
+        data = loaded
+        source = str(file)
+    env = _env_overrides(environ)
+    if env:
+        source += " + environment"
+    try:
+        return Settings.model_validate(_merge(data, env))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None

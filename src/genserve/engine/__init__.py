@@ -1,0 +1,1 @@
+"""The engine: the only way a door runs work."""

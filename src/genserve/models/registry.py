@@ -1,0 +1,98 @@
+"""Model names -> files on disk, one folder per kind, the layout ComfyUI users already have.
+
+A request names a model by its file or folder name inside its kind's folder; a name is a single
+path component, so it can never escape that folder. A name with a weights suffix
+(``qwen_image_vae.safetensors``) also matches a diffusers folder with the same stem
+(``vae/qwen_image_vae/``), so requests written for ComfyUI's single files reach folder models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from genserve.errors import ErrorCode, GenserveError
+
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".onnx", ".gguf")
+
+
+class ModelKind(StrEnum):
+    VAE = "vae"
+    TEXT_ENCODER = "text_encoders"
+    DIFFUSION = "diffusion_models"
+    LORA = "loras"
+    LIPSYNC = "lipsync"
+    LLM = "llm"
+
+    @property
+    def label(self) -> str:
+        return _LABELS[self]
+
+
+_LABELS = {
+    ModelKind.VAE: "VAE model",
+    ModelKind.TEXT_ENCODER: "text encoder model",
+    ModelKind.DIFFUSION: "diffusion model",
+    ModelKind.LORA: "LoRA",
+    ModelKind.LIPSYNC: "lip-sync model",
+    ModelKind.LLM: "language model",
+}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    kind: ModelKind
+    name: str
+    path: Path
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.kind.value, self.name)
+
+    def disk_bytes(self) -> int:
+        """Size on disk: the first estimate of memory before a model is loaded."""
+        if self.path.is_file():
+            return self.path.stat().st_size
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+
+class ModelRegistry:
+    """Reads the models folder on every call, so models dropped in while running are found."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def folder(self, kind: ModelKind) -> Path:
+        return self.root / kind.value
+
+    def available(self, kind: ModelKind) -> list[str]:
+        folder = self.folder(kind)
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+    def entries(self, kind: ModelKind | None = None) -> list[ModelEntry]:
+        kinds = [kind] if kind else list(ModelKind)
+        return [ModelEntry(k, name, self.folder(k) / name) for k in kinds for name in self.available(k)]
+
+    def resolve(self, kind: ModelKind | str, name: str, field: str = "model_name") -> ModelEntry:
+        kind = ModelKind(kind)
+        if not name or "/" in name or "\\" in name or name in {".", ".."} or "\x00" in name:
+            raise GenserveError(
+                ErrorCode.INVALID_INPUT, f"{field}: {name!r} is not a model name (a file or folder name)", field=field
+            )
+        names = self.available(kind)
+        if name in names:
+            return ModelEntry(kind, name, self.folder(kind) / name)
+        for suffix in WEIGHT_SUFFIXES:
+            stem = name.removesuffix(suffix)
+            if stem != name and stem in names and (self.folder(kind) / stem).is_dir():
+                return ModelEntry(kind, stem, self.folder(kind) / stem)
+        raise GenserveError(
+            ErrorCode.MODEL_NOT_FOUND,
+            f"{kind.label.capitalize()} not found: {name} ({field}); available: {', '.join(names) or 'none'}",
+            field=field,
+            kind=kind.value,
+            available=names,
+        )

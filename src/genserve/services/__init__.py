@@ -1,0 +1,1 @@
+"""The services: plain functions over typed requests, one module each."""

@@ -1,0 +1,110 @@
+"""Services are plain functions over typed requests: ``run(request, ctx) -> response``.
+
+A Service bundles a name (the spec's service name), its pydantic Request and Response, and the
+function. Doors parse wire data with ``parse_request`` so every protocol reports a bad field the
+same way. RunContext carries what a run needs: request id, model manager, sandbox, defaults,
+a progress sink and a cancel flag. It knows nothing about protocols.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from genserve.config import PipelineSettings
+from genserve.errors import ErrorCode, GenserveError
+from genserve.storage.paths import Sandbox
+
+if TYPE_CHECKING:
+    from genserve.models.manager import ModelManager
+    from genserve.models.registry import ModelKind
+
+ReqT = TypeVar("ReqT", bound=BaseModel)
+RespT = TypeVar("RespT", bound=BaseModel)
+
+
+class ServiceModel(BaseModel):
+    """Base for requests and responses: unknown fields are rejected, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    request_id: str
+    stage: str  # "load" (a model load), "step" (a sampling step), or a service stage name
+    step: int
+    total: int
+    message: str = ""
+
+
+ProgressSink = Callable[[ProgressEvent], None]
+
+
+def _ignore(_: ProgressEvent) -> None:
+    return None
+
+
+@dataclass
+class RunContext:
+    models: ModelManager
+    sandbox: Sandbox
+    defaults: PipelineSettings
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    progress_sink: ProgressSink = _ignore
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("genserve.service"))
+    device: str | None = None
+
+    def progress(self, step: int, total: int, stage: str = "step", message: str = "") -> None:
+        self.progress_sink(ProgressEvent(self.request_id, stage, step, total, message))
+
+    def check_cancelled(self) -> None:
+        if self.cancel_event.is_set():
+            raise GenserveError(ErrorCode.CANCELLED, f"request {self.request_id} was cancelled")
+
+    @contextmanager
+    def use_model(self, kind: ModelKind, name: str, field_name: str) -> Iterator[Any]:
+        """Pin a model for the block, reporting a load as a progress stage when one happens."""
+        entry = self.models.registry.resolve(kind, name, field_name)
+        loading = not self.models.is_loaded(entry.kind, entry.name)
+        if loading:
+            self.progress(0, 1, stage="load", message=f"loading {kind.value}/{entry.name}")
+        with self.models.use(entry.kind, entry.name, device=self.device) as model:
+            if loading:
+                self.progress(1, 1, stage="load", message=f"loaded {kind.value}/{entry.name}")
+            yield model
+
+
+@dataclass(frozen=True)
+class Service(Generic[ReqT, RespT]):
+    name: str
+    request_model: type[ReqT]
+    response_model: type[RespT]
+    run: Callable[[ReqT, RunContext], RespT]
+    description: str = ""
+
+
+def parse_request(service: Service[ReqT, Any], data: Any) -> ReqT:
+    """Validate wire data into the service's Request; the error names every bad field."""
+    if isinstance(data, service.request_model):
+        return data
+    try:
+        return service.request_model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for item in exc.errors():
+            where = ".".join(str(p) for p in item["loc"]) or "request"
+            problems.append(f"{where}: {item['msg']}")
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT,
+            f"invalid {service.name} request: " + "; ".join(problems),
+            fields=[".".join(str(p) for p in item["loc"]) for item in exc.errors()],
+        ) from None

@@ -1,0 +1,1 @@
+"""Sandboxed paths and the files that pass between services."""

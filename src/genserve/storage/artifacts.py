@@ -1,0 +1,92 @@
+"""Files that pass between services: atomic writes, safe tensor files, images.
+
+Tensors are saved with ``torch.save`` and read back with ``torch.load(weights_only=True)``, so a
+file from the wire can never unpickle arbitrary objects. Every write goes to a temporary file in
+the target folder and is renamed into place, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from PIL import Image
+
+from genserve.errors import ErrorCode, GenserveError
+
+IMAGE_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write through ``write(fileobj)`` into a temp file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    return atomic_write(path, lambda handle: handle.write(data))
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    return write_bytes(path, json.dumps(payload, indent=2, default=str).encode())
+
+
+def save_tensors(path: Path, payload: dict[str, Any]) -> Path:
+    """Save a dict of tensors and plain values (str, int, float, lists) for ``load_tensors``."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return write_bytes(path, buffer.getvalue())
+
+
+def load_tensors(path: Path, field: str, failure: ErrorCode = ErrorCode.INVALID_INPUT) -> dict[str, Any]:
+    """Read a file written by ``save_tensors`` (or a bare tensor), refusing pickled objects."""
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise GenserveError(
+            failure, f"{field}: {path.name} is not a readable tensor file ({type(exc).__name__})", field=field
+        ) from exc
+    if isinstance(loaded, torch.Tensor):
+        return {"tensor": loaded}
+    if not isinstance(loaded, dict):
+        raise GenserveError(failure, f"{field}: {path.name} holds {type(loaded).__name__}, not a dict", field=field)
+    return loaded
+
+
+def open_image(path: Path, field: str) -> Image.Image:
+    """Open an image file as RGB; an unreadable file is INVALID_INPUT naming the field."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except (OSError, Image.DecompressionBombError, ValueError) as exc:
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT, f"{field}: {path.name} is not a readable image ({exc})", field=field
+        ) from exc
+
+
+def save_image(path: Path, image: Image.Image, fmt: str, quality: int = 95) -> int:
+    """Encode ``image`` in ``fmt`` (jpg, png, webp) atomically; returns the file size in bytes."""
+    pil_format = IMAGE_FORMATS[fmt]
+    buffer = io.BytesIO()
+    options: dict[str, Any] = {"quality": quality} if pil_format in {"JPEG", "WEBP"} else {}
+    image.save(buffer, format=pil_format, **options)
+    data = buffer.getvalue()
+    write_bytes(path, data)
+    return len(data)
