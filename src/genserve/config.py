@@ -64,6 +64,14 @@ class EngineSettings(_Section):
 class PipelineSettings(_Section):
     """Defaults of the Qwen-Image-Edit pipeline, as in the original ComfyUI graph."""
 
+    vae_model_name: str = Field("qwen_image_vae.safetensors", description="VAE when a request names none.")
+    clip_model_name: str = Field(
+        "qwen_2.5_vl_7b_fp8_scaled.safetensors", description="Text encoder when a request names none."
+    )
+    unet_model_name: str = Field(
+        "qwen_image_edit_2509_fp8_e4m3fn.safetensors", description="Diffusion model when a request names none."
+    )
+    lora_model_name: str | None = Field(None, description="LoRA applied when a request names none (null: no LoRA).")
     vae_reference_megapixels: float = Field(
         1.0, gt=0, le=16, description="Area the text encoder resizes each reference image to for the VAE."
     )
@@ -81,6 +89,7 @@ class PipelineSettings(_Section):
     upscale_method: str = "lanczos"
     megapixels: float = Field(1.0, gt=0, le=16)
     output_format: Literal["jpg", "png", "webp"] = "jpg"
+    jpeg_quality: int = Field(95, ge=1, le=100, description="Quality for jpg and webp outputs.")
 
 
 class LoggingSettings(_Section):

@@ -9,6 +9,7 @@ a progress sink and a cancel flag. It knows nothing about protocols.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -62,6 +63,12 @@ class RunContext:
     cancel_event: threading.Event = field(default_factory=threading.Event)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("genserve.service"))
     device: str | None = None
+
+    @property
+    def file_tag(self) -> str:
+        """The request id made safe for file names (ids from the wire may hold anything)."""
+        tag = re.sub(r"[^A-Za-z0-9_-]", "", self.request_id)[:64]
+        return tag or uuid.uuid5(uuid.NAMESPACE_OID, self.request_id).hex
 
     def progress(self, step: int, total: int, stage: str = "step", message: str = "") -> None:
         self.progress_sink(ProgressEvent(self.request_id, stage, step, total, message))

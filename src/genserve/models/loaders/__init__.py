@@ -1,0 +1,23 @@
+"""One loader per model kind; ``default_loaders()`` is what the server wires into the manager."""
+
+from __future__ import annotations
+
+from genserve.models.loaders.base import LoadedModel, Loader, module_bytes
+from genserve.models.registry import ModelKind
+
+
+def default_loaders() -> dict[ModelKind, Loader]:
+    from genserve.models.loaders.lora import load_lora
+    from genserve.models.loaders.text_encoder import load_text_encoder
+    from genserve.models.loaders.transformer import load_transformer
+    from genserve.models.loaders.vae import load_vae
+
+    return {
+        ModelKind.VAE: load_vae,
+        ModelKind.TEXT_ENCODER: load_text_encoder,
+        ModelKind.DIFFUSION: load_transformer,
+        ModelKind.LORA: load_lora,
+    }
+
+
+__all__ = ["LoadedModel", "Loader", "default_loaders", "module_bytes"]

@@ -1,0 +1,364 @@
+"""The engine: the only way a door runs work.
+
+Doors speak asyncio; services are blocking functions over tensors and files. The engine keeps the
+two apart: each device gets its own thread pool, so a request never runs on the event loop and
+work on one device never queues behind another. Admission is counted per device and refused once
+the queue is full, because a server that buffers without bound falls over instead of saying
+"try later". Progress crosses back to the caller's loop thread, and a caller that goes away
+(cancelled task, timeout) sets the run's cancel flag so the service stops at its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from genserve.config import PipelineSettings
+from genserve.errors import ErrorCode, GenserveError, as_genserve_error
+from genserve.services.base import ProgressEvent, RunContext, Service, parse_request
+from genserve.storage.paths import Sandbox
+
+if TYPE_CHECKING:
+    from genserve.models.manager import ModelManager
+
+logger = logging.getLogger("genserve.engine")
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@dataclass(frozen=True)
+class DeviceLoad:
+    """A snapshot of one device's admission counters, for health and metrics."""
+
+    device: str
+    running: int
+    waiting: int
+
+
+@dataclass
+class _Lane:
+    executor: ThreadPoolExecutor
+    admitted: int = 0  # running + waiting; the number the queue limit applies to
+    running: int = 0
+
+
+def _discard(_: ProgressEvent) -> None:
+    return None
+
+
+class _ProgressRelay:
+    """Carries events from the worker thread to the caller's loop, and stops once the caller has gone.
+
+    A callback that outlives its request (a closed WebSocket, a finished progress bar) must not be
+    called, and a failing callback must not fail the run it only watches.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: ProgressCallback, request_id: str) -> None:
+        self._loop = loop
+        self._callback = callback
+        self._request_id = request_id
+        self.open = True
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if not self.open:
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, event)
+        except RuntimeError:  # the caller's loop is closed: nobody is listening any more
+            self.open = False
+
+    def _deliver(self, event: ProgressEvent) -> None:
+        if not self.open:
+            return
+        try:
+            self._callback(event)
+        except Exception:
+            logger.exception("progress callback failed (request_id=%s)", self._request_id)
+
+
+class Engine:
+    """Runs services on per-device executors with bounded queues, progress and cancellation."""
+
+    def __init__(
+        self,
+        models: ModelManager,
+        sandbox: Sandbox,
+        pipeline: PipelineSettings,
+        *,
+        queue_size: int = 64,
+        workers_per_device: int = 1,
+        devices: Sequence[str] = ("cpu",),
+        services: Mapping[str, Service[Any, Any]] | None = None,
+    ) -> None:
+        if queue_size < 0:
+            raise ValueError(f"queue_size must be >= 0, got {queue_size}")
+        if workers_per_device < 1:
+            raise ValueError(f"workers_per_device must be >= 1, got {workers_per_device}")
+        names = list(devices)
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"devices must be a non-empty list of distinct names, got {names}")
+        self._models = models
+        self._sandbox = sandbox
+        self._pipeline = pipeline
+        self._queue_size = queue_size
+        self._workers = workers_per_device
+        self._services = dict(services) if services is not None else None
+        self._lanes = {
+            name: _Lane(
+                ThreadPoolExecutor(max_workers=workers_per_device, thread_name_prefix=f"genserve-{name}")
+            )
+            for name in names
+        }
+        self._lock = threading.Lock()  # guards the counters and _closed; never held while a service runs
+        self._closed = False
+
+    # -- lookup -------------------------------------------------------------------------------
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(self._lanes)
+
+    @property
+    def services(self) -> Mapping[str, Service[Any, Any]]:
+        if self._services is None:
+            # Imported here so that the engine does not depend on every service at import time.
+            from genserve.services.catalog import SERVICES
+
+            self._services = dict(SERVICES)
+        return self._services
+
+    def service(self, name: str) -> Service[Any, Any]:
+        found = self.services.get(name)
+        if found is None:
+            known = ", ".join(sorted(self.services)) or "none"
+            raise GenserveError(
+                ErrorCode.NOT_FOUND, f"unknown service {name!r}; known services: {known}", service=name
+            )
+        return found
+
+    def device_load(self, device: str) -> DeviceLoad:
+        lane = self._lane(device)
+        with self._lock:
+            return DeviceLoad(device, lane.running, lane.admitted - lane.running)
+
+    def _lane(self, device: str) -> _Lane:
+        lane = self._lanes.get(device)
+        if lane is None:
+            raise GenserveError(
+                ErrorCode.INVALID_INPUT,
+                f"device: unknown device {device!r}; this server runs on {', '.join(self._lanes)}",
+                field="device",
+            )
+        return lane
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        service: Service[Any, Any] | str,
+        request: BaseModel | Mapping[str, Any],
+        *,
+        request_id: str | None = None,
+        progress: ProgressCallback | None = None,
+        device: str | None = None,
+        cancel: threading.Event | None = None,
+        timeout: float | None = None,
+    ) -> BaseModel:
+        """Run one request and return its response; every failure is a GenserveError.
+
+        Cancelling the awaiting task (a client that disconnects) sets the run's cancel flag and
+        re-raises CancelledError; a request still waiting in the queue then never starts.
+        """
+        rid = request_id or str(uuid.uuid4())
+        service_name = service if isinstance(service, str) else service.name
+        device_name = device if device is not None else next(iter(self._lanes))
+        started = time.perf_counter()
+        outcome = "ok"
+        relay: _ProgressRelay | None = None
+        try:
+            resolved = self.service(service) if isinstance(service, str) else service
+            parsed = parse_request(resolved, request)
+            lane = self._lane(device_name)
+            if progress is not None:
+                relay = _ProgressRelay(asyncio.get_running_loop(), progress, rid)
+            ctx = RunContext(
+                models=self._models,
+                sandbox=self._sandbox,
+                defaults=self._pipeline,
+                request_id=rid,
+                progress_sink=relay if relay is not None else _discard,
+                cancel_event=cancel if cancel is not None else threading.Event(),
+                device=device_name,
+            )
+            work = self._admit(lane, device_name, resolved, parsed, ctx)
+            return await self._wait(work, ctx, timeout)
+        except GenserveError as exc:
+            outcome = exc.code.value
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            if relay is not None:
+                relay.open = False
+            duration_ms = (time.perf_counter() - started) * 1000
+            fields = {
+                "request_id": rid,
+                "service": service_name,
+                "device": device_name,
+                "duration_ms": round(duration_ms, 1),
+                "outcome": outcome,
+            }
+            logger.info(
+                "request_id=%s service=%s device=%s duration_ms=%.1f outcome=%s",
+                rid,
+                service_name,
+                device_name,
+                duration_ms,
+                outcome,
+                extra=fields,
+            )
+
+    def run_sync(
+        self,
+        service: Service[Any, Any] | str,
+        request: BaseModel | Mapping[str, Any],
+        *,
+        request_id: str | None = None,
+        progress: ProgressCallback | None = None,
+        device: str | None = None,
+        cancel: threading.Event | None = None,
+        timeout: float | None = None,
+    ) -> BaseModel:
+        """``submit`` for code without an event loop (the CLI, scripts); progress arrives on this thread."""
+        return asyncio.run(
+            self.submit(
+                service,
+                request,
+                request_id=request_id,
+                progress=progress,
+                device=device,
+                cancel=cancel,
+                timeout=timeout,
+            )
+        )
+
+    def _admit(
+        self, lane: _Lane, device: str, service: Service[Any, Any], request: BaseModel, ctx: RunContext
+    ) -> Future[BaseModel]:
+        with self._lock:
+            if self._closed:
+                raise GenserveError(ErrorCode.RESOURCE_EXHAUSTED, "engine is shutting down; request refused")
+            if lane.admitted >= self._queue_size + self._workers:
+                waiting = lane.admitted - lane.running
+                raise GenserveError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"queue for device {device} is full ({waiting} waiting)",
+                    device=device,
+                    waiting=waiting,
+                    queue_size=self._queue_size,
+                )
+            lane.admitted += 1
+        try:
+            work = lane.executor.submit(self._execute, lane, service, request, ctx)
+        except RuntimeError:  # the executor shut down between the check above and this submit
+            self._release(lane)
+            raise GenserveError(
+                ErrorCode.RESOURCE_EXHAUSTED, "engine is shutting down; request refused"
+            ) from None
+        # Added before asyncio wraps the future, so the slot is free by the time the caller resumes.
+        work.add_done_callback(lambda _: self._release(lane))
+        return work
+
+    def _release(self, lane: _Lane) -> None:
+        with self._lock:
+            lane.admitted -= 1
+
+    @staticmethod
+    async def _wait(work: Future[BaseModel], ctx: RunContext, timeout: float | None) -> BaseModel:
+        waiter = asyncio.wrap_future(work)
+        try:
+            done, _ = await asyncio.wait({waiter}, timeout=timeout)
+        except asyncio.CancelledError:
+            _abandon(work, waiter, ctx)
+            raise
+        if not done:
+            _abandon(work, waiter, ctx)
+            raise GenserveError(
+                ErrorCode.TIMEOUT,
+                f"request {ctx.request_id} did not finish within {timeout:g} s",
+                timeout_s=timeout,
+            )
+        if waiter.cancelled():  # dropped from the queue by close() before it started
+            raise GenserveError(
+                ErrorCode.CANCELLED, f"request {ctx.request_id} was cancelled: the engine shut down"
+            )
+        return waiter.result()
+
+    def _execute(
+        self, lane: _Lane, service: Service[Any, Any], request: BaseModel, ctx: RunContext
+    ) -> BaseModel:
+        with self._lock:
+            lane.running += 1
+        try:
+            ctx.check_cancelled()  # the caller may have gone while this waited in the queue
+            result = service.run(request, ctx)
+        except GenserveError:
+            raise
+        except Exception as exc:
+            logger.exception("service %s failed (request_id=%s)", service.name, ctx.request_id)
+            raise as_genserve_error(exc) from exc
+        finally:
+            with self._lock:
+                lane.running -= 1
+        if not isinstance(result, service.response_model):
+            raise GenserveError(
+                ErrorCode.INTERNAL,
+                f"service {service.name} returned {type(result).__name__}, "
+                f"expected {service.response_model.__name__}",
+            )
+        return result
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Refuse new work, drop what has not started, and wait for running work to finish."""
+        with self._lock:
+            self._closed = True
+        for lane in self._lanes.values():
+            lane.executor.shutdown(wait=True, cancel_futures=True)
+
+    async def aclose(self) -> None:
+        # Waiting for running work blocks, so it happens off the loop thread.
+        await asyncio.to_thread(self.close)
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def _abandon(work: Future[BaseModel], waiter: asyncio.Future[BaseModel], ctx: RunContext) -> None:
+    """Stop a run whose caller has gone: cancel it if queued, else ask it to stop at its next step."""
+    ctx.cancel_event.set()
+    work.cancel()
+    if waiter.done() and not waiter.cancelled():
+        waiter.exception()  # mark the outcome as seen; nobody will read it
+    else:
+        waiter.cancel()

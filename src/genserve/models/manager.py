@@ -1,0 +1,439 @@
+"""Keeps models in memory between requests: loads on demand, pins while in use, evicts LRU.
+
+Locking, so that one slow model never stalls the others:
+
+* one manager lock (a Condition) guards the table and is held only for bookkeeping; never
+  during a loader call, a ``release()`` or the caller's ``with`` block;
+* one lock per model serialises loading and unloading of that model, so eight requests for a
+  model that is not loaded yet load it once, while other models load at the same time.
+
+Lifecycle as in MLServer: a model is registered as loading (its estimated size is reserved, so
+concurrent loads cannot overbook a device) and a failed load takes it out again and re-raises.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+
+from genserve.errors import ErrorCode, GenserveError
+from genserve.models.devices import default_dtype, device_name, resolve_device
+from genserve.models.loaders.base import LoadedModel, Loader
+from genserve.models.registry import WEIGHT_SUFFIXES, ModelEntry, ModelKind, ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    kind: str
+    name: str
+    loaded: bool
+    device: str | None
+    memory_bytes: int
+    request_count: int
+    total_inference_ms: float
+    average_inference_ms: float
+    last_used: float | None
+    load_time_ms: float
+    pinned: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _State(Enum):
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    LOADED = "loaded"
+    UNLOADING = "unloading"  # still in memory, waiting for its users to finish
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One model's row. Every field but ``load_lock`` is guarded by the manager lock."""
+
+    entry: ModelEntry
+    load_lock: threading.Lock = field(default_factory=threading.Lock)
+    state: _State = _State.UNLOADED
+    loaded: LoadedModel | None = None
+    device: str | None = None
+    memory_bytes: int = 0  # the disk-size estimate while loading, the measured size once loaded
+    pins: Counter[int] = field(default_factory=Counter)  # thread id -> open use() blocks
+    touched: int = 0  # LRU clock tick
+    request_count: int = 0
+    total_ms: float = 0.0
+    last_used: float | None = None
+    load_time_ms: float = 0.0
+    load_count: int = 0
+
+    @property
+    def in_memory(self) -> bool:
+        return self.state in (_State.LOADED, _State.UNLOADING)
+
+    @property
+    def label(self) -> str:
+        return f"{self.entry.kind.value}/{self.entry.name}"
+
+
+def _budget_key(name: str) -> str:
+    try:
+        return device_name(torch.device(name.strip().lower()))
+    except RuntimeError:
+        return name
+
+
+class ModelManager:
+    """The only owner of loaded models; services borrow them through ``use()``."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        loaders: Mapping[ModelKind, Loader],
+        *,
+        max_loaded: int = 8,
+        memory_budget_bytes: Mapping[str, int] | None = None,
+        default_device: str = "auto",
+        dtype: str = "auto",
+    ) -> None:
+        if max_loaded < 1:
+            raise GenserveError(ErrorCode.INVALID_INPUT, f"max_loaded: must be at least 1, got {max_loaded}")
+        self.registry = registry
+        self._loaders: dict[ModelKind, Loader] = {ModelKind(k): v for k, v in loaders.items()}
+        self._max_loaded = max_loaded
+        self._budgets = {_budget_key(k): int(v) for k, v in (memory_budget_bytes or {}).items()}
+        # Resolved now so that a bad setting stops the server at start-up, naming the value.
+        self._default_device = resolve_device(default_device)
+        self._dtype = dtype
+        default_dtype(self._default_device, dtype)
+        self._cond = threading.Condition(threading.Lock())
+        self._slots: dict[tuple[str, str], _Slot] = {}
+        self._clock = itertools.count(1)
+
+    # Public API -------------------------------------------------------------------------------
+
+    @contextmanager
+    def use(self, kind: ModelKind | str, name: str, device: str | None = None) -> Iterator[Any]:
+        """Pinned for the whole block, so eviction and unload wait for it; the block counts as one request."""
+        owner = threading.get_ident()
+        slot, loaded = self._acquire(self._entry(kind, name), device, owner, pin=True)
+        start = time.perf_counter()
+        try:
+            yield loaded.model
+        finally:
+            self._unpin(slot, owner, (time.perf_counter() - start) * 1000.0)
+
+    def load(self, kind: ModelKind | str, name: str, device: str | None = None) -> ModelStats:
+        """Warm a model ahead of requests; a loaded model is left where it is (idempotent)."""
+        slot, _ = self._acquire(self._entry(kind, name), device, threading.get_ident(), pin=False)
+        with self._cond:
+            return self._snapshot(slot)
+
+    def unload(self, kind: ModelKind | str, name: str, timeout: float | None = None) -> bool:
+        """Unload once the current users are done; new users wait, then load it again.
+
+        Returns False when the model is not loaded. If its users do not finish within
+        ``timeout`` seconds, raises GenserveError(TIMEOUT) and the model stays loaded and usable.
+        """
+        slot = self._find(kind, name)
+        return slot is not None and self._unload_slot(slot, timeout)
+
+    def is_loaded(self, kind: ModelKind | str, name: str) -> bool:
+        slot = self._find(kind, name)
+        with self._cond:
+            return slot is not None and slot.in_memory
+
+    def stats(self) -> list[ModelStats]:
+        with self._cond:
+            slots = sorted(self._slots.values(), key=lambda s: s.entry.key)
+            return [self._snapshot(s) for s in slots if s.load_count or s.in_memory]
+
+    def loaded(self) -> list[ModelStats]:
+        return [s for s in self.stats() if s.loaded]
+
+    def close(self) -> None:
+        """Unload everything, waiting for requests still inside ``use()``."""
+        with self._cond:
+            slots = list(self._slots.values())
+        for slot in slots:
+            self._unload_slot(slot, None)
+
+    # Acquire and load -------------------------------------------------------------------------
+
+    def _entry(self, kind: ModelKind | str, name: str) -> ModelEntry:
+        return self.registry.resolve(self._kind(kind), name)
+
+    @staticmethod
+    def _kind(kind: ModelKind | str) -> ModelKind:
+        try:
+            return ModelKind(kind)
+        except ValueError:
+            kinds = ", ".join(k.value for k in ModelKind)
+            message = f"kind: {kind!r} is not a model kind; choose one of {kinds}"
+            raise GenserveError(ErrorCode.INVALID_INPUT, message, field="kind") from None
+
+    def _slot(self, entry: ModelEntry) -> _Slot:
+        with self._cond:
+            slot = self._slots.get(entry.key)
+            if slot is None:
+                slot = self._slots[entry.key] = _Slot(entry)
+            elif not slot.in_memory:
+                slot.entry = entry  # a file may have been replaced by a folder of the same name
+            return slot
+
+    def _acquire(
+        self, entry: ModelEntry, device: str | None, owner: int, *, pin: bool
+    ) -> tuple[_Slot, LoadedModel]:
+        target = resolve_device(device) if device is not None else self._default_device
+        explicit = device is not None and device.strip().lower() != "auto"
+        slot = self._slot(entry)
+        while True:
+            with self._cond:
+                # A thread that already holds this model may nest use() even while an unload
+                # waits; making it wait would deadlock it against its own outer block.
+                while slot.state is _State.UNLOADING and owner not in slot.pins:
+                    self._cond.wait()
+                if slot.in_memory:
+                    if explicit and slot.device != device_name(target):
+                        raise GenserveError(
+                            ErrorCode.INVALID_INPUT,
+                            f"device: {slot.label} is loaded on {slot.device}, not {device_name(target)}; "
+                            "unload it first to move it",
+                            field="device",
+                        )
+                    self._pin(slot, owner if pin else None)
+                    assert slot.loaded is not None
+                    return slot, slot.loaded
+            with slot.load_lock:
+                with self._cond:
+                    ready = slot.state is not _State.UNLOADED
+                if not ready:
+                    return self._load(slot, target, owner if pin else None)
+            # Someone else loaded it while this thread waited for the lock: go round and pin it.
+
+    def _pin(self, slot: _Slot, pin_for: int | None) -> None:
+        if pin_for is not None:
+            slot.pins[pin_for] += 1
+        slot.touched = next(self._clock)
+
+    def _unpin(self, slot: _Slot, owner: int, elapsed_ms: float) -> None:
+        with self._cond:
+            slot.pins[owner] -= 1
+            if slot.pins[owner] <= 0:
+                del slot.pins[owner]
+            slot.request_count += 1
+            slot.total_ms += elapsed_ms
+            slot.last_used = time.time()
+            slot.touched = next(self._clock)
+            if not slot.pins:
+                self._cond.notify_all()
+
+    def _load(self, slot: _Slot, target: torch.device, pin_for: int | None) -> tuple[_Slot, LoadedModel]:
+        """Called with ``slot.load_lock`` held and the slot unloaded."""
+        entry = slot.entry
+        loader = self._loaders.get(entry.kind)
+        if loader is None:
+            served = ", ".join(k.value for k in self._loaders) or "none"
+            raise GenserveError(
+                ErrorCode.INVALID_INPUT,
+                f"no loader for {entry.kind.label}s ({entry.kind.value}); this server loads: {served}",
+                kind=entry.kind.value,
+            )
+        dev = device_name(target)
+        dtype = default_dtype(target, self._dtype)
+        estimate = entry.disk_bytes()
+        with self._cond:
+            victims = self._make_room(slot, dev, estimate)
+            slot.state, slot.device, slot.memory_bytes = _State.LOADING, dev, estimate
+        self._release_all(victims)
+        start = time.perf_counter()
+        try:
+            loaded = self._call_loader(loader, slot, target, dtype)
+        except BaseException:
+            with self._cond:
+                pass
+            raise
+        elapsed_ms = (time.perf_counter() - start) * 1000.0
+        with self._cond:
+            slot.loaded, slot.state = loaded, _State.LOADED
+            slot.device, slot.memory_bytes = device_name(loaded.device), int(loaded.memory_bytes)
+            slot.load_time_ms, slot.load_count = elapsed_ms, slot.load_count + 1
+            self._pin(slot, pin_for)
+            extra = self._trim_to_budget(slot)
+        log.info("loaded %s on %s: %d bytes, %.0f ms", slot.label, slot.device, slot.memory_bytes, elapsed_ms)
+        self._release_all(extra)
+        return slot, loaded
+
+    @staticmethod
+    def _call_loader(loader: Loader, slot: _Slot, target: torch.device, dtype: torch.dtype) -> LoadedModel:
+        """A GenserveError from a loader already names the problem; anything else gets the model's name."""
+        try:
+            loaded = loader(slot.entry, target, dtype)
+            if not isinstance(loaded, LoadedModel):
+                raise TypeError(f"loader returned {type(loaded).__name__}, not LoadedModel")
+            return loaded
+        except GenserveError:
+            raise
+        except Exception as exc:
+            raise GenserveError(
+                ErrorCode.INTERNAL,
+                f"failed to load {slot.label}: {type(exc).__name__}: {exc}",
+                kind=slot.entry.kind.value,
+                name=slot.entry.name,
+            ) from exc
+
+    # Capacity ---------------------------------------------------------------------------------
+
+    def _evictable(self, exclude: _Slot) -> list[_Slot]:
+        idle = [s for s in self._slots.values() if s.state is _State.LOADED and not s.pins]
+        return sorted((s for s in idle if s is not exclude), key=lambda s: s.touched)
+
+    def _make_room(self, slot: _Slot, dev: str, needed: int) -> list[LoadedModel]:
+        """Pick LRU victims for count and budget; raise before evicting anything if it cannot fit."""
+        active = [s for s in self._slots.values() if s is not slot and s.state is not _State.UNLOADED]
+        candidates = self._evictable(slot)
+        excess = len(active) + 1 - self._max_loaded
+        if excess > len(candidates):
+            raise GenserveError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"cannot load {slot.label}: max_loaded={self._max_loaded} models are loaded and "
+                f"{len(active) - len(candidates)} of them are in use or loading",
+                max_loaded=self._max_loaded,
+            )
+        chosen = candidates[: max(excess, 0)]
+        budget = self._budgets.get(dev)
+        if budget is not None:
+            used = sum(s.memory_bytes for s in active if s.device == dev and s not in chosen)
+            for s in candidates:
+                if used + needed <= budget or needed > budget:
+                    break
+                if s.device == dev and s not in chosen:
+                    chosen.append(s)
+                    used -= s.memory_bytes
+            if used + needed > budget:
+                why = "more than the whole budget" if needed > budget else "the rest is held by models in use"
+                available = max(budget - used, 0)
+                raise GenserveError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"cannot load {slot.label} on {dev}: needs {needed} bytes, {available} of the "
+                    f"{budget}-byte budget can be made free ({why})",
+                    device=dev,
+                    needed_bytes=needed,
+                    available_bytes=available,
+                    budget_bytes=budget,
+                )
+        return [self._evict(s) for s in chosen]
+
+    def _trim_to_budget(self, slot: _Slot) -> list[LoadedModel]:
+        """The disk size was only an estimate: if the real size overshoots, evict others (best effort)."""
+        budget = self._budgets.get(slot.device or "")
+        if budget is None:
+            return []
+        used = sum(s.memory_bytes for s in self._slots.values() if s.device == slot.device)  # unloaded: None
+        victims = []
+        for s in self._evictable(slot):
+            if used <= budget:
+                break
+            if s.device == slot.device:
+                used -= s.memory_bytes
+                victims.append(self._evict(s))
+        if used > budget:
+            log.warning("%s over budget (%d of %d bytes) with models in use", slot.device, used, budget)
+        return victims
+
+    def _evict(self, slot: _Slot) -> LoadedModel:
+        """Take a model out of the table (manager lock held); the caller releases it after unlocking."""
+        loaded = slot.loaded
+        assert loaded is not None
+        log.info("unloading %s from %s", slot.label, slot.device)
+        slot.loaded, slot.state, slot.device, slot.memory_bytes = None, _State.UNLOADED, None, 0
+        return loaded
+
+    def _release_all(self, models: list[LoadedModel]) -> None:
+        while models:
+            self._release(models.pop())
+
+    @staticmethod
+    def _release(loaded: LoadedModel) -> None:
+        try:
+            if loaded.release is not None:
+                loaded.release()
+        except Exception:
+            log.exception("releasing a model failed; dropping it anyway")
+        # Drop the manager's references so the memory can go as soon as no request holds the model.
+        loaded.model, loaded.release = None, None
+        if loaded.device.type == "cuda" and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # Unload -----------------------------------------------------------------------------------
+
+    def _find(self, kind: ModelKind | str, name: str) -> _Slot | None:
+        """Finds loaded models whose files were deleted meanwhile too, so they can still be unloaded."""
+        kind = self._kind(kind)
+        try:
+            names = [self._entry(kind, name).name]
+        except GenserveError as exc:
+            if exc.code is not ErrorCode.MODEL_NOT_FOUND:
+                raise
+            names = [name, *(name.removesuffix(s) for s in WEIGHT_SUFFIXES if name.endswith(s))]
+        with self._cond:
+            return next((self._slots[(kind.value, n)] for n in names if (kind.value, n) in self._slots), None)
+
+    def _unload_slot(self, slot: _Slot, timeout: float | None) -> bool:
+        owner = threading.get_ident()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not slot.load_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            raise GenserveError(ErrorCode.TIMEOUT, f"unload {slot.label}: still loading after {timeout} s")
+        try:
+            with self._cond:
+                if slot.state is not _State.LOADED:
+                    return False
+                if owner in slot.pins:
+                    raise GenserveError(
+                        ErrorCode.INVALID_INPUT, f"cannot unload {slot.label} from inside its own use() block"
+                    )
+                slot.state = _State.UNLOADING
+                while slot.pins:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        slot.state = _State.LOADED
+                        self._cond.notify_all()
+                        raise GenserveError(
+                            ErrorCode.TIMEOUT,
+                            f"unload {slot.label}: still in use by {sum(slot.pins.values())} request(s) "
+                            f"after {timeout} s; it stays loaded",
+                        )
+                    self._cond.wait(remaining)
+                loaded = self._evict(slot)
+                self._cond.notify_all()
+            # Freed before the model lock opens, so a reload never overlaps the old copy.
+            self._release(loaded)
+            return True
+        finally:
+            slot.load_lock.release()
+
+    def _snapshot(self, slot: _Slot) -> ModelStats:
+        count = slot.request_count
+        return ModelStats(
+            kind=slot.entry.kind.value,
+            name=slot.entry.name,
+            loaded=slot.in_memory,
+            device=slot.device if slot.in_memory else None,
+            memory_bytes=slot.memory_bytes if slot.in_memory else 0,
+            request_count=count,
+            total_inference_ms=slot.total_ms,
+            average_inference_ms=slot.total_ms / count if count else 0.0,
+            last_used=slot.last_used,
+            load_time_ms=slot.load_time_ms,
+            pinned=sum(slot.pins.values()),
+        )

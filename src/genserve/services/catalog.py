@@ -1,0 +1,12 @@
+"""Every service by its spec name; the engine and the doors look services up here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from genserve.services import decoding, edit, latent_encoder, sampling, text_encoder
+from genserve.services.base import Service
+
+SERVICES: dict[str, Service[Any, Any]] = {
+    module.SERVICE.name: module.SERVICE for module in (latent_encoder, text_encoder, sampling, decoding, edit)
+}

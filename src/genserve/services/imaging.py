@@ -1,0 +1,94 @@
+"""Image sizing and the tensor layouts the Qwen-Image VAE and transformer expect.
+
+The VAE latent is 5-D ``[B, 16, 1, H/8, W/8]`` and is stored normalised with the VAE's
+``latents_mean``/``latents_std`` (the space the transformer works in). The transformer sees it
+packed into 2x2 patches: ``[B, (H/16)*(W/16), 64]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+
+RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "area": Image.Resampling.BOX,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+LATENT_MULTIPLE = 16  # 8x VAE compression times the transformer's 2x2 patches
+
+
+def dimensions_for_area(area: float, width: int, height: int, multiple: int) -> tuple[int, int]:
+    """(width, height) with about ``area`` pixels, the source's aspect ratio, multiples of ``multiple``."""
+    ratio = width / height
+    new_width = math.sqrt(area * ratio)
+    new_height = new_width / ratio
+    return (
+        max(multiple, round(new_width / multiple) * multiple),
+        max(multiple, round(new_height / multiple) * multiple),
+    )
+
+
+def resize(image: Image.Image, size: tuple[int, int], method: str = "lanczos") -> Image.Image:
+    if image.size == size:
+        return image
+    return image.resize(size, resample=RESAMPLE[method])
+
+
+def to_vae_input(image: Image.Image, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """RGB image -> ``[1, 3, 1, H, W]`` in [-1, 1]."""
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    tensor = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
+    return (tensor * 2.0 - 1.0).unsqueeze(2).to(device=device, dtype=dtype)
+
+
+def from_vae_output(decoded: torch.Tensor) -> Image.Image:
+    """``[1, 3, H, W]`` in [-1, 1] -> RGB image, rounded as diffusers' image processor does."""
+    array = (decoded[0].float() / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray((array * 255).round().astype(np.uint8))
+
+
+def latent_stats(vae: torch.nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    channels = vae.config.z_dim
+    mean = torch.tensor(vae.config.latents_mean).view(1, channels, 1, 1, 1).to(like.device, like.dtype)
+    std = torch.tensor(vae.config.latents_std).view(1, channels, 1, 1, 1).to(like.device, like.dtype)
+    return mean, std
+
+
+@torch.no_grad()
+def vae_encode(vae: torch.nn.Module, image: Image.Image) -> torch.Tensor:
+    """Image -> normalised latent ``[1, 16, 1, H/8, W/8]`` (the distribution's mode: deterministic)."""
+    param = next(vae.parameters())
+    pixels = to_vae_input(image, param.device, param.dtype)
+    latent = vae.encode(pixels).latent_dist.mode()
+    mean, std = latent_stats(vae, latent)
+    return (latent - mean) / std
+
+
+@torch.no_grad()
+def vae_decode(vae: torch.nn.Module, latent: torch.Tensor) -> Image.Image:
+    param = next(vae.parameters())
+    latent = latent.to(device=param.device, dtype=param.dtype)
+    mean, std = latent_stats(vae, latent)
+    decoded = vae.decode(latent * std + mean, return_dict=False)[0][:, :, 0]
+    return from_vae_output(decoded)
+
+
+def pack(latent: torch.Tensor) -> torch.Tensor:
+    """``[B, C, 1, H, W]`` -> ``[B, (H/2)*(W/2), C*4]``."""
+    batch, channels, _, height, width = latent.shape
+    patches = latent.view(batch, channels, height // 2, 2, width // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return patches.reshape(batch, (height // 2) * (width // 2), channels * 4)
+
+
+def unpack(packed: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse of ``pack`` for a latent of ``height`` x ``width`` (latent pixels)."""
+    batch, _, features = packed.shape
+    channels = features // 4
+    latent = packed.view(batch, height // 2, width // 2, channels, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return latent.reshape(batch, channels, 1, height, width)
