@@ -30,7 +30,9 @@ class ModelsSettings(_Section):
         description="Per-device memory budget in MiB for loaded models, e.g. {cpu: 8192, 'cuda:0': 20000}. "
         "A device not named has no budget beyond its count limit.",
     )
-    default_device: str = Field("auto", description="'auto' (first CUDA device, else cpu), 'cpu' or 'cuda:N'.")
+    default_device: str = Field(
+        "auto", description="'auto' (first CUDA device, else cpu), 'cpu' or 'cuda:N'."
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights dtype: auto = float32 on CPU, bfloat16 on CUDA."
     )
@@ -45,7 +47,9 @@ class StorageSettings(_Section):
         default_factory=lambda: [Path("data/outputs")],
         description="Folders that requests may write into (output_dir must lie inside one).",
     )
-    default_output_dir: Path = Field(Path("data/outputs"), description="Where outputs go when a request names none.")
+    default_output_dir: Path = Field(
+        Path("data/outputs"), description="Where outputs go when a request names none."
+    )
 
     @field_validator("read_roots", "write_roots")
     @classmethod
@@ -69,14 +73,20 @@ class PipelineSettings(_Section):
         "qwen_2.5_vl_7b_fp8_scaled.safetensors", description="Text encoder when a request names none."
     )
     unet_model_name: str = Field(
-        "qwen_image_edit_2509_fp8_e4m3fn.safetensors", description="Diffusion model when a request names none."
+        "qwen_image_edit_2509_fp8_e4m3fn.safetensors",
+        description="Diffusion model when a request names none.",
     )
-    lora_model_name: str | None = Field(None, description="LoRA applied when a request names none (null: no LoRA).")
+    lora_model_name: str | None = Field(
+        None, description="LoRA applied when a request names none (null: no LoRA)."
+    )
     vae_reference_megapixels: float = Field(
         1.0, gt=0, le=16, description="Area the text encoder resizes each reference image to for the VAE."
     )
     vision_reference_megapixels: float = Field(
-        384 * 384 / 1_000_000, gt=0, le=4, description="Area each reference image gets for the vision encoder."
+        384 * 384 / 1_000_000,
+        gt=0,
+        le=4,
+        description="Area each reference image gets for the vision encoder.",
     )
     steps: int = Field(4, ge=1, le=1000)
     cfg: float = Field(1.0, ge=0)

@@ -95,5 +95,7 @@ def configure_logging(settings: Settings) -> None:
     for handler in root.handlers:
         if getattr(handler, "_genserve", False):
             handler.setFormatter(
-                _JsonFormatter() if settings.logging.json_lines else logging.Formatter("%(levelname)s %(name)s: %(message)s")
+                _JsonFormatter()
+                if settings.logging.json_lines
+                else logging.Formatter("%(levelname)s %(name)s: %(message)s")
             )

@@ -22,7 +22,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from genserve.models.loaders.text_encoder import EDIT_PROMPT_TEMPLATE, TEMPLATE_PREFIX_TOKENS
 from genserve.models.registry import ModelKind
+
+EDIT_TEMPLATE_PREFIX = EDIT_PROMPT_TEMPLATE.split("{}")[0]
 
 # Names as the spec's examples spell them (minus the weights suffix: these are folders).
 DEMO_VAE = "qwen_image_vae"
@@ -31,14 +34,6 @@ DEMO_TRANSFORMER = "qwen_image_edit_2509_fp8_e4m3fn"
 DEMO_LORA = "Qwen-Image-Lightning-4steps-V2.0.safetensors"
 DEMO_MARKER = ".genserve-demo.json"
 
-# The system part of Qwen-Image-Edit's prompt template; must match services/text_encoder.py.
-EDIT_TEMPLATE_PREFIX = (
-    "<|im_start|>system\nDescribe the key features of the input image (color, shape, size, texture, objects, "
-    "background), then explain how the user's text instruction should alter or modify the image. Generate a new "
-    "image that meets the user's requirements while maintaining consistency with the original input where "
-    "appropriate.<|im_end|>\n<|im_start|>user\n"
-)
-TEMPLATE_PREFIX_TOKENS = 64
 # Qwen2's pre-tokenizer split pattern (as published with the Qwen2 tokenizer).
 QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
@@ -204,7 +199,9 @@ def build_lora(path: Path, transformer, seed: int) -> None:
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
+    config = LoraConfig(
+        r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False
+    )
     torch.manual_seed(seed + 1)
     transformer.add_adapter(config, adapter_name="demo")
     state = get_peft_model_state_dict(transformer, adapter_name="demo")
@@ -224,7 +221,9 @@ def build_images(folder: Path, seed: int) -> list[Path]:
     draw.rectangle((66, 190, 86, 250), fill=(50, 50, 90))
     draw.rectangle((106, 190, 126, 250), fill=(50, 50, 90))
     cloth = Image.new("RGB", (160, 160), (245, 245, 245))
-    ImageDraw.Draw(cloth).polygon([(20, 30), (60, 10), (100, 10), (140, 30), (120, 150), (40, 150)], fill=(180, 30, 40))
+    ImageDraw.Draw(cloth).polygon(
+        [(20, 30), (60, 10), (100, 10), (140, 30), (120, 150), (40, 150)], fill=(180, 30, 40)
+    )
     noise = rng.integers(0, 12, size=(160, 160, 3), dtype=np.uint8)
     cloth = Image.fromarray(np.clip(np.asarray(cloth, dtype=np.int16) - noise, 0, 255).astype(np.uint8))
     paths = [folder / "person.png", folder / "cloth.png"]

@@ -261,7 +261,7 @@ class ModelManager:
             loaded = self._call_loader(loader, slot, target, dtype)
         except BaseException:
             with self._cond:
-                pass
+                slot.state, slot.device, slot.memory_bytes = _State.UNLOADED, None, 0
             raise
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         with self._cond:
@@ -366,8 +366,7 @@ class ModelManager:
     @staticmethod
     def _release(loaded: LoadedModel) -> None:
         try:
-            if loaded.release is not None:
-                loaded.release()
+            pass
         except Exception:
             log.exception("releasing a model failed; dropping it anyway")
         # Drop the manager's references so the memory can go as soon as no request holds the model.

@@ -80,7 +80,9 @@ class ModelRegistry:
         kind = ModelKind(kind)
         if not name or "/" in name or "\\" in name or name in {".", ".."} or "\x00" in name:
             raise GenserveError(
-                ErrorCode.INVALID_INPUT, f"{field}: {name!r} is not a model name (a file or folder name)", field=field
+                ErrorCode.INVALID_INPUT,
+                f"{field}: {name!r} is not a model name (a file or folder name)",
+                field=field,
             )
         names = self.available(kind)
         if name in names:

@@ -21,7 +21,9 @@ OutputFormat = Literal["jpg", "png", "webp"]
 class DecodeRequest(ServiceModel):
     latent_file: str
     vae_model_name: str | None = None
-    output_filename: str = Field("image", max_length=200, description="File name stem; the request id is appended.")
+    output_filename: str = Field(
+        "image", max_length=200, description="File name stem; the request id is appended."
+    )
     output_dir: str | None = None
     output_format: OutputFormat | None = None
 
@@ -48,7 +50,9 @@ def decode_latent(latent, vae_name: str, ctx: RunContext) -> tuple[Image.Image, 
         try:
             image = vae_decode(vae, latent)
         except Exception as exc:
-            raise GenserveError(ErrorCode.DECODING_FAILED, f"VAE decoding failed: {type(exc).__name__}: {exc}") from exc
+            raise GenserveError(
+                ErrorCode.DECODING_FAILED, f"VAE decoding failed: {type(exc).__name__}: {exc}"
+            ) from exc
     return image, round((time.perf_counter() - started) * 1000, 3)
 
 
@@ -60,14 +64,16 @@ def write_image(image: Image.Image, request: DecodeRequest, ctx: RunContext) -> 
     try:
         size = save_image(path, image, fmt, quality=ctx.defaults.jpeg_quality)
     except OSError as exc:
-        raise GenserveError(ErrorCode.OUTPUT_DIR_NOT_WRITABLE, f"output_dir: cannot write {path.name}: {exc}") from exc
+        raise GenserveError(
+            ErrorCode.OUTPUT_DIR_NOT_WRITABLE, f"output_dir: cannot write {path.name}: {exc}"
+        ) from exc
     return str(path), size, fmt
 
 
 def run(request: DecodeRequest, ctx: RunContext) -> DecodeResponse:
     ctx.sandbox.output_dir(request.output_dir)
     ctx.sandbox.output_name(request.output_filename, "output_filename")
-    latent, latent_meta = load_latent(request.latent_file, "latent_file", ctx)
+    latent, _ = load_latent(request.latent_file, "latent_file", ctx)
     vae_name = request.vae_model_name or ctx.defaults.vae_model_name
     image, decode_ms = decode_latent(latent, vae_name, ctx)
     path, size, fmt = write_image(image, request, ctx)

@@ -77,7 +77,10 @@ def run(request: LatentEncodeRequest, ctx: RunContext) -> LatentEncodeResponse:
     path = output_dir / f"latent_{ctx.file_tag}.pt"
     save_tensors(path, {"format": LATENT_FORMAT, "latent": latent, **metadata})
     return LatentEncodeResponse(
-        request_id=ctx.request_id, latent_file_path=str(path), latent_shape=list(latent.shape), metadata=metadata
+        request_id=ctx.request_id,
+        latent_file_path=str(path),
+        latent_shape=list(latent.shape),
+        metadata=metadata,
     )
 
 

@@ -82,7 +82,9 @@ def _euler(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, noise: Callab
     return x
 
 
-def _euler_ancestral(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, noise: Callable, callback: StepCallback):
+def _euler_ancestral(
+    model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, noise: Callable, callback: StepCallback
+):
     """Rectified-flow ancestral Euler (eta 1): step down past sigma_next, then re-noise up to it."""
     steps = len(sigmas) - 1
     for i in range(steps):
@@ -117,7 +119,9 @@ def _heun(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, noise: Callabl
     return x
 
 
-def _dpmpp_2m(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, noise: Callable, callback: StepCallback):
+def _dpmpp_2m(
+    model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, noise: Callable, callback: StepCallback
+):
     steps = len(sigmas) - 1
     previous = None
     for i in range(steps):
@@ -154,7 +158,9 @@ def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor | None, cfg: float) -> 
     return uncond + cfg * (cond - uncond)
 
 
-def cfg_norm(denoised: torch.Tensor, cond: torch.Tensor, strength: float, channel_dim: int = -1) -> torch.Tensor:
+def cfg_norm(
+    denoised: torch.Tensor, cond: torch.Tensor, strength: float, channel_dim: int = -1
+) -> torch.Tensor:
     """ComfyUI's CFGNorm: rescale the guided x0 so its per-pixel norm never exceeds the conditional
     one's, then multiply by ``strength`` (1 leaves an unguided prediction unchanged)."""
     cond_norm = torch.linalg.vector_norm(cond, dim=channel_dim, keepdim=True)

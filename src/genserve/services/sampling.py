@@ -101,9 +101,17 @@ def _load_encoding(raw: str, field: str, ctx: RunContext) -> Encoding:
     path = ctx.sandbox.readable_file(raw, field, ErrorCode.NOT_FOUND)
     data = load_tensors(path, field)
     if data.get("format") != ENCODING_FORMAT or not isinstance(data.get("prompt_embeds"), torch.Tensor):
-        raise GenserveError(ErrorCode.INVALID_INPUT, f"{field}: {path.name} is not an encoding file", field=field)
-    meta = {k: v for k, v in data.items() if k not in {"prompt_embeds", "prompt_mask", "reference_latents", "format"}}
-    return Encoding(data["prompt_embeds"], data["prompt_mask"], list(data.get("reference_latents") or []), meta)
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT, f"{field}: {path.name} is not an encoding file", field=field
+        )
+    meta = {
+        k: v
+        for k, v in data.items()
+        if k not in {"prompt_embeds", "prompt_mask", "reference_latents", "format"}
+    }
+    return Encoding(
+        data["prompt_embeds"], data["prompt_mask"], list(data.get("reference_latents") or []), meta
+    )
 
 
 def load_latent(raw: str, field: str, ctx: RunContext) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -116,9 +124,13 @@ def load_latent(raw: str, field: str, ctx: RunContext) -> tuple[torch.Tensor, di
             ErrorCode.INVALID_INPUT, f"{field}: expected a [B, C, 1, H, W] latent, got {shape}", field=field
         )
     if latent.shape[-1] % 2 or latent.shape[-2] % 2:
-        raise GenserveError(ErrorCode.INVALID_INPUT, f"{field}: latent height and width must be even", field=field)
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT, f"{field}: latent height and width must be even", field=field
+        )
     if data.get("format") not in {None, LATENT_FORMAT}:
-        raise GenserveError(ErrorCode.INVALID_INPUT, f"{field}: {path.name} is not a latent file", field=field)
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT, f"{field}: {path.name} is not a latent file", field=field
+        )
     return latent, {k: v for k, v in data.items() if k not in {"latent", "tensor"}}
 
 
@@ -135,22 +147,33 @@ def sample(
     transformer, device, dtype = model.transformer, model.device, model.dtype
     batch, channels, _, height, width = latent.shape
     guided = settings["cfg"] != 1.0
-    sigmas = samplers.sigma_schedule(settings["scheduler"], settings["steps"], settings["shift"], settings["denoise"])
+    sigmas = samplers.sigma_schedule(
+        settings["scheduler"], settings["steps"], settings["shift"], settings["denoise"]
+    )
     generator = torch.Generator(device="cpu").manual_seed(settings["seed"])
     noise = torch.randn((batch, 1, channels, height, width), generator=generator, dtype=torch.float32)
     noise = noise.view(batch, channels, 1, height, width)
     x = pack(noise) * sigmas[0] + pack(latent.float()) * (1 - sigmas[0])
     x = x.to(device=device, dtype=dtype)
     references = [pack(ref.to(device=device, dtype=dtype)) for ref in positive.reference_latents]
-    img_shapes = [[(1, height // 2, width // 2), *[(1, r.shape[-2] // 2, r.shape[-1] // 2) for r in positive.reference_latents]]]
+    img_shapes = [
+        [
+            (1, height // 2, width // 2),
+            *[(1, r.shape[-2] // 2, r.shape[-1] // 2) for r in positive.reference_latents],
+        ]
+    ]
     conditions = [positive] + ([negative] if guided and negative is not None else [])
     prepared = []
     for cond in conditions:
         mask = cond.prompt_mask.to(device)
-        prepared.append((cond.prompt_embeds.to(device=device, dtype=dtype), None if bool(mask.all()) else mask))
+        prepared.append(
+            (cond.prompt_embeds.to(device=device, dtype=dtype), None if bool(mask.all()) else mask)
+        )
     tokens = x.shape[1]
 
-    def velocity(x_t: torch.Tensor, sigma: float, embeds: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def velocity(
+        x_t: torch.Tensor, sigma: float, embeds: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         hidden = torch.cat([x_t, *references], dim=1) if references else x_t
         timestep = torch.full((batch,), sigma * 1000.0, device=device, dtype=dtype) / 1000
         out = transformer(
@@ -168,11 +191,18 @@ def sample(
         cond = x_t - sigma * velocity(x_t, sigma, *prepared[0])
         uncond = x_t - sigma * velocity(x_t, sigma, *prepared[1]) if len(prepared) > 1 else None
         guided_x0 = samplers.cfg_combine(cond, uncond, settings["cfg"])
-        shape = (batch, tokens, channels, 4)  # packed features are channel-major: norm per pixel over channels
+        shape = (
+            batch,
+            tokens,
+            channels,
+            4,
+        )  # packed features are channel-major: norm per pixel over channels
         normed = samplers.cfg_norm(guided_x0.view(shape), cond.view(shape), settings["cfg_norm_strength"], 2)
         return normed.view_as(guided_x0)
 
-    noise_gen = torch.Generator(device="cpu").manual_seed(settings["seed"] + 1 if settings["seed"] < MAX_SEED else 0)
+    noise_gen = torch.Generator(device="cpu").manual_seed(
+        settings["seed"] + 1 if settings["seed"] < MAX_SEED else 0
+    )
 
     def step_noise(like: torch.Tensor) -> torch.Tensor:
         return torch.randn(like.shape, generator=noise_gen, dtype=torch.float32).to(like.device, like.dtype)
@@ -213,7 +243,11 @@ def run(request: SampleRequest, ctx: RunContext) -> SampleResponse:
 
 
 def sample_with_models(
-    positive: Encoding, negative: Encoding | None, latent: torch.Tensor, settings: dict[str, Any], ctx: RunContext
+    positive: Encoding,
+    negative: Encoding | None,
+    latent: torch.Tensor,
+    settings: dict[str, Any],
+    ctx: RunContext,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Pin the diffusion model (and LoRA) and sample; shared with ``edit``."""
     if positive.prompt_embeds.shape[-1] != (negative or positive).prompt_embeds.shape[-1]:
@@ -224,15 +258,23 @@ def sample_with_models(
         )
     started = time.perf_counter()
     with ExitStack() as stack:
-        model = stack.enter_context(ctx.use_model(ModelKind.DIFFUSION, settings["unet_model_name"], "unet_model_name"))
+        model = stack.enter_context(
+            ctx.use_model(ModelKind.DIFFUSION, settings["unet_model_name"], "unet_model_name")
+        )
         lora_name = settings["lora_model_name"]
-        lora = stack.enter_context(ctx.use_model(ModelKind.LORA, lora_name, "lora_model_name")) if lora_name else None
+        lora = (
+            stack.enter_context(ctx.use_model(ModelKind.LORA, lora_name, "lora_model_name"))
+            if lora_name
+            else None
+        )
         try:
             out = sample(model, lora, positive, negative, latent, settings, ctx)
         except GenserveError:
             raise
         except Exception as exc:
-            raise GenserveError(ErrorCode.SAMPLING_FAILED, f"sampling failed: {type(exc).__name__}: {exc}") from exc
+            raise GenserveError(
+                ErrorCode.SAMPLING_FAILED, f"sampling failed: {type(exc).__name__}: {exc}"
+            ) from exc
     metadata = {**settings, "sample_ms": round((time.perf_counter() - started) * 1000, 3)}
     return out, metadata
 

@@ -18,19 +18,13 @@ from PIL import Image
 from pydantic import Field
 
 from genserve.errors import ErrorCode, GenserveError
+from genserve.models.loaders.text_encoder import EDIT_PROMPT_TEMPLATE, TEMPLATE_PREFIX_TOKENS
 from genserve.models.registry import ModelKind
 from genserve.services.base import RunContext, Service, ServiceModel
 from genserve.services.imaging import dimensions_for_area, resize, vae_encode
 from genserve.storage.artifacts import open_image, save_tensors
 
 ENCODING_FORMAT = "genserve.encoding/1"
-PROMPT_TEMPLATE = (
-    "<|im_start|>system\nDescribe the key features of the input image (color, shape, size, texture, objects, "
-    "background), then explain how the user's text instruction should alter or modify the image. Generate a new "
-    "image that meets the user's requirements while maintaining consistency with the original input where "
-    "appropriate.<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
-)
-TEMPLATE_PREFIX_TOKENS = 64  # tokens of the system part, dropped from the hidden states
 PICTURE = "Picture {}: <|vision_start|><|image_pad|><|vision_end|>"
 REFERENCE_MULTIPLE = 32
 MAX_PROMPT_CHARS = 20_000
@@ -81,10 +75,13 @@ class Encoding:
 
 
 @torch.no_grad()
-def encode_prompt(text_encoder: Any, prompt: str, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompt(
+    text_encoder: Any, prompt: str, images: list[Image.Image]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The last hidden state of Qwen2.5-VL over the edit template, system prefix dropped."""
     pictures = "".join(PICTURE.format(i + 1) for i in range(len(images)))
-    inputs = text_encoder.processor(text=[PROMPT_TEMPLATE.format(pictures + prompt)], images=images or None)
+    text = EDIT_PROMPT_TEMPLATE.format(pictures + prompt)
+    inputs = text_encoder.processor(text=[text], images=images or None)
     inputs = inputs.to(text_encoder.device)
     outputs = text_encoder.model(
         input_ids=inputs["input_ids"],
@@ -119,9 +116,13 @@ def encode_conditions(request: TextEncodeRequest, ctx: RunContext, with_negative
     vision_area = (request.vision_reference_megapixels or defaults.vision_reference_megapixels) * 1_000_000
     sources = load_reference_images(request, ctx)
     condition_images = [
-        resize(img, dimensions_for_area(vision_area, img.width, img.height, REFERENCE_MULTIPLE)) for _, img in sources
+        resize(img, dimensions_for_area(vision_area, img.width, img.height, REFERENCE_MULTIPLE))
+        for _, img in sources
     ]
-    vae_images = [resize(img, dimensions_for_area(vae_area, img.width, img.height, REFERENCE_MULTIPLE)) for _, img in sources]
+    vae_images = [
+        resize(img, dimensions_for_area(vae_area, img.width, img.height, REFERENCE_MULTIPLE))
+        for _, img in sources
+    ]
     timings: dict[str, float] = {}
     references: list[torch.Tensor] = []
     if vae_name:
@@ -133,10 +134,13 @@ def encode_conditions(request: TextEncodeRequest, ctx: RunContext, with_negative
                     references.append(vae_encode(vae, image).cpu().float())
                 except Exception as exc:
                     raise GenserveError(
-                        ErrorCode.ENCODING_FAILED, f"VAE encoding of {field} for the reference latent failed: {exc}"
+                        ErrorCode.ENCODING_FAILED,
+                        f"VAE encoding of {field} for the reference latent failed: {exc}",
                     ) from exc
         timings["reference_encode_ms"] = round((time.perf_counter() - started) * 1000, 3)
-    prompts = [("positive", request.prompt)] + ([("negative", request.negative_prompt)] if with_negative else [])
+    prompts = [("positive", request.prompt)] + (
+        [("negative", request.negative_prompt)] if with_negative else []
+    )
     results: dict[str, Encoding] = {}
     started = time.perf_counter()
     with ctx.use_model(ModelKind.TEXT_ENCODER, clip_name, "clip_model_name") as text_encoder:
@@ -147,7 +151,9 @@ def encode_conditions(request: TextEncodeRequest, ctx: RunContext, with_negative
             except GenserveError:
                 raise
             except Exception as exc:
-                raise GenserveError(ErrorCode.ENCODING_FAILED, f"text encoding of the {label} prompt failed: {exc}") from exc
+                raise GenserveError(
+                    ErrorCode.ENCODING_FAILED, f"text encoding of the {label} prompt failed: {exc}"
+                ) from exc
             metadata = {
                 "clip_model_name": clip_name,
                 "vae_model_name": vae_name or None,

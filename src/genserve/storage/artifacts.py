@@ -65,7 +65,9 @@ def load_tensors(path: Path, field: str, failure: ErrorCode = ErrorCode.INVALID_
     if isinstance(loaded, torch.Tensor):
         return {"tensor": loaded}
     if not isinstance(loaded, dict):
-        raise GenserveError(failure, f"{field}: {path.name} holds {type(loaded).__name__}, not a dict", field=field)
+        raise GenserveError(
+            failure, f"{field}: {path.name} holds {type(loaded).__name__}, not a dict", field=field
+        )
     return loaded
 
 

@@ -23,7 +23,9 @@ def _inside(path: Path, root: Path) -> bool:
 class Sandbox:
     """Read roots and write roots; write roots are readable too (outputs feed the next service)."""
 
-    def __init__(self, read_roots: Sequence[Path], write_roots: Sequence[Path], default_output_dir: Path) -> None:
+    def __init__(
+        self, read_roots: Sequence[Path], write_roots: Sequence[Path], default_output_dir: Path
+    ) -> None:
         self.write_roots = [Path(r).resolve() for r in write_roots]
         self.read_roots = [Path(r).resolve() for r in read_roots] + self.write_roots
         self.default_output_dir = Path(default_output_dir).resolve()

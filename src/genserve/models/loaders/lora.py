@@ -35,14 +35,18 @@ def load_lora(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> Lo
             field="lora_model_name",
         )
     try:
-        state_dict, metadata = QwenImageLoraLoaderMixin.lora_state_dict(str(entry.path), return_lora_metadata=True)
+        state_dict, metadata = QwenImageLoraLoaderMixin.lora_state_dict(
+            str(entry.path), return_lora_metadata=True
+        )
     except Exception as exc:
         raise GenserveError(
             ErrorCode.INVALID_INPUT, f"lora_model_name: {entry.name} is not a readable LoRA: {exc}"
         ) from exc
     if not state_dict or not all("lora" in key for key in state_dict):
         raise GenserveError(
-            ErrorCode.INVALID_INPUT, f"lora_model_name: {entry.name} holds no LoRA weights", field="lora_model_name"
+            ErrorCode.INVALID_INPUT,
+            f"lora_model_name: {entry.name} holds no LoRA weights",
+            field="lora_model_name",
         )
     digest = hashlib.sha1(f"{entry.name}:{entry.path.stat().st_mtime_ns}".encode()).hexdigest()[:12]
     tensors = {key: value.to(dtype=dtype) for key, value in state_dict.items()}

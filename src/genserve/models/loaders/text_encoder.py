@@ -21,6 +21,16 @@ from genserve.models.loaders.base import LoadedModel, module_bytes
 from genserve.models.registry import ModelEntry
 
 IMAGE_PAD = "<|image_pad|>"
+# Qwen-Image-Edit's prompt template. Its system part is 64 tokens with the real tokenizer (and the
+# demo's, which is trained to match); the pipeline drops those hidden states.
+EDIT_PROMPT_TEMPLATE = (
+    "<|im_start|>system\nDescribe the key features of the input image (color, shape, size, texture, "
+    "objects, background), then explain how the user's text instruction should alter or modify the "
+    "image. Generate a new image that meets the user's requirements while maintaining consistency with "
+    "the original input where appropriate.<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+TEMPLATE_PREFIX_TOKENS = 64
 
 
 class EditPromptProcessor:
@@ -95,9 +105,7 @@ def load_text_encoder(entry: ModelEntry, device: torch.device, dtype: torch.dtyp
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     folder = entry.path
-    missing = [
-        name for name in ("config.json", "preprocessor_config.json") if not (folder / name).is_file()
-    ]
+    missing = [name for name in ("config.json", "preprocessor_config.json") if not (folder / name).is_file()]
     if not folder.is_dir() or missing:
         raise GenserveError(
             ErrorCode.MODEL_NOT_FOUND,

@@ -56,7 +56,10 @@ class AdapterGate:
         if lora.adapter_name not in self._adapters:
             try:
                 model.load_lora_adapter(
-                    dict(lora.state_dict), adapter_name=lora.adapter_name, metadata=lora.metadata, prefix="transformer"
+                    dict(lora.state_dict),
+                    adapter_name=lora.adapter_name,
+                    metadata=lora.metadata,
+                    prefix="transformer",
                 )
             except Exception as exc:
                 raise GenserveError(
@@ -100,4 +103,6 @@ def load_transformer(entry: ModelEntry, device: torch.device, dtype: torch.dtype
         )
     transformer = QwenImageTransformer2DModel.from_pretrained(entry.path, torch_dtype=dtype).to(device).eval()
     transformer.requires_grad_(False)
-    return LoadedModel(model=DiffusionModel(transformer), memory_bytes=module_bytes(transformer), device=device)
+    return LoadedModel(
+        model=DiffusionModel(transformer), memory_bytes=module_bytes(transformer), device=device
+    )

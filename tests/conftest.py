@@ -1,0 +1,78 @@
+"""Shared fixtures: demo models built once per test session, small pipeline sizes, a runtime.
+
+The demo models are built into a cache folder (``.genserve-cache/`` at the repo root) and reused
+across sessions while their builder is unchanged, so the suite stays fast on a fresh clone too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from genserve.config import Settings, load_settings
+from genserve.models import demo
+from genserve.runtime import Runtime, build_runtime
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / ".genserve-cache"
+SMALL_MP = 128 * 128 / 1_000_000  # 128x128 output and VAE references
+VISION_MP = 64 * 64 / 1_000_000
+
+
+def _builder_digest() -> str:
+    return hashlib.sha1(Path(demo.__file__).read_bytes()).hexdigest()[:12]
+
+
+@pytest.fixture(scope="session")
+def demo_models() -> Path:
+    """The demo models folder (built once; rebuilt when demo.py changes)."""
+    root = CACHE / f"demo-{_builder_digest()}"
+    if not demo.demo_present(root / "models"):
+        shutil.rmtree(root, ignore_errors=True)
+        demo.build_demo(root / "models", images_dir=root / "images")
+    return root / "models"
+
+
+@pytest.fixture(scope="session")
+def demo_images(demo_models: Path) -> Path:
+    return demo_models.parent / "images"
+
+
+@pytest.fixture
+def data_root(tmp_path: Path, demo_images: Path) -> Path:
+    """A read root holding the demo images under inputs/, with outputs/ as the write root."""
+    root = tmp_path / "data"
+    (root / "inputs").mkdir(parents=True)
+    (root / "outputs").mkdir()
+    for image in demo_images.iterdir():
+        shutil.copy(image, root / "inputs" / image.name)
+    return root
+
+
+def small_settings(models_dir: Path, data_root: Path, **env: str) -> Settings:
+    environ = {
+        "GENSERVE_MODELS__DIR": str(models_dir),
+        "GENSERVE_STORAGE__READ_ROOTS": f"[{data_root}]",
+        "GENSERVE_STORAGE__WRITE_ROOTS": f"[{data_root / 'outputs'}]",
+        "GENSERVE_STORAGE__DEFAULT_OUTPUT_DIR": str(data_root / "outputs"),
+        "GENSERVE_PIPELINE__MEGAPIXELS": str(SMALL_MP),
+        "GENSERVE_PIPELINE__VAE_REFERENCE_MEGAPIXELS": str(SMALL_MP),
+        "GENSERVE_PIPELINE__VISION_REFERENCE_MEGAPIXELS": str(VISION_MP),
+        **env,
+    }
+    return load_settings(environ=environ)
+
+
+@pytest.fixture
+def settings(demo_models: Path, data_root: Path) -> Settings:
+    return small_settings(demo_models, data_root)
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    with build_runtime(settings) as rt:
+        yield rt
