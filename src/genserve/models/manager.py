@@ -87,6 +87,7 @@ class _Slot:
 
 
 def _budget_key(name: str) -> str:
+    """Spelled like loaded models' devices, so a budget for ``cuda`` applies to ``cuda:0``."""
     try:
         return device_name(torch.device(name.strip().lower()))
     except RuntimeError:
@@ -258,11 +259,16 @@ class ModelManager:
         self._release_all(victims)
         start = time.perf_counter()
         try:
-            loaded = self._call_loader(loader, slot, target, dtype)
-        except BaseException:
+            loaded = loader(entry, target, dtype)
+            if not isinstance(loaded, LoadedModel):
+                raise TypeError(f"loader returned {type(loaded).__name__}, not LoadedModel")
+        except BaseException as exc:
             with self._cond:
                 slot.state, slot.device, slot.memory_bytes = _State.UNLOADED, None, 0
-            raise
+            if isinstance(exc, GenserveError) or not isinstance(exc, Exception):
+                raise  # a GenserveError already names the problem; Ctrl-C stays Ctrl-C
+            message = f"failed to load {slot.label}: {type(exc).__name__}: {exc}"
+            raise GenserveError(ErrorCode.INTERNAL, message, kind=entry.kind.value, name=entry.name) from exc
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         with self._cond:
             slot.loaded, slot.state = loaded, _State.LOADED
@@ -273,24 +279,6 @@ class ModelManager:
         log.info("loaded %s on %s: %d bytes, %.0f ms", slot.label, slot.device, slot.memory_bytes, elapsed_ms)
         self._release_all(extra)
         return slot, loaded
-
-    @staticmethod
-    def _call_loader(loader: Loader, slot: _Slot, target: torch.device, dtype: torch.dtype) -> LoadedModel:
-        """A GenserveError from a loader already names the problem; anything else gets the model's name."""
-        try:
-            loaded = loader(slot.entry, target, dtype)
-            if not isinstance(loaded, LoadedModel):
-                raise TypeError(f"loader returned {type(loaded).__name__}, not LoadedModel")
-            return loaded
-        except GenserveError:
-            raise
-        except Exception as exc:
-            raise GenserveError(
-                ErrorCode.INTERNAL,
-                f"failed to load {slot.label}: {type(exc).__name__}: {exc}",
-                kind=slot.entry.kind.value,
-                name=slot.entry.name,
-            ) from exc
 
     # Capacity ---------------------------------------------------------------------------------
 
@@ -366,7 +354,8 @@ class ModelManager:
     @staticmethod
     def _release(loaded: LoadedModel) -> None:
         try:
-            pass
+            if loaded.release is not None:
+                loaded.release()
         except Exception:
             log.exception("releasing a model failed; dropping it anyway")
         # Drop the manager's references so the memory can go as soon as no request holds the model.

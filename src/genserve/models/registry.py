@@ -91,9 +91,10 @@ class ModelRegistry:
             stem = name.removesuffix(suffix)
             if stem != name and stem in names and (self.folder(kind) / stem).is_dir():
                 return ModelEntry(kind, stem, self.folder(kind) / stem)
+        label = kind.label[0].upper() + kind.label[1:]
         raise GenserveError(
             ErrorCode.MODEL_NOT_FOUND,
-            f"{kind.label.capitalize()} not found: {name} ({field}); available: {', '.join(names) or 'none'}",
+            f"{label} not found: {name} ({field}); available: {', '.join(names) or 'none'}",
             field=field,
             kind=kind.value,
             available=names,

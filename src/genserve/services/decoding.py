@@ -13,7 +13,7 @@ from genserve.models.registry import ModelKind
 from genserve.services.base import RunContext, Service, ServiceModel
 from genserve.services.imaging import vae_decode
 from genserve.services.sampling import load_latent
-from genserve.storage.artifacts import save_image
+from genserve.storage.artifacts import encode_image, write_bytes
 
 OutputFormat = Literal["jpg", "png", "webp"]
 
@@ -62,11 +62,22 @@ def write_image(image: Image.Image, request: DecodeRequest, ctx: RunContext) -> 
     fmt = request.output_format or ctx.defaults.output_format
     path = output_dir / f"{stem}_{ctx.file_tag}.{fmt}"
     try:
-        size = save_image(path, image, fmt, quality=ctx.defaults.jpeg_quality)
+        data = encode_image(image, fmt, quality=ctx.defaults.jpeg_quality)
+    except (OSError, ValueError) as exc:
+        raise GenserveError(
+            ErrorCode.DECODING_FAILED,
+            f"could not encode the {image.width}x{image.height} image as {fmt}: {exc}",
+            field="output_format",
+        ) from exc
+    try:
+        write_bytes(path, data)
     except OSError as exc:
         raise GenserveError(
-            ErrorCode.OUTPUT_DIR_NOT_WRITABLE, f"output_dir: cannot write {path.name}: {exc}"
+            ErrorCode.OUTPUT_DIR_NOT_WRITABLE,
+            f"output_dir: cannot write {path.name}: {exc}",
+            field="output_dir",
         ) from exc
+    size = len(data)
     return str(path), size, fmt
 
 

@@ -123,9 +123,11 @@ def load_latent(raw: str, field: str, ctx: RunContext) -> tuple[torch.Tensor, di
         raise GenserveError(
             ErrorCode.INVALID_INPUT, f"{field}: expected a [B, C, 1, H, W] latent, got {shape}", field=field
         )
-    if latent.shape[-1] % 2 or latent.shape[-2] % 2:
+    if latent.shape[-1] == 0 or latent.shape[-2] == 0 or latent.shape[-1] % 2 or latent.shape[-2] % 2:
         raise GenserveError(
-            ErrorCode.INVALID_INPUT, f"{field}: latent height and width must be even", field=field
+            ErrorCode.INVALID_INPUT,
+            f"{field}: latent height and width must be even and non-zero",
+            field=field,
         )
     if data.get("format") not in {None, LATENT_FORMAT}:
         raise GenserveError(

@@ -83,12 +83,10 @@ def open_image(path: Path, field: str) -> Image.Image:
         ) from exc
 
 
-def save_image(path: Path, image: Image.Image, fmt: str, quality: int = 95) -> int:
-    """Encode ``image`` in ``fmt`` (jpg, png, webp) atomically; returns the file size in bytes."""
+def encode_image(image: Image.Image, fmt: str, quality: int = 95) -> bytes:
+    """Encode ``image`` as jpg, png or webp in memory."""
     pil_format = IMAGE_FORMATS[fmt]
     buffer = io.BytesIO()
     options: dict[str, Any] = {"quality": quality} if pil_format in {"JPEG", "WEBP"} else {}
     image.save(buffer, format=pil_format, **options)
-    data = buffer.getvalue()
-    write_bytes(path, data)
-    return len(data)
+    return buffer.getvalue()

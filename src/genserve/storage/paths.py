@@ -35,15 +35,22 @@ class Sandbox:
         if not text or "\x00" in text:
             raise GenserveError(ErrorCode.INVALID_INPUT, f"{field}: a path is required", field=field)
         candidate = Path(text)
-        if candidate.is_absolute():
-            options = [candidate.resolve()]
+        # A relative path is tried inside each root in turn: the first root where it exists
+        # decides, and it must stay inside a root once resolved (symlinks included).
+        lexical = [candidate] if candidate.is_absolute() else [root / candidate for root in roots]
+        fallback = None
+        for path in lexical:
+            resolved = path.resolve()
+            inside = any(_inside(resolved, root) for root in roots)
+            if os.path.lexists(path):
+                if inside:
+                    return resolved
+                break
+            if inside and fallback is None:
+                fallback = resolved
         else:
-            # A relative path is taken inside each root in turn; it must not climb out of it.
-            options = [(root / candidate).resolve() for root in roots]
-        allowed = [p for p in options if any(_inside(p, root) for root in roots)]
-        existing = [p for p in allowed if p.exists()]
-        if existing or allowed:
-            return (existing or allowed)[0]
+            if fallback is not None:
+                return fallback
         raise GenserveError(
             ErrorCode.PERMISSION_DENIED,
             f"{field}: path {text!r} is outside the allowed roots",

@@ -221,9 +221,12 @@ def test_memory_budget_evicts_lru_models_on_that_device(models: Path) -> None:
     assert loaded_names(manager) == {"b.safetensors", "c.safetensors"}
     assert loader.released == ["a.safetensors"]
 
-    with manager.use(VAE, "b.safetensors"), manager.use(VAE, "c.safetensors"):
-        with pytest.raises(GenserveError) as info:
-            manager.load(VAE, "d.safetensors")
+    with (
+        manager.use(VAE, "b.safetensors"),
+        manager.use(VAE, "c.safetensors"),
+        pytest.raises(GenserveError) as info,
+    ):
+        manager.load(VAE, "d.safetensors")
     error = info.value
     assert error.code is ErrorCode.RESOURCE_EXHAUSTED
     assert error.details["device"] == "cpu"
@@ -465,7 +468,9 @@ def test_bad_names_kinds_and_devices_are_refused(models: Path) -> None:
         (lambda: manager.load(VAE, "../vae/a.safetensors"), ErrorCode.INVALID_INPUT, "not a model name"),
     ]
     if not torch.cuda.is_available():
-        cases.append((lambda: manager.load(VAE, "a.safetensors", device="cuda:7"), ErrorCode.INVALID_INPUT, "cpu"))
+        cases.append(
+            (lambda: manager.load(VAE, "a.safetensors", device="cuda:7"), ErrorCode.INVALID_INPUT, "cpu")
+        )
     for call, code, text in cases:
         with pytest.raises(GenserveError) as info:
             call()

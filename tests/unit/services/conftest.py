@@ -1,0 +1,60 @@
+"""Helpers for service tests: run a service through the engine, and a ready split chain."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from genserve.errors import ErrorCode, GenserveError
+from genserve.runtime import Runtime
+
+LORA = "Qwen-Image-Lightning-4steps-V2.0.safetensors"
+
+
+@pytest.fixture
+def run(runtime: Runtime) -> Callable[..., Any]:
+    def call(service: str, request: dict[str, Any], **kwargs: Any) -> Any:
+        return runtime.engine.run_sync(service, request, **kwargs)
+
+    return call
+
+
+@pytest.fixture
+def fails(run: Callable[..., Any]) -> Callable[..., GenserveError]:
+    """Run a request that must fail with ``code``; returns the error for further checks."""
+
+    def call(code: ErrorCode, service: str, request: dict[str, Any], **kwargs: Any) -> GenserveError:
+        with pytest.raises(GenserveError) as info:
+            run(service, request, **kwargs)
+        assert info.value.code is code, info.value
+        return info.value
+
+    return call
+
+
+@pytest.fixture
+def chain(run: Callable[..., Any], data_root: Path) -> dict[str, Any]:
+    """A latent file and positive/negative encodings made by the real services."""
+    latent = run("latent_encoder", {"image_path": str(data_root / "inputs/person.png")})
+    encodings = run(
+        "text_encoder",
+        {
+            "image1_path": str(data_root / "inputs/person.png"),
+            "image2_path": str(data_root / "inputs/cloth.png"),
+            "prompt": "put the red shirt from picture 2 on the person",
+            "negative_prompt": "blurry",
+        },
+    )
+    return {
+        "latent_file": latent.latent_file_path,
+        "positive_encoding_file": encodings.positive_encoding_file,
+        "negative_encoding_file": encodings.negative_encoding_file,
+    }
+
+
+def load_latent(path: str) -> torch.Tensor:
+    return torch.load(path, weights_only=True)["latent"]
