@@ -8,6 +8,7 @@ error table. Modules that import torch are imported inside the commands so ``--h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -76,7 +77,12 @@ def _route_logs(stream: TextIO) -> list[tuple[logging.StreamHandler[TextIO], Tex
     proxy that prints above the bars (and a test runner swaps stderr on every call).
     """
     handlers = [h for h in logging.getLogger("genserve").handlers if type(h) is logging.StreamHandler]
-    return [(h, h.setStream(stream) or stream) for h in handlers]
+    previous: list[tuple[logging.StreamHandler[TextIO], TextIO]] = []
+    for handler in handlers:
+        with handler.lock or contextlib.nullcontext():
+            previous.append((handler, handler.stream))
+            handler.stream = stream  # not setStream(): it flushes the old stream, which may be closed
+    return previous
 
 
 class ProgressView:
@@ -147,8 +153,10 @@ def _run_service(ctx: typer.Context, service: str, params: dict[str, Any]) -> No
     try:
         base: dict[str, Any] = {}
         if json_input is not None:
-            base, file_rid = opt.read_json_input(json_input, service)
-            rid = request_id or file_rid or rid
+            loaded = opt.read_json_input(json_input)
+            rid = request_id or loaded.request_id or rid
+            loaded.check_service(service)
+            base = loaded.body
         request = opt.request_body(base, params)
         console = Console(stderr=True) if not quiet and _stderr_is_tty() else None
         with build_runtime(settings) as runtime:
@@ -390,12 +398,12 @@ def serve(ctx: typer.Context, quiet: opt.Quiet = False) -> None:
             report = demo.build_demo(root, images_dir=images)
         err.print(f"built the demo models in {root} ({report.seconds:.1f} s)")
     elif not (person.is_file() and cloth.is_file()):
-        demo.build_images(images)
+        demo.build_images(images, seed=0)
         err.print(f"wrote the demo images to {images}")
     err.print("[bold]genserve serve: the network server (REST/gRPC) is not built yet.[/bold]")
     err.print("Run the pipeline from the command line instead, e.g.:")
     example = f'genserve edit --image1-path {person} --image2-path {cloth} --prompt "{DEMO_PROMPT}"'
-    err.print(f"  {example}", markup=False)
+    err.print(f"  {example}", markup=False, soft_wrap=True)  # one line, to copy
     err.print("Running that edit now on the demo images:")
     params = {
         "image1_path": str(person.resolve()),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -190,8 +191,25 @@ def request_body(base: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str,
     return body
 
 
-def read_json_input(path: Path, service: str) -> tuple[dict[str, Any], str | None]:
-    """The request body and request id (if any) from a REST body or a Kafka message file."""
+@dataclass(frozen=True)
+class JsonRequest:
+    """A request read from ``--json-input``: a REST body, or the ``input`` of a Kafka message."""
+
+    body: dict[str, Any]
+    request_id: str | None = None
+    service: str | None = None
+
+    def check_service(self, service: str) -> None:
+        if self.service not in (None, service):
+            raise GenserveError(
+                ErrorCode.INVALID_INPUT,
+                f"--json-input: the message is for service {self.service!r}, this command runs {service!r}",
+                field="service",
+            )
+
+
+def read_json_input(path: Path) -> JsonRequest:
+    """Parse the file; a bad one is INVALID_INPUT, like a bad body through any other door."""
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -201,13 +219,8 @@ def read_json_input(path: Path, service: str) -> tuple[dict[str, Any], str | Non
     if not isinstance(data, dict):
         raise GenserveError(ErrorCode.INVALID_INPUT, f"--json-input: {path} must hold a JSON object")
     request_id = data.pop("request_id", None)
+    request_id = None if request_id is None else str(request_id)
     if isinstance(data.get("input"), dict):  # a Kafka message: the body is under "input"
-        named = data.get("service")
-        if named not in (None, service):
-            raise GenserveError(
-                ErrorCode.INVALID_INPUT,
-                f"--json-input: the message is for service {named!r}, this command runs {service!r}",
-                field="service",
-            )
-        data = dict(data["input"])
-    return data, None if request_id is None else str(request_id)
+        service = data.get("service")
+        return JsonRequest(dict(data["input"]), request_id, None if service is None else str(service))
+    return JsonRequest(data, request_id)
