@@ -78,19 +78,20 @@ class ModelRegistry:
 
     def resolve(self, kind: ModelKind | str, name: str, field: str = "model_name") -> ModelEntry:
         kind = ModelKind(kind)
-        if not name or "/" in name or "\\" in name or name in {".", ".."} or "\x00" in name:
+        if not name or name.startswith(".") or "/" in name or "\\" in name or "\x00" in name:
             raise GenserveError(
                 ErrorCode.INVALID_INPUT,
                 f"{field}: {name!r} is not a model name (a file or folder name)",
                 field=field,
             )
-        names = self.available(kind)
-        if name in names:
-            return ModelEntry(kind, name, self.folder(kind) / name)
+        folder = self.folder(kind)
+        if (folder / name).exists():
+            return ModelEntry(kind, name, folder / name)
         for suffix in WEIGHT_SUFFIXES:
             stem = name.removesuffix(suffix)
-            if stem != name and stem in names and (self.folder(kind) / stem).is_dir():
-                return ModelEntry(kind, stem, self.folder(kind) / stem)
+            if stem != name and (folder / stem).is_dir():
+                return ModelEntry(kind, stem, folder / stem)
+        names = self.available(kind)
         label = kind.label[0].upper() + kind.label[1:]
         raise GenserveError(
             ErrorCode.MODEL_NOT_FOUND,

@@ -70,7 +70,7 @@ def write_image(image: Image.Image, request: DecodeRequest, ctx: RunContext) -> 
             field="output_format",
         ) from exc
     try:
-        write_bytes(path, data)
+        write_bytes(path, data, durable=True)
     except OSError as exc:
         raise GenserveError(
             ErrorCode.OUTPUT_DIR_NOT_WRITABLE,

@@ -7,11 +7,14 @@ packed into 2x2 patches: ``[B, (H/16)*(W/16), 64]``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
 import torch
 from PIL import Image
+
+from genserve.models.loaders.vae import Vae
 
 RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -20,7 +23,10 @@ RESAMPLE = {
     "area": Image.Resampling.BOX,
     "lanczos": Image.Resampling.LANCZOS,
 }
-LATENT_MULTIPLE = 16  # 8x VAE compression times the transformer's 2x2 patches
+# Output sides: a multiple of 16 would do (8x VAE compression, 2x2 patches); 32 is diffusers' rule
+# for the output size and the text encoder's for reference images, so that with the default
+# settings the image to edit is encoded once for both.
+LATENT_MULTIPLE = 32
 
 
 def dimensions_for_area(area: float, width: int, height: int, multiple: int) -> tuple[int, int]:
@@ -61,21 +67,33 @@ def latent_stats(vae: torch.nn.Module, like: torch.Tensor) -> tuple[torch.Tensor
 
 
 @torch.no_grad()
-def vae_encode(vae: torch.nn.Module, image: Image.Image) -> torch.Tensor:
-    """Image -> normalised latent ``[1, 16, 1, H/8, W/8]`` (the distribution's mode: deterministic)."""
-    param = next(vae.parameters())
+def vae_encode(vae: Vae, image: Image.Image) -> torch.Tensor:
+    """Image -> normalised latent ``[1, 16, 1, H/8, W/8]`` on CPU, float32.
+
+    The distribution's mode, so deterministic: an encoding of the same pixels is served from
+    the VAE's cache.
+    """
+    key = (image.size, hashlib.sha1(image.tobytes()).hexdigest())
+    cached = vae.encodings.get(key)
+    if cached is not None:
+        return cached
+    module = vae.module
+    param = next(module.parameters())
     pixels = to_vae_input(image, param.device, param.dtype)
-    latent = vae.encode(pixels).latent_dist.mode()
-    mean, std = latent_stats(vae, latent)
-    return (latent - mean) / std
+    latent = module.encode(pixels).latent_dist.mode()
+    mean, std = latent_stats(module, latent)
+    normalised = ((latent - mean) / std).cpu().float()
+    vae.encodings.put(key, normalised)
+    return normalised
 
 
 @torch.no_grad()
-def vae_decode(vae: torch.nn.Module, latent: torch.Tensor) -> Image.Image:
-    param = next(vae.parameters())
+def vae_decode(vae: Vae, latent: torch.Tensor) -> Image.Image:
+    module = vae.module
+    param = next(module.parameters())
     latent = latent.to(device=param.device, dtype=param.dtype)
-    mean, std = latent_stats(vae, latent)
-    decoded = vae.decode(latent * std + mean, return_dict=False)[0][:, :, 0]
+    mean, std = latent_stats(module, latent)
+    decoded = module.decode(latent * std + mean, return_dict=False)[0][:, :, 0]
     return from_vae_output(decoded)
 
 

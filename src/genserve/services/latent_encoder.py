@@ -35,7 +35,7 @@ class LatentEncodeResponse(ServiceModel):
 
 
 def scale_to_megapixels(image: Image.Image, megapixels: float, method: str) -> Image.Image:
-    """Scale to about ``megapixels`` keeping the aspect ratio, sides a multiple of 16 pixels."""
+    """Scale to about ``megapixels`` keeping the aspect ratio, sides a multiple of 32 pixels."""
     size = dimensions_for_area(megapixels * 1_000_000, image.width, image.height, LATENT_MULTIPLE)
     return resize(image, size, method)
 
@@ -53,7 +53,7 @@ def encode_image_file(request: LatentEncodeRequest, ctx: RunContext):  # -> tupl
     with ctx.use_model(ModelKind.VAE, vae_name, "vae_model_name") as vae:
         ctx.check_cancelled()
         try:
-            latent = vae_encode(vae, scaled).cpu().float()
+            latent = vae_encode(vae, scaled)
         except GenserveError:
             raise
         except Exception as exc:

@@ -83,14 +83,15 @@ def encode_prompt(
     text = EDIT_PROMPT_TEMPLATE.format(pictures + prompt)
     inputs = text_encoder.processor(text=[text], images=images or None)
     inputs = inputs.to(text_encoder.device)
-    outputs = text_encoder.model(
+    # The base model's last hidden state equals the full model's hidden_states[-1] bit for bit,
+    # without the language-model head (152k x 3584 per token on the real weights).
+    outputs = text_encoder.model.model(
         input_ids=inputs["input_ids"],
         attention_mask=inputs["attention_mask"],
         pixel_values=inputs.get("pixel_values"),
         image_grid_thw=inputs.get("image_grid_thw"),
-        output_hidden_states=True,
     )
-    hidden = outputs.hidden_states[-1][0][inputs["attention_mask"][0].bool()]
+    hidden = outputs.last_hidden_state[0][inputs["attention_mask"][0].bool()]
     embeds = hidden[TEMPLATE_PREFIX_TOKENS:].unsqueeze(0).float().cpu()
     return embeds, torch.ones(embeds.shape[:2], dtype=torch.long)
 
@@ -131,7 +132,7 @@ def encode_conditions(request: TextEncodeRequest, ctx: RunContext, with_negative
             for (field, _), image in zip(sources, vae_images, strict=True):
                 ctx.check_cancelled()
                 try:
-                    references.append(vae_encode(vae, image).cpu().float())
+                    references.append(vae_encode(vae, image))
                 except Exception as exc:
                     raise GenserveError(
                         ErrorCode.ENCODING_FAILED,

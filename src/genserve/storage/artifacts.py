@@ -23,15 +23,20 @@ from genserve.errors import ErrorCode, GenserveError
 IMAGE_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write through ``write(fileobj)`` into a temp file beside ``path``, then rename it into place."""
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None], durable: bool = False) -> Path:
+    """Write through ``write(fileobj)`` into a temp file beside ``path``, then rename it into place.
+
+    The rename alone makes the file appear whole or not at all. ``durable`` adds an fsync so it
+    also survives a power cut: worth it for final outputs, not for intermediate tensors.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -39,8 +44,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
     return path
 
 
-def write_bytes(path: Path, data: bytes) -> Path:
-    return atomic_write(path, lambda handle: handle.write(data))
+def write_bytes(path: Path, data: bytes, durable: bool = False) -> Path:
+    return atomic_write(path, lambda handle: handle.write(data), durable=durable)
 
 
 def write_json(path: Path, payload: Any) -> Path:
@@ -51,7 +56,14 @@ def save_tensors(path: Path, payload: dict[str, Any]) -> Path:
     """Save a dict of tensors and plain values (str, int, float, lists) for ``load_tensors``."""
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    return write_bytes(path, buffer.getvalue())
+    try:
+        return write_bytes(path, buffer.getvalue())
+    except OSError as exc:
+        raise GenserveError(
+            ErrorCode.OUTPUT_DIR_NOT_WRITABLE,
+            f"output_dir: cannot write {path.name}: {exc}",
+            field="output_dir",
+        ) from exc
 
 
 def load_tensors(path: Path, field: str, failure: ErrorCode = ErrorCode.INVALID_INPUT) -> dict[str, Any]:

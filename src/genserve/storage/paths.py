@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from genserve.errors import ErrorCode, GenserveError
+
+PROBE_TTL_S = 10.0  # a folder that took a write recently is not probed again
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -29,6 +32,7 @@ class Sandbox:
         self.write_roots = [Path(r).resolve() for r in write_roots]
         self.read_roots = [Path(r).resolve() for r in read_roots] + self.write_roots
         self.default_output_dir = Path(default_output_dir).resolve()
+        self._writable: dict[Path, float] = {}  # folder -> when a write probe last succeeded
 
     def _resolve(self, raw: str | os.PathLike[str], field: str, roots: Sequence[Path]) -> Path:
         text = os.fspath(raw)
@@ -85,10 +89,13 @@ class Sandbox:
                     field=field,
                     roots=[str(r) for r in self.write_roots],
                 ) from exc
+        if time.monotonic() - self._writable.get(path, -PROBE_TTL_S) < PROBE_TTL_S and path.is_dir():
+            return path
         try:
             path.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
                 pass
+            self._writable[path] = time.monotonic()
         except OSError as exc:
             raise GenserveError(
                 ErrorCode.OUTPUT_DIR_NOT_WRITABLE,

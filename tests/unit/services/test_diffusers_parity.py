@@ -81,7 +81,7 @@ def diffusers_edit(rt: Runtime, inputs: Path, seed: int, width: int, height: int
         diffusion = stack.enter_context(rt.models.use("diffusion_models", defaults.unet_model_name))
         pipe = QwenImageEditPlusPipeline(
             scheduler=FlowMatchEulerDiscreteScheduler(shift=defaults.shift, use_dynamic_shifting=False),
-            vae=vae,
+            vae=vae.module,
             text_encoder=text_encoder.model,
             tokenizer=text_encoder.processor.tokenizer,
             processor=text_encoder.processor,
