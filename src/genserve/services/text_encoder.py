@@ -75,25 +75,38 @@ class Encoding:
 
 
 @torch.no_grad()
-def encode_prompt(
-    text_encoder: Any, prompt: str, images: list[Image.Image]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The last hidden state of Qwen2.5-VL over the edit template, system prefix dropped."""
+def encode_prompts(
+    text_encoder: Any, prompts: list[str], images: list[Image.Image]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The last hidden state of Qwen2.5-VL over the edit template, system prefix dropped, per prompt.
+
+    The images are shared by every prompt, so their patches and vision-tower features are
+    computed once and handed to each prompt's pass; each prompt's result is the same as encoding
+    it alone. The base model's last hidden state equals the full model's hidden_states[-1] bit for
+    bit, without the language-model head (152k x 3584 per token on the real weights).
+    """
+    base = text_encoder.model.model
+    device = text_encoder.device
     pictures = "".join(PICTURE.format(i + 1) for i in range(len(images)))
-    text = EDIT_PROMPT_TEMPLATE.format(pictures + prompt)
-    inputs = text_encoder.processor(text=[text], images=images or None)
-    inputs = inputs.to(text_encoder.device)
-    # The base model's last hidden state equals the full model's hidden_states[-1] bit for bit,
-    # without the language-model head (152k x 3584 per token on the real weights).
-    outputs = text_encoder.model.model(
-        input_ids=inputs["input_ids"],
-        attention_mask=inputs["attention_mask"],
-        pixel_values=inputs.get("pixel_values"),
-        image_grid_thw=inputs.get("image_grid_thw"),
+    vision = text_encoder.processor.images(images)
+    grid = vision["image_grid_thw"].to(device) if vision else None
+    features = (
+        base.get_image_features(vision["pixel_values"].to(device), grid, return_dict=True) if vision else None
     )
-    hidden = outputs.last_hidden_state[0][inputs["attention_mask"][0].bool()]
-    embeds = hidden[TEMPLATE_PREFIX_TOKENS:].unsqueeze(0).float().cpu()
-    return embeds, torch.ones(embeds.shape[:2], dtype=torch.long)
+    results = []
+    for prompt in prompts:
+        tokens = text_encoder.processor.text([EDIT_PROMPT_TEMPLATE.format(pictures + prompt)], vision)
+        mask = tokens["attention_mask"].to(device)
+        outputs = base(
+            input_ids=tokens["input_ids"].to(device),
+            attention_mask=mask,
+            image_grid_thw=grid,
+            mm_encoder_outputs={"image": features} if features is not None else None,
+        )
+        hidden = outputs.last_hidden_state[0][mask[0].bool()]
+        embeds = hidden[TEMPLATE_PREFIX_TOKENS:].unsqueeze(0).float().cpu()
+        results.append((embeds, torch.ones(embeds.shape[:2], dtype=torch.long)))
+    return results
 
 
 def load_reference_images(request: TextEncodeRequest, ctx: RunContext) -> list[tuple[str, Image.Image]]:
@@ -145,25 +158,25 @@ def encode_conditions(request: TextEncodeRequest, ctx: RunContext, with_negative
     results: dict[str, Encoding] = {}
     started = time.perf_counter()
     with ctx.use_model(ModelKind.TEXT_ENCODER, clip_name, "clip_model_name") as text_encoder:
-        for label, prompt in prompts:
-            ctx.check_cancelled()
-            try:
-                embeds, mask = encode_prompt(text_encoder, prompt, condition_images)
-            except GenserveError:
-                raise
-            except Exception as exc:
-                raise GenserveError(
-                    ErrorCode.ENCODING_FAILED, f"text encoding of the {label} prompt failed: {exc}"
-                ) from exc
-            metadata = {
-                "clip_model_name": clip_name,
-                "vae_model_name": vae_name or None,
-                "role": label,
-                "images": [field for field, _ in sources],
-                "reference_sizes": [list(img.size) for img in vae_images] if vae_name else [],
-                "vision_sizes": [list(img.size) for img in condition_images],
-            }
-            results[label] = Encoding(embeds, mask, references, metadata)
+        ctx.check_cancelled()
+        try:
+            encoded = encode_prompts(text_encoder, [prompt for _, prompt in prompts], condition_images)
+        except GenserveError:
+            raise
+        except Exception as exc:
+            raise GenserveError(
+                ErrorCode.ENCODING_FAILED, f"text encoding of the prompts failed: {exc}"
+            ) from exc
+    for (label, _), (embeds, mask) in zip(prompts, encoded, strict=True):
+        metadata = {
+            "clip_model_name": clip_name,
+            "vae_model_name": vae_name or None,
+            "role": label,
+            "images": [field for field, _ in sources],
+            "reference_sizes": [list(img.size) for img in vae_images] if vae_name else [],
+            "vision_sizes": [list(img.size) for img in condition_images],
+        }
+        results[label] = Encoding(embeds, mask, references, metadata)
     timings["text_encode_ms"] = round((time.perf_counter() - started) * 1000, 3)
     for encoding in results.values():
         encoding.metadata["timings"] = timings

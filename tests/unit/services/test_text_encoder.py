@@ -86,3 +86,19 @@ def test_mismatched_image_processor_is_encoding_failed(
             assert "text encoding" in str(exc)
         else:
             raise AssertionError("a mismatched processor must fail")
+
+
+def test_image_to_edit_is_vae_encoded_once_per_request(run, runtime, data_root: Path) -> None:
+    """At the default sizes image1's latent and its reference latent are the same encode: the
+    VAE's cache serves the second, and a caller changing its copy cannot touch the cache."""
+    latent = torch.load(run("latent_encoder", {"image_path": "inputs/person.png"}).latent_file_path)["latent"]
+    with runtime.models.use("vae", "qwen_image_vae") as vae:
+        cached = len(vae.encodings)
+    encoding = torch.load(run("text_encoder", _request(data_root)).positive_encoding_file, weights_only=True)
+    with runtime.models.use("vae", "qwen_image_vae") as vae:
+        assert len(vae.encodings) == cached + 1  # only image2 was new
+        key = next(iter(vae.encodings._items))
+        copy = vae.encodings.get(key)
+        copy.add_(1)
+        assert not torch.equal(vae.encodings.get(key), copy)
+    assert torch.equal(encoding["reference_latents"][0], latent)

@@ -49,19 +49,33 @@ class EditPromptProcessor:
         **_: Any,
     ) -> dict[str, torch.Tensor]:
         texts = [text] if isinstance(text, str) else list(text)
-        inputs: dict[str, Any] = {}
-        if images is not None:
-            image_list = [images] if isinstance(images, Image.Image) else list(images)
-            vision = self.image_processor(images=image_list, return_tensors="pt")
-            inputs["pixel_values"] = vision["pixel_values"]
-            inputs["image_grid_thw"] = vision["image_grid_thw"]
+        image_list = [images] if isinstance(images, Image.Image) else list(images or [])
+        vision = self.images(image_list)
+        return _TensorDict(
+            {**vision, **self.text(texts, vision, padding=padding, return_tensors=return_tensors)}
+        )
+
+    def images(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+        """Pixel patches and grids; done once per request, however many prompts share the images."""
+        if not images:
+            return {}
+        vision = self.image_processor(images=list(images), return_tensors="pt")
+        return {"pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"]}
+
+    def text(
+        self,
+        texts: Sequence[str],
+        vision: dict[str, torch.Tensor],
+        padding: bool = True,
+        return_tensors: str = "pt",
+    ) -> dict[str, torch.Tensor]:
+        """Token ids with each ``<|image_pad|>`` expanded to its image's vision-token count."""
+        if vision:
             merge = self.image_processor.merge_size**2
             counts = [int(grid.prod()) // merge for grid in vision["image_grid_thw"]]
             texts = [self._expand(t, counts) for t in texts]
-        encoded = self.tokenizer(texts, padding=padding, return_tensors=return_tensors)
-        inputs["input_ids"] = encoded["input_ids"]
-        inputs["attention_mask"] = encoded["attention_mask"]
-        return _TensorDict(inputs)
+        encoded = self.tokenizer(list(texts), padding=padding, return_tensors=return_tensors)
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
     @staticmethod
     def _expand(text: str, counts: list[int]) -> str:
