@@ -17,11 +17,8 @@ import itertools
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from enum import Enum
 from typing import Any
 
 import torch
@@ -30,60 +27,11 @@ from genserve.errors import ErrorCode, GenserveError
 from genserve.models.devices import default_dtype, device_name, resolve_device
 from genserve.models.loaders.base import LoadedModel, Loader
 from genserve.models.registry import WEIGHT_SUFFIXES, ModelEntry, ModelKind, ModelRegistry
+from genserve.models.slots import ModelSlot as _Slot
+from genserve.models.slots import ModelStats
+from genserve.models.slots import SlotState as _State
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelStats:
-    kind: str
-    name: str
-    loaded: bool
-    device: str | None
-    memory_bytes: int
-    request_count: int
-    total_inference_ms: float
-    average_inference_ms: float
-    last_used: float | None
-    load_time_ms: float
-    pinned: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class _State(Enum):
-    UNLOADED = "unloaded"
-    LOADING = "loading"
-    LOADED = "loaded"
-    UNLOADING = "unloading"  # still in memory, waiting for its users to finish
-
-
-@dataclass(eq=False)
-class _Slot:
-    """One model's row. Every field but ``load_lock`` is guarded by the manager lock."""
-
-    entry: ModelEntry
-    load_lock: threading.Lock = field(default_factory=threading.Lock)
-    state: _State = _State.UNLOADED
-    loaded: LoadedModel | None = None
-    device: str | None = None
-    memory_bytes: int = 0  # the disk-size estimate while loading, the measured size once loaded
-    pins: Counter[int] = field(default_factory=Counter)  # thread id -> open use() blocks
-    touched: int = 0  # LRU clock tick
-    request_count: int = 0
-    total_ms: float = 0.0
-    last_used: float | None = None
-    load_time_ms: float = 0.0
-    load_count: int = 0
-
-    @property
-    def in_memory(self) -> bool:
-        return self.state in (_State.LOADED, _State.UNLOADING)
-
-    @property
-    def label(self) -> str:
-        return f"{self.entry.kind.value}/{self.entry.name}"
 
 
 def _budget_key(name: str) -> str:
@@ -410,18 +358,6 @@ class ModelManager:
         finally:
             slot.load_lock.release()
 
-    def _snapshot(self, slot: _Slot) -> ModelStats:
-        count = slot.request_count
-        return ModelStats(
-            kind=slot.entry.kind.value,
-            name=slot.entry.name,
-            loaded=slot.in_memory,
-            device=slot.device if slot.in_memory else None,
-            memory_bytes=slot.memory_bytes if slot.in_memory else 0,
-            request_count=count,
-            total_inference_ms=slot.total_ms,
-            average_inference_ms=slot.total_ms / count if count else 0.0,
-            last_used=slot.last_used,
-            load_time_ms=slot.load_time_ms,
-            pinned=sum(slot.pins.values()),
-        )
+    @staticmethod
+    def _snapshot(slot: _Slot) -> ModelStats:
+        return slot.snapshot()
