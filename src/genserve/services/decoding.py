@@ -69,14 +69,7 @@ def write_image(image: Image.Image, request: DecodeRequest, ctx: RunContext) -> 
             f"could not encode the {image.width}x{image.height} image as {fmt}: {exc}",
             field="output_format",
         ) from exc
-    try:
-        write_bytes(path, data, durable=True)
-    except OSError as exc:
-        raise GenserveError(
-            ErrorCode.OUTPUT_DIR_NOT_WRITABLE,
-            f"output_dir: cannot write {path.name}: {exc}",
-            field="output_dir",
-        ) from exc
+    write_bytes(path, data, durable=True)
     size = len(data)
     return str(path), size, fmt
 

@@ -45,7 +45,15 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None], durable: bool =
 
 
 def write_bytes(path: Path, data: bytes, durable: bool = False) -> Path:
-    return atomic_write(path, lambda handle: handle.write(data), durable=durable)
+    """An output file: a failure to write it is the caller's OUTPUT_DIR_NOT_WRITABLE."""
+    try:
+        return atomic_write(path, lambda handle: handle.write(data), durable=durable)
+    except OSError as exc:
+        raise GenserveError(
+            ErrorCode.OUTPUT_DIR_NOT_WRITABLE,
+            f"output_dir: cannot write {path.name}: {exc}",
+            field="output_dir",
+        ) from exc
 
 
 def write_json(path: Path, payload: Any) -> Path:
@@ -56,14 +64,7 @@ def save_tensors(path: Path, payload: dict[str, Any]) -> Path:
     """Save a dict of tensors and plain values (str, int, float, lists) for ``load_tensors``."""
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    try:
-        return write_bytes(path, buffer.getvalue())
-    except OSError as exc:
-        raise GenserveError(
-            ErrorCode.OUTPUT_DIR_NOT_WRITABLE,
-            f"output_dir: cannot write {path.name}: {exc}",
-            field="output_dir",
-        ) from exc
+    return write_bytes(path, buffer.getvalue())
 
 
 def load_tensors(path: Path, field: str, failure: ErrorCode = ErrorCode.INVALID_INPUT) -> dict[str, Any]:
