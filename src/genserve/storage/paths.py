@@ -17,6 +17,7 @@ from pathlib import Path
 from genserve.errors import ErrorCode, GenserveError
 
 PROBE_TTL_S = 10.0  # a folder that took a write recently is not probed again
+PROBE_CACHE_ENTRIES = 1024
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -95,6 +96,8 @@ class Sandbox:
             path.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
                 pass
+            if len(self._writable) >= PROBE_CACHE_ENTRIES:  # many distinct folders: start over, stay bounded
+                self._writable.clear()
             self._writable[path] = time.monotonic()
         except OSError as exc:
             raise GenserveError(
