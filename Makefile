@@ -19,7 +19,9 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/genserve models demo
 
+# The demo models (and demo images) are built once, only if the models folder lacks them.
 run: setup
+	$(BIN)/genserve models demo --if-missing
 	$(BIN)/genserve serve
 
 test: setup

@@ -12,7 +12,7 @@ import json
 import sys
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -25,8 +25,6 @@ from genserve.errors import ERROR_TABLE, ErrorCode, GenserveError, as_genserve_e
 
 if TYPE_CHECKING:
     pass
-
-DEMO_PROMPT = "by using the green masked area, put the cloth in picture 2 on the person in picture 1"
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -243,10 +241,14 @@ def models_demo(
     from genserve.models import demo
 
     root = models_dir or settings.models.dir
+    images = images_dir or settings.storage.read_roots[0] / "inputs"
     if if_missing and demo.demo_present(root):
         typer.echo(f"demo models already present in {root}; nothing to do")
+        if not all((images / name).is_file() for name in ("person.png", "cloth.png")):
+            demo.build_images(images, seed=seed)
+            typer.echo(f"  image    demo images written to {images}")
         return
-    report = demo.build_demo(root, images_dir or settings.storage.read_roots[0] / "inputs", seed, force)
+    report = demo.build_demo(root, images, seed, force)
     typer.echo(f"demo models in {report.root}")
     for label in report.built:
         typer.echo(f"  built    {label}")
@@ -259,31 +261,34 @@ def models_demo(
 
 @models_app.command("list")
 def models_list(ctx: typer.Context, as_json: opt.AsJson = False) -> None:
-    """List every model on disk by kind, with its size, and which are loaded (none in a CLI process)."""
+    """List every model on disk or named by the config, by kind, with its size.
+
+    A CLI process has nothing loaded; `GET /api/v1/models` on a running server shows the same
+    rows with what is loaded, where, and its stats.
+    """
     settings = _settings(ctx)
+    from genserve.models.inventory import configured_models, inventory
     from genserve.models.registry import ModelKind
     from genserve.runtime import build_runtime
 
     with build_runtime(settings) as runtime:
         loaded = [stats.to_dict() for stats in runtime.models.loaded()]
-        entries = runtime.models.registry.entries()
-    loaded_keys = {(s["kind"], s["name"]) for s in loaded}
+        rows = inventory(runtime.models, configured_models(settings.pipeline))
     kinds: dict[str, list[dict[str, Any]]] = {kind.value: [] for kind in ModelKind}
-    for entry in entries:
-        kinds[entry.kind.value].append(
-            {"name": entry.name, "size_bytes": entry.disk_bytes(), "loaded": entry.key in loaded_keys}
-        )
+    for row in rows:
+        item = row.to_dict()
+        kinds[item.pop("kind")].append(item)
     if as_json:
         _print_json({"models_dir": str(settings.models.dir), "models": kinds, "loaded": loaded})
         return
     table = Table(title=f"models in {settings.models.dir}")
-    for column in ("kind", "name", "size on disk", "loaded"):
+    for column in ("kind", "name", "size on disk", "configured as", "loaded"):
         table.add_column(column)
     for kind, items in kinds.items():
         for item in items:
-            table.add_row(
-                kind, item["name"], _human_bytes(item["size_bytes"]), "yes" if item["loaded"] else ""
-            )
+            size = _human_bytes(item["size_bytes"]) if item["on_disk"] else "missing"
+            used = ", ".join(item["configured_as"])
+            table.add_row(kind, item["name"], size, used, "yes" if item["loaded"] else "")
     Console().print(table)
 
 
@@ -307,38 +312,31 @@ def devices(ctx: typer.Context, as_json: opt.AsJson = False) -> None:
 
 
 @app.command("serve")
-def serve(ctx: typer.Context, quiet: opt.Quiet = False) -> None:
-    """Not a server yet: prepares the demo set and runs one real edit, printing its JSON.
+def serve(
+    ctx: typer.Context,
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (server.host; 0.0.0.0 = every interface).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="REST port (server.port; 0 picks a free one).")] = None,
+) -> None:
+    """Start the server: the REST API on server.host:server.port (default 127.0.0.1:8000).
 
-    The HTTP/gRPC server is not built yet. This builds the demo models and images if the models
-    folder lacks them (like `models demo --if-missing`), shows how to run the pipeline from the
-    CLI, then runs one `edit` on the demo images into the default output folder, so a fresh
-    machine does real work end to end. Exits 0 only when that edit succeeds.
+    Serves the pipeline endpoints (/api/v1/latent/encode, /text/encode, /sampling/sample,
+    /decoding/decode, /edit), model admin (/api/v1/models), /health/live, /health/ready, /metrics
+    and the API docs at /docs. Every address is printed once the server accepts requests.
+    SIGTERM or Ctrl-C lets in-flight requests finish (server.shutdown_grace_s), then unloads
+    the models. `make run` builds the demo models first if they are missing.
     """
     settings = _settings(ctx)
-    from genserve.models import demo
+    from genserve.server import serve as run_server  # imports torch and the web stack
 
-    err = Console(stderr=True, highlight=False)
-    root, images = settings.models.dir, settings.storage.read_roots[0] / "inputs"
-    person, cloth = images / "person.png", images / "cloth.png"
-    if not demo.demo_present(root):
-        with err.status(f"building the demo models in {root}"):
-            report = demo.build_demo(root, images_dir=images)
-        err.print(f"built the demo models in {root} ({report.seconds:.1f} s)")
-    elif not (person.is_file() and cloth.is_file()):
-        demo.build_images(images, seed=0)
-        err.print(f"wrote the demo images to {images}")
-    err.print("[bold]genserve serve: the network server (REST/gRPC) is not built yet.[/bold]")
-    err.print("Run the pipeline from the command line instead, e.g.:")
-    example = f'genserve edit --image1-path {person} --image2-path {cloth} --prompt "{DEMO_PROMPT}"'
-    err.print(f"  {example}", markup=False, soft_wrap=True)  # one line, to copy
-    err.print("Running that edit now on the demo images:")
-    params = {
-        "image1_path": str(person.resolve()),
-        "image2_path": str(cloth.resolve()),
-        "prompt": DEMO_PROMPT,
-    }
-    _run_service(ctx, "edit", {**params, "request_id": None, "json_input": None, "quiet": quiet})
+    try:
+        run_server(settings, host=host, port=port)
+    except GenserveError as err:
+        raise _fail(err, None) from None
+    except OSError as exc:
+        Console(stderr=True, highlight=False).print(f"genserve: {exc}", markup=False)
+        raise typer.Exit(ERROR_TABLE[ErrorCode.UNAVAILABLE].exit_code) from None
 
 
 def main() -> None:

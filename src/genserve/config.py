@@ -62,7 +62,36 @@ class StorageSettings(_Section):
 class EngineSettings(_Section):
     queue_size: int = Field(64, ge=1, description="Requests waiting per device before new ones are refused.")
     workers_per_device: int = Field(1, ge=1, description="Executor threads per device.")
+    devices: list[str] = Field(
+        default_factory=list,
+        description="Devices that run requests, e.g. [cpu] or ['cuda:0', 'cuda:1']; "
+        "empty = models.default_device. A request goes to the least busy one.",
+    )
+    device_workers: dict[str, int] = Field(
+        default_factory=dict,
+        description="Executor threads for named devices, overriding workers_per_device, e.g. {'cuda:0': 2}.",
+    )
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads on CPU; 0 = torch's default.")
+
+
+class ServerSettings(_Section):
+    """The network server (``genserve serve``): where it listens and how it treats requests."""
+
+    host: str = Field("127.0.0.1", description="Address the REST door listens on; 0.0.0.0 = every interface.")
+    port: int = Field(
+        8000, ge=0, le=65535, description="REST port; 0 picks a free one (printed at start-up)."
+    )
+    request_timeout_s: float = Field(
+        600.0, gt=0, description="Longest a request may run; an X-Request-Timeout header may ask for less."
+    )
+    shutdown_grace_s: float = Field(
+        60.0, ge=0, description="On SIGTERM/SIGINT, how long in-flight requests get to finish."
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted (413 beyond).")
+    retry_after_s: int = Field(
+        1, ge=1, description="Retry-After (seconds) sent with 429 when the queue is full."
+    )
+    access_log: bool = Field(True, description="Log one line per HTTP request (with its request id).")
 
 
 class PipelineSettings(_Section):
@@ -111,6 +140,7 @@ class Settings(_Section):
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 

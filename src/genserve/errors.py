@@ -30,6 +30,10 @@ class ErrorCode(StrEnum):
     CANCELLED = "CANCELLED"
     TIMEOUT = "TIMEOUT"
     INTERNAL = "INTERNAL"
+    # Protocol-level refusals (a door answers these before any service runs).
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    UNAVAILABLE = "UNAVAILABLE"
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,9 @@ ERROR_TABLE: dict[ErrorCode, ErrorMapping] = {
     ErrorCode.CANCELLED: ErrorMapping(499, "CANCELLED", 14),
     ErrorCode.TIMEOUT: ErrorMapping(504, "DEADLINE_EXCEEDED", 15),
     ErrorCode.INTERNAL: ErrorMapping(500, "INTERNAL", 1),
+    ErrorCode.METHOD_NOT_ALLOWED: ErrorMapping(405, "UNIMPLEMENTED", 16),
+    ErrorCode.PAYLOAD_TOO_LARGE: ErrorMapping(413, "RESOURCE_EXHAUSTED", 17),
+    ErrorCode.UNAVAILABLE: ErrorMapping(503, "UNAVAILABLE", 18),
 }
 
 

@@ -46,6 +46,9 @@ def build_runtime(settings: Settings) -> Runtime:
     if settings.engine.torch_threads:
         torch.set_num_threads(settings.engine.torch_threads)
     device = device_name(resolve_device(settings.models.default_device))
+    # Each engine device is checked against this machine now, so a typo stops start-up.
+    lanes = [device_name(resolve_device(d)) for d in settings.engine.devices] or [device]
+    workers = {device_name(resolve_device(d)): n for d, n in settings.engine.device_workers.items()}
     models = ModelManager(
         ModelRegistry(settings.models.dir),
         default_loaders(),
@@ -62,7 +65,8 @@ def build_runtime(settings: Settings) -> Runtime:
         settings.pipeline,
         queue_size=settings.engine.queue_size,
         workers_per_device=settings.engine.workers_per_device,
-        devices=(device,),
+        devices=lanes,
+        device_workers=workers,
     )
     return Runtime(settings=settings, models=models, sandbox=sandbox, engine=engine)
 

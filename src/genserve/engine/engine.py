@@ -43,11 +43,27 @@ class DeviceLoad:
     device: str
     running: int
     waiting: int
+    workers: int
+    capacity: int  # most requests admitted at once: workers + queue size
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What an observer (metrics) learns of each finished request."""
+
+    service: str
+    device: str
+    seconds: float
+    outcome: str  # "ok", "cancelled" or an error code
+
+
+RunObserver = Callable[[RunRecord], None]
 
 
 @dataclass
 class _Lane:
     executor: ThreadPoolExecutor
+    workers: int
     admitted: int = 0  # running + waiting; the number the queue limit applies to
     running: int = 0
 
@@ -98,29 +114,33 @@ class Engine:
         queue_size: int = 64,
         workers_per_device: int = 1,
         devices: Sequence[str] = ("cpu",),
+        device_workers: Mapping[str, int] | None = None,
         services: Mapping[str, Service[Any, Any]] | None = None,
     ) -> None:
         if queue_size < 0:
             raise ValueError(f"queue_size must be >= 0, got {queue_size}")
-        if workers_per_device < 1:
-            raise ValueError(f"workers_per_device must be >= 1, got {workers_per_device}")
         names = list(devices)
         if not names or len(set(names)) != len(names):
             raise ValueError(f"devices must be a non-empty list of distinct names, got {names}")
+        overrides = dict(device_workers or {})
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise ValueError(f"device_workers names devices this engine does not run: {', '.join(unknown)}")
         self._models = models
         self._sandbox = sandbox
         self._pipeline = pipeline
         self._queue_size = queue_size
-        self._workers = workers_per_device
         self._services = dict(services) if services is not None else None
-        self._lanes = {
-            name: _Lane(
-                ThreadPoolExecutor(max_workers=workers_per_device, thread_name_prefix=f"genserve-{name}")
-            )
-            for name in names
-        }
+        self._lanes: dict[str, _Lane] = {}
+        for name in names:
+            workers = overrides.get(name, workers_per_device)
+            if workers < 1:
+                raise ValueError(f"workers for device {name} must be >= 1, got {workers}")
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"genserve-{name}")
+            self._lanes[name] = _Lane(pool, workers)
         self._lock = threading.Lock()  # guards the counters and _closed; never held while a service runs
         self._closed = False
+        self.observers: list[RunObserver] = []
 
     # -- lookup -------------------------------------------------------------------------------
 
@@ -146,10 +166,30 @@ class Engine:
             )
         return found
 
+    @property
+    def accepting(self) -> bool:
+        """False once close() has begun: new requests are refused."""
+        with self._lock:
+            return not self._closed
+
     def device_load(self, device: str) -> DeviceLoad:
         lane = self._lane(device)
         with self._lock:
-            return DeviceLoad(device, lane.running, lane.admitted - lane.running)
+            return self._load_of(device, lane)
+
+    def loads(self) -> list[DeviceLoad]:
+        with self._lock:
+            return [self._load_of(name, lane) for name, lane in self._lanes.items()]
+
+    def _load_of(self, device: str, lane: _Lane) -> DeviceLoad:
+        return DeviceLoad(
+            device, lane.running, lane.admitted - lane.running, lane.workers, lane.workers + self._queue_size
+        )
+
+    def _least_busy(self) -> str:
+        """The device with the fewest admitted requests per worker; ties go to the first listed."""
+        with self._lock:
+            return min(self._lanes, key=lambda name: self._lanes[name].admitted / self._lanes[name].workers)
 
     def _lane(self, device: str) -> _Lane:
         lane = self._lanes.get(device)
@@ -181,7 +221,7 @@ class Engine:
         """
         rid = request_id or str(uuid.uuid4())
         service_name = service if isinstance(service, str) else service.name
-        device_name = device if device is not None else next(iter(self._lanes))
+        device_name = device if device is not None else self._least_busy()
         started = time.perf_counter()
         outcome = "ok"
         relay: _ProgressRelay | None = None
@@ -219,6 +259,7 @@ class Engine:
                 "duration_ms": round(duration_ms, 1),
                 "outcome": outcome,
             }
+            self._notify(RunRecord(service_name, device_name, duration_ms / 1000, outcome))
             logger.info(
                 "request_id=%s service=%s device=%s duration_ms=%.1f outcome=%s",
                 rid,
@@ -228,6 +269,13 @@ class Engine:
                 outcome,
                 extra=fields,
             )
+
+    def _notify(self, record: RunRecord) -> None:
+        for observer in self.observers:
+            try:
+                observer(record)
+            except Exception:
+                logger.exception("run observer failed")
 
     def run_sync(
         self,
@@ -259,7 +307,7 @@ class Engine:
         with self._lock:
             if self._closed:
                 raise GenserveError(ErrorCode.RESOURCE_EXHAUSTED, "engine is shutting down; request refused")
-            if lane.admitted >= self._queue_size + self._workers:
+            if lane.admitted >= self._queue_size + lane.workers:
                 waiting = lane.admitted - lane.running
                 raise GenserveError(
                     ErrorCode.RESOURCE_EXHAUSTED,

@@ -97,6 +97,15 @@ class ModelManager:
         slot = self._find(kind, name)
         return slot is not None and self._unload_slot(slot, timeout)
 
+    @property
+    def max_loaded(self) -> int:
+        return self._max_loaded
+
+    @property
+    def memory_budgets(self) -> dict[str, int]:
+        """Per-device budgets in bytes, keyed like loaded models' devices."""
+        return dict(self._budgets)
+
     def is_loaded(self, kind: ModelKind | str, name: str) -> bool:
         slot = self._find(kind, name)
         with self._cond:

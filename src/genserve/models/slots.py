@@ -29,6 +29,7 @@ class ModelStats:
     last_used: float | None
     load_time_ms: float
     pinned: int
+    load_count: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,4 +82,5 @@ class ModelSlot:
             last_used=self.last_used,
             load_time_ms=self.load_time_ms,
             pinned=sum(self.pins.values()),
+            load_count=self.load_count,
         )

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -184,21 +183,3 @@ def test_edit_as_the_installed_console_script(env: dict[str, str], data_root: Pa
     assert abs(image.width * image.height / 128**2 - 1) < 0.1
     assert response["metadata"]["sampling"]["steps"] == 2
     assert not PROGRESS_MARKS & set(done.stderr) and "2/2" not in done.stderr  # a pipe: no progress
-
-
-@pytest.fixture
-def no_demo_images(data_root: Path) -> Iterator[Path]:
-    for image in (data_root / "inputs").iterdir():
-        image.unlink()
-    yield data_root / "inputs"
-
-
-def test_serve_says_it_is_not_a_server_and_runs_one_real_edit(
-    env: dict[str, str], no_demo_images: Path
-) -> None:
-    result = invoke(["serve"], env)
-    assert result.exit_code == 0, (result.stdout, result.stderr)
-    assert "not built yet" in result.stderr and "genserve edit --image1-path" in result.stderr
-    assert (no_demo_images / "person.png").is_file()  # the demo images were written for the edit
-    response = json.loads(result.stdout)
-    assert response["status"] == "success" and Path(response["image_file_path"]).is_file()

@@ -1,0 +1,73 @@
+"""The REST door's app factory: one FastAPI app over one runtime.
+
+Everything the routes need is passed in here (no globals, no ``app.state`` grab-bag), so tests
+and the server build apps the same way. The app does not own the runtime unless asked: the
+server closes it after the last request has finished (engine first, then models).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from genserve import __version__
+from genserve.api.rest.errors import install_error_handlers
+from genserve.api.rest.metrics import ServerMetrics
+from genserve.api.rest.middleware import RequestContextMiddleware
+from genserve.api.rest.models import models_router
+from genserve.api.rest.operations import operations_router
+from genserve.api.rest.pipeline import pipeline_router
+from genserve.runtime import Runtime
+
+DESCRIPTION = """\
+genserve's REST door: the four services of the Qwen-Image-Edit-2509 pipeline (latent encoder,
+text encoder, sampling, decoding) plus the one-piece `edit`, model admin, health and metrics.
+
+Every failure answers in one format: `{"status": "error", "request_id", "error_code",
+"error_message", "timestamp"}`. Send `X-Request-ID` to set the request id (echoed in the
+response header, body and logs).
+"""
+
+TAGS = [
+    {"name": "pipeline", "description": "The pipeline services, as the spec gives them."},
+    {"name": "models", "description": "What is on disk and loaded; load and unload by hand."},
+    {"name": "operations", "description": "Health checks and Prometheus metrics."},
+]
+
+
+def build_app(runtime: Runtime, *, close_runtime: bool = False) -> FastAPI:
+    settings = runtime.settings
+    metrics = ServerMetrics(runtime.engine, runtime.models)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            metrics.close()
+            if close_runtime:
+                # Running work finishes, queued work is dropped, then every model is unloaded.
+                await asyncio.to_thread(runtime.close)
+
+    app = FastAPI(
+        title="genserve",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app, settings.server.retry_after_s)
+    app.include_router(pipeline_router(runtime.engine, settings.server))
+    app.include_router(models_router(runtime.models, settings.pipeline))
+    app.include_router(operations_router(runtime.engine, runtime.models, metrics))
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.server.max_body_bytes,
+        retry_after_s=settings.server.retry_after_s,
+        access_log=settings.server.access_log,
+    )
+    return app

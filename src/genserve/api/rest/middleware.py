@@ -1,0 +1,144 @@
+"""Per-request plumbing for every route: request id, body size limit, metrics, access log, and a
+last-resort INTERNAL answer.
+
+A plain ASGI middleware rather than Starlette's BaseHTTPMiddleware, because the latter re-wraps
+``receive`` and would hide the client's disconnect from the routes that watch for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from genserve.api.rest.errors import error_response
+from genserve.api.rest.metrics import ServerMetrics
+from genserve.errors import ErrorCode, GenserveError
+
+log = logging.getLogger("genserve.http")
+
+REQUEST_ID_HEADER = "x-request-id"
+_VALID_ID = re.compile(r"[A-Za-z0-9._:@+=/-]{1,128}")
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class RequestContextMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: ServerMetrics,
+        max_body_bytes: int,
+        retry_after_s: int = 1,
+        access_log: bool = True,
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.retry_after_s = retry_after_s
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = dict(scope.get("headers") or ())
+        given = headers.get(REQUEST_ID_HEADER.encode())
+        request_id = str(uuid.uuid4())
+        problem: GenserveError | None = None
+        if given is not None:
+            text = given.decode("latin-1")
+            if _VALID_ID.fullmatch(text):
+                request_id = text
+            else:
+                problem = GenserveError(
+                    ErrorCode.INVALID_INPUT,
+                    "X-Request-ID: must be 1-128 characters of letters, digits and ._:@+=/-",
+                    field="X-Request-ID",
+                )
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = {"code": 500, "started": False}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"], status["started"] = message["status"], True
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        length = headers.get(b"content-length")
+        if problem is None and length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            problem = self._too_large()
+        received = 0
+
+        async def bounded_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        self.metrics.http_started()
+        try:
+            if problem is not None:
+                await error_response(problem, request_id, self.retry_after_s)(scope, receive, send_with_id)
+            else:
+                await self.app(scope, bounded_receive, send_with_id)
+        except _BodyTooLarge:
+            if not status["started"]:
+                await error_response(self._too_large(), request_id)(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error (request_id=%s)", request_id, extra={"request_id": request_id})
+            if not status["started"]:
+                err = GenserveError(ErrorCode.INTERNAL, "internal error; the server log has the details")
+                await error_response(err, request_id)(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - started
+            route = _route_template(scope)
+            self.metrics.http_finished(scope["method"], route, int(status["code"]), seconds)
+            if self.access_log:
+                self._log(scope, route, int(status["code"]), seconds, request_id)
+
+    def _too_large(self) -> GenserveError:
+        return GenserveError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"request body larger than {self.max_body_bytes} bytes (server.max_body_bytes)",
+            limit_bytes=self.max_body_bytes,
+        )
+
+    @staticmethod
+    def _log(scope: Scope, route: str, status: int, seconds: float, request_id: str) -> None:
+        fields: dict[str, Any] = {
+            "request_id": request_id,
+            "method": scope["method"],
+            "path": scope["path"],
+            "route": route,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 2),
+        }
+        log.info(
+            "%s %s %d %.1f ms request_id=%s",
+            scope["method"],
+            scope["path"],
+            status,
+            seconds * 1000,
+            request_id,
+            extra=fields,
+        )
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's template (``/api/v1/models/{kind}/{name}/load``), so labels stay few."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"

@@ -1,0 +1,98 @@
+"""``genserve serve``: the doors on one runtime, with a start-up banner and a graceful stop.
+
+The REST door runs on uvicorn over a socket bound here, so the banner can print the real
+address (port 0 picks a free one) before the first request. On SIGTERM or Ctrl-C uvicorn stops
+accepting, lets in-flight requests finish (up to ``server.shutdown_grace_s``), then the app's
+lifespan closes the engine and unloads the models. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import uvicorn
+
+from genserve.api.rest import build_app
+from genserve.config import Settings
+from genserve.runtime import Runtime, build_runtime
+
+log = logging.getLogger("genserve.server")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket; IPv6 when the host is an IPv6 address."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port} (server.host, server.port): {exc.strerror}") from exc
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+class RestServer(uvicorn.Server):
+    """uvicorn's server that announces every address once it accepts requests."""
+
+    def __init__(self, runtime: Runtime, sock: socket.socket) -> None:
+        settings = runtime.settings.server
+        config = uvicorn.Config(
+            build_app(runtime, close_runtime=True),
+            log_config=None,  # genserve's logging is already configured
+            access_log=False,  # the app logs each request with its request id
+            server_header=False,
+            timeout_graceful_shutdown=settings.shutdown_grace_s,
+            lifespan="on",
+        )
+        super().__init__(config)
+        self.sock = sock
+        self.url = url_of(sock)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            host = self.sock.getsockname()[0]
+            note = " (every interface)" if host in ("0.0.0.0", "::") else ""
+            log.info("REST       %s%s", self.url, note)
+            log.info("API docs   %s/docs  (OpenAPI: %s/openapi.json)", self.url, self.url)
+            log.info("health     %s/health/live  %s/health/ready", self.url, self.url)
+            log.info("metrics    %s/metrics", self.url)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        log.info("shutting down: finishing in-flight requests, then unloading models")
+        await super().shutdown(sockets)
+        log.info("stopped")
+
+
+def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
+    """Run until a signal; models dir, devices and config are checked before binding."""
+    if host is not None:
+        settings.server.host = host
+    if port is not None:
+        settings.server.port = port
+    runtime = build_runtime(settings)
+    if not runtime.models.registry.entries():
+        log.warning(
+            "the models folder %s holds no models; `genserve models demo` builds a demo set",
+            settings.models.dir,
+        )
+    try:
+        sock = bind(settings.server.host, settings.server.port)
+    except OSError:
+        runtime.close()
+        raise
+    server = RestServer(runtime, sock)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
