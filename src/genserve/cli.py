@@ -37,7 +37,7 @@ app.add_typer(models_app, name="models")
 
 @app.callback()
 def main_options(ctx: typer.Context, config: opt.Config = None) -> None:
-    """genserve: the Qwen-Image-Edit pipeline services and their models, from the command line."""
+    """genserve: serve the Qwen-Image-Edit pipeline over HTTP (`serve`) or run its services here."""
     ctx.obj = config  # read by each command, so that --help works even with a broken config
 
 

@@ -28,7 +28,7 @@ EXPECTED_OPTIONS = {
     "models demo": "--dir --images-dir --seed --force --if-missing",
     "models list": "--json",
     "devices": "--json",
-    "serve": "--quiet",
+    "serve": "--host --port",
 }
 
 
@@ -49,9 +49,19 @@ def test_help_explains_each_command_and_lists_its_options(command: str) -> None:
 
 def test_top_level_help_lists_commands_and_config() -> None:
     text = ANSI.sub("", invoke(["--help"]).stdout)
-    for name in ("--config", "encode-latent", "encode-text", "sample", "decode", "edit", "models", "devices"):
+    for name in (
+        "--config",
+        "encode-latent",
+        "encode-text",
+        "sample",
+        "decode",
+        "edit",
+        "models",
+        "devices",
+        "serve",
+    ):
         assert name in text
-    assert "not built yet" in ANSI.sub("", invoke(["serve", "--help"]).stdout)
+    assert "serve" in text and "127.0.0.1:8000" in ANSI.sub("", invoke(["serve", "--help"]).stdout)
 
 
 @pytest.mark.parametrize("command", sorted(SERVICE_OF))
