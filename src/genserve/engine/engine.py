@@ -306,7 +306,7 @@ class Engine:
     ) -> Future[BaseModel]:
         with self._lock:
             if self._closed:
-                raise GenserveError(ErrorCode.RESOURCE_EXHAUSTED, "engine is shutting down; request refused")
+                raise GenserveError(ErrorCode.UNAVAILABLE, "engine is shutting down; request refused")
             if lane.admitted >= self._queue_size + lane.workers:
                 waiting = lane.admitted - lane.running
                 raise GenserveError(
@@ -322,7 +322,7 @@ class Engine:
         except RuntimeError:  # the executor shut down between the check above and this submit
             self._release(lane)
             raise GenserveError(
-                ErrorCode.RESOURCE_EXHAUSTED, "engine is shutting down; request refused"
+                ErrorCode.UNAVAILABLE, "engine is shutting down; request refused"
             ) from None
         # Added before asyncio wraps the future, so the slot is free by the time the caller resumes.
         work.add_done_callback(lambda _: self._release(lane))
