@@ -332,7 +332,7 @@ def test_close_waits_for_running_work_and_refuses_new(make_engine: MakeEngine) -
         assert cast(StepsResponse, await task).done == 5
         with pytest.raises(GenserveError) as excinfo:
             await engine.submit(ADD, {"a": 1, "b": 1})
-        assert excinfo.value.code is ErrorCode.RESOURCE_EXHAUSTED
+        assert excinfo.value.code is ErrorCode.UNAVAILABLE
 
     asyncio.run(scenario())
     engine.close()  # idempotent
