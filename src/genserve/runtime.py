@@ -71,6 +71,20 @@ def build_runtime(settings: Settings) -> Runtime:
     return Runtime(settings=settings, models=models, sandbox=sandbox, engine=engine)
 
 
+# Fields that loggers pass with ``extra=`` and JSON lines carry as keys of their own.
+_STRUCTURED_FIELDS = (
+    "request_id",
+    "service",
+    "device",
+    "duration_ms",
+    "outcome",
+    "method",
+    "path",
+    "route",
+    "status",
+)
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         import json
@@ -81,7 +95,7 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("request_id", "service", "device", "duration_ms", "outcome"):
+        for key in _STRUCTURED_FIELDS:
             if hasattr(record, key):
                 payload[key] = getattr(record, key)
         if record.exc_info:
