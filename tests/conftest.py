@@ -53,8 +53,10 @@ def data_root(tmp_path: Path, demo_images: Path) -> Path:
     return root
 
 
-def small_settings(models_dir: Path, data_root: Path, **env: str) -> Settings:
-    environ = {
+def small_env(models_dir: Path, data_root: Path) -> dict[str, str]:
+    """The test settings as the GENSERVE_* variables a user would set: the demo models, the data
+    root's inputs/ and outputs/, and small pipeline sizes."""
+    return {
         "GENSERVE_MODELS__DIR": str(models_dir),
         "GENSERVE_STORAGE__READ_ROOTS": f"[{data_root}]",
         "GENSERVE_STORAGE__WRITE_ROOTS": f"[{data_root / 'outputs'}]",
@@ -62,9 +64,11 @@ def small_settings(models_dir: Path, data_root: Path, **env: str) -> Settings:
         "GENSERVE_PIPELINE__MEGAPIXELS": str(SMALL_MP),
         "GENSERVE_PIPELINE__VAE_REFERENCE_MEGAPIXELS": str(SMALL_MP),
         "GENSERVE_PIPELINE__VISION_REFERENCE_MEGAPIXELS": str(VISION_MP),
-        **env,
     }
-    return load_settings(environ=environ)
+
+
+def small_settings(models_dir: Path, data_root: Path, **env: str) -> Settings:
+    return load_settings(environ={**small_env(models_dir, data_root), **env})
 
 
 @pytest.fixture

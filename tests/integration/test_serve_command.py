@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import SMALL_MP, VISION_MP
+from tests.conftest import small_env
 
 URL = re.compile(r"REST\s+(http://127\.0\.0\.1:\d+)")
 
@@ -28,16 +28,7 @@ def genserve() -> str:
 @pytest.fixture
 def env(demo_models: Path, data_root: Path, tmp_path: Path) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("GENSERVE_")}
-    return {
-        **base,
-        "GENSERVE_MODELS__DIR": str(demo_models),
-        "GENSERVE_STORAGE__READ_ROOTS": f"[{data_root}]",
-        "GENSERVE_STORAGE__WRITE_ROOTS": f"[{data_root / 'outputs'}]",
-        "GENSERVE_STORAGE__DEFAULT_OUTPUT_DIR": str(data_root / "outputs"),
-        "GENSERVE_PIPELINE__MEGAPIXELS": str(SMALL_MP),
-        "GENSERVE_PIPELINE__VAE_REFERENCE_MEGAPIXELS": str(SMALL_MP),
-        "GENSERVE_PIPELINE__VISION_REFERENCE_MEGAPIXELS": str(VISION_MP),
-    }
+    return {**base, **small_env(demo_models, data_root)}
 
 
 class Served:

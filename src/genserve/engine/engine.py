@@ -321,9 +321,7 @@ class Engine:
             work = lane.executor.submit(self._execute, lane, service, request, ctx)
         except RuntimeError:  # the executor shut down between the check above and this submit
             self._release(lane)
-            raise GenserveError(
-                ErrorCode.UNAVAILABLE, "engine is shutting down; request refused"
-            ) from None
+            raise GenserveError(ErrorCode.UNAVAILABLE, "engine is shutting down; request refused") from None
         # Added before asyncio wraps the future, so the slot is free by the time the caller resumes.
         work.add_done_callback(lambda _: self._release(lane))
         return work

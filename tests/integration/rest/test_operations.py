@@ -8,8 +8,8 @@ import logging
 import httpx
 import pytest
 
-from genserve.api.rest import examples
 from genserve.api.rest.pipeline import ROUTES
+from genserve.services import examples
 from tests.integration.conftest import LiveServer
 
 VAE = "qwen_image_vae"

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from genserve import cli
-from tests.conftest import SMALL_MP, VISION_MP
+from tests.conftest import small_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,16 +51,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def env(demo_models: Path, data_root: Path) -> dict[str, str]:
     """The same settings as conftest's small_settings, as the environment a user would set."""
-    return {
-        "GENSERVE_MODELS__DIR": str(demo_models),
-        "GENSERVE_STORAGE__READ_ROOTS": f"[{data_root}]",
-        "GENSERVE_STORAGE__WRITE_ROOTS": f"[{data_root / 'outputs'}]",
-        "GENSERVE_STORAGE__DEFAULT_OUTPUT_DIR": str(data_root / "outputs"),
-        "GENSERVE_PIPELINE__MEGAPIXELS": str(SMALL_MP),
-        "GENSERVE_PIPELINE__VAE_REFERENCE_MEGAPIXELS": str(SMALL_MP),
-        "GENSERVE_PIPELINE__VISION_REFERENCE_MEGAPIXELS": str(VISION_MP),
-        "COLUMNS": "200",
-    }
+    return {**small_env(demo_models, data_root), "COLUMNS": "200"}
 
 
 def invoke(args: list[str], env: dict[str, str] | None = None) -> Result:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from genserve.services import examples
 from tests.unit.services.conftest import LORA
 
 
@@ -20,14 +21,7 @@ def _pixels(path: str) -> np.ndarray:
 @pytest.mark.parametrize(
     "params",
     [
-        {
-            "seed": 12345,
-            "steps": 4,
-            "cfg": 1.0,
-            "sampler_name": "euler",
-            "scheduler": "simple",
-            "denoise": 1.0,
-        },
+        examples.REQUESTS["sampling"]["sampling_params"],
         {
             "seed": 99,
             "steps": 3,

@@ -8,19 +8,12 @@ import pytest
 import torch
 
 from genserve.errors import ErrorCode
-from genserve.services import samplers
+from genserve.services import examples, samplers
 from tests.unit.services.conftest import LORA, load_latent
 
 
 def _sample(run, chain: dict[str, Any], **overrides: Any) -> torch.Tensor:
-    params = {
-        "seed": 12345,
-        "steps": 4,
-        "cfg": 1.0,
-        "sampler_name": "euler",
-        "scheduler": "simple",
-        "denoise": 1.0,
-    }
+    params = dict(examples.REQUESTS["sampling"]["sampling_params"])
     params.update(overrides.pop("params", {}))
     request = {
         **chain,
@@ -35,20 +28,7 @@ def test_spec_request_shape_metadata_and_progress(run, chain: dict[str, Any]) ->
     events: list[tuple[str, int, int]] = []
     response = run(
         "sampling",
-        {
-            **chain,
-            "unet_model_name": "qwen_image_edit_2509_fp8_e4m3fn.safetensors",
-            "lora_model_name": LORA,
-            "sampling_params": {
-                "seed": 12345,
-                "steps": 4,
-                "cfg": 1.0,
-                "sampler_name": "euler",
-                "scheduler": "simple",
-                "denoise": 1.0,
-            },
-            "model_transform_params": {"shift": 3, "strength": 1.0},
-        },
+        {**examples.REQUESTS["sampling"], **chain},
         progress=lambda e: events.append((e.stage, e.step, e.total)),
     )
     assert response.sampled_latent_shape == list(load_latent(chain["latent_file"]).shape)

@@ -19,11 +19,11 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from genserve.api.rest import examples
 from genserve.api.rest.errors import ERROR_RESPONSES, request_id_of
 from genserve.config import ServerSettings
 from genserve.engine.engine import Engine
 from genserve.errors import ErrorCode, GenserveError
+from genserve.services import examples
 from genserve.services.base import Service
 
 TIMEOUT_HEADER = "x-request-timeout"

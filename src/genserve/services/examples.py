@@ -1,4 +1,5 @@
-"""The pipeline spec's request and response examples, shown in /docs and /openapi.json.
+"""The pipeline spec's request and response examples: shown in every door's docs (/docs and
+/openapi.json for REST) and used by the tests as the requests a spec reader would send.
 
 Written as the spec writes them (its paths and illustrative shapes); the real Qwen-Image latents
 are 5-D, as the responses of a running server show.
@@ -89,12 +90,6 @@ RESPONSES: dict[str, dict[str, Any]] = {
         "file_size": 245678,
         "metadata": {},
     },
-    "edit": {
-        "status": "success",
-        "request_id": "uuid-here",
-        "image_file_path": "/path/to/output/test_male_1_123.jpg",
-        "image_shape": [1024, 1024, 3],
-        "file_size": 245678,
-        "metadata": {},
-    },
 }
+# The one-piece edit answers like the decoder: one image file.
+RESPONSES["edit"] = dict(RESPONSES["decoding"])
