@@ -34,6 +34,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/pipeline_overhead.py
+	$(BIN)/python benchmarks/rest_overhead.py
 
 clean:
 	rm -rf $(VENV) .genserve-cache .pytest_cache

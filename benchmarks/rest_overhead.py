@@ -8,14 +8,13 @@ HTTP        ``genserve serve`` runs as a subprocess (its own GIL, as in producti
 in-process  ``runtime.engine.submit("decoding", ...)`` in this process on a long-lived event loop:
             the call the route makes, without uvicorn, FastAPI, JSON or sockets.
 
-The two alternate (HTTP first on even pairs, in-process first on odd ones) after a warm-up, so a
+They alternate (HTTP first on even pairs, in-process first on odd ones) after a warm-up, so a
 machine that slows down slows both. Printed: p50 and p99 of each, the overhead in ms and as a
-ratio, and the same for the time outside the VAE compute (wall minus the ``decode_ms`` the
-service reports), which removes the compute's own noise. Then requests/s at 1 and 16 clients
-both ways (closed loop: each client sends its next request once its answer is in; HTTP clients
-are threads with their own ``httpx.Client``, in-process ones coroutines on one loop), each run
-split in halves in the order in-process, HTTP, HTTP, in-process. The target is a p50 overhead of
-at most 2 ms at 1 client; the PASS/FAIL line judges it on the time outside compute.
+ratio, also for the time outside the VAE compute (wall minus the service's ``decode_ms``, which
+drops the compute's own noise); the p50 of ``GET /health/live``, the round-trip floor; requests/s
+at 1 and 16 closed-loop clients both ways (threads with their own ``httpx.Client``, or coroutines
+on one event loop), each run split in halves: in-process, HTTP, HTTP, in-process. Target: p50
+overhead <= 2 ms at 1 client, judged on the time outside compute.
 
     .venv/bin/python benchmarks/rest_overhead.py [--pairs 200] [--warmup 20] [--concurrency-requests 320]
 """
@@ -31,9 +30,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from genserve.runtime import Runtime, build_runtime
 ROUTE = "/api/v1/decoding/decode"
 SIZE = 128  # output side, as in the test suite
 Sample = tuple[float, float]  # (wall ms, decode_ms the service reports)
+Rate = Callable[[int], float]  # requests -> requests/s
 
 
 def environment(models_dir: Path, data: Path, threads: int) -> dict[str, str]:
@@ -108,21 +108,14 @@ def http_rate(url: str, body: dict[str, Any], clients: int, total: int) -> float
     sessions = [httpx.Client(base_url=url, timeout=300) for _ in range(clients)]
     for session in sessions:  # connected before the clock starts
         session.get("/health/live").raise_for_status()
-    barrier = threading.Barrier(clients + 1)
 
     def client(session: httpx.Client, count: int) -> None:
-        barrier.wait()
         for _ in range(count):
             session.post(ROUTE, json=body).raise_for_status()
 
-    jobs = zip(sessions, shares(total, clients), strict=True)
-    threads = [threading.Thread(target=client, args=job) for job in jobs]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
     started = time.perf_counter()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, sessions, shares(total, clients)))
     elapsed = time.perf_counter() - started
     for session in sessions:
         session.close()
@@ -144,21 +137,21 @@ def inproc_rate(runner: asyncio.Runner, rt: Runtime, body: dict[str, Any], clien
     return total / runner.run(everyone())
 
 
-def interleaved_rates(
-    a: Callable[[int], float], b: Callable[[int], float], total: int
-) -> tuple[float, float]:
+def interleaved_rates(a: Rate, b: Rate, total: int) -> tuple[float, float]:
     """Rates of two runs of ``total`` requests, each split in halves run in the order a, b, b, a."""
     half = max(total // 2, 1)
     a1, b1, b2, a2 = a(half), b(half), b(half), a(half)
     return 2 / (1 / a1 + 1 / a2), 2 / (1 / b1 + 1 / b2)  # requests over the summed time
 
 
-def p99(values: list[float]) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[98]
-
-
-def report(args: argparse.Namespace, http: list[Sample], inproc: list[Sample], rates: dict[int, Any]) -> None:
+def report(
+    args: Any, http: list[Sample], inproc: list[Sample], floor: list[float], rates: dict[int, Any]
+) -> None:
     p50 = statistics.median
+
+    def p99(values: list[float]) -> float:
+        return statistics.quantiles(values, n=100, method="inclusive")[98]
+
     http_wall, inproc_wall = [w for w, _ in http], [w for w, _ in inproc]
     http_out, inproc_out = [w - d for w, d in http], [w - d for w, d in inproc]
     cells = {
@@ -169,12 +162,20 @@ def report(args: argparse.Namespace, http: list[Sample], inproc: list[Sample], r
     print(f"{ROUTE} on the demo VAE, {SIZE}x{SIZE} png; {os.cpu_count()} CPUs, torch threads {args.threads}")
     print(f"latency: {args.pairs} interleaved pairs after {args.warmup} warm-up pairs")
     print(f"{'':11s}" + "".join(f"{name:>21s}" for name in cells))
-    print(f"{'HTTP':11s}" + "".join(f"{h:21.2f}" for h, _ in cells.values()))
-    print(f"{'in-process':11s}" + "".join(f"{i:21.2f}" for _, i in cells.values()))
-    print(f"{'overhead':11s}" + "".join(f"{h - i:21.2f}" for h, i in cells.values()))
-    print(f"{'ratio':11s}" + "".join(f"{h / i:21.2f}" for h, i in cells.values()))
+    rows: dict[str, Callable[[float, float], float]] = {
+        "HTTP": lambda h, i: h,
+        "in-process": lambda h, i: i,
+        "overhead": lambda h, i: h - i,
+        "ratio": lambda h, i: h / i,
+    }
+    for label, cell in rows.items():
+        print(f"{label:11s}" + "".join(f"{cell(h, i):21.2f}" for h, i in cells.values()))
     paired = p50([h - i for h, i in zip(http_out, inproc_out, strict=True)])
     print(f"median of the per-pair differences outside compute: {paired:.2f} ms")
+    print(
+        f"GET /health/live after an in-process decode: p50 {p50(floor):.2f} ms "
+        "(the floor of one round trip: client, loopback, uvicorn, a minimal route)"
+    )
     print(f"throughput: {args.concurrency_requests} requests per run, closed loop")
     print(f"{'clients':>7s} {'HTTP req/s':>11s} {'in-process req/s':>17s} {'ratio':>6s}")
     for clients, (inproc_rps, http_rps) in rates.items():
@@ -192,22 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--pairs", type=int, default=200, help="timed HTTP/in-process pairs (default 200)")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed pairs first (default 20)")
-    parser.add_argument(
-        "--concurrency-requests",
-        type=int,
-        default=320,
-        metavar="N",
-        help="requests per throughput run, at 1 and at 16 clients, each way (default 320)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads on both sides (default 1, which leaves the client and the event loop "
-        "a core; 0 = torch's choice)",
-    )
+    add = parser.add_argument
+    add("--pairs", type=int, default=200, help="timed HTTP/in-process pairs (default 200)")
+    add("--warmup", type=int, default=20, help="untimed pairs first (default 20)")
+    add("--concurrency-requests", type=int, default=320, help="requests per throughput run (default 320)")
+    add("--threads", type=int, default=1, help="torch threads, both sides (default 1: a core left for HTTP)")
     args = parser.parse_args(argv)
     if args.pairs < 2 or args.concurrency_requests < 32:
         parser.error("--pairs must be at least 2 and --concurrency-requests at least 32")
@@ -226,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 body = {"latent_file": encoded.latent_file_path, "output_format": "png"}
                 http: list[Sample] = []
                 inproc: list[Sample] = []
+                floor: list[float] = []
                 with httpx.Client(base_url=url, timeout=300) as client:
                     for index in range(args.warmup + args.pairs):
                         if index % 2:
@@ -235,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
                         if index >= args.warmup:
                             http.append(h)
                             inproc.append(i)
+                    for _ in range(max(args.pairs // 4, 2)):  # the floor, in the state of a cold HTTP call
+                        inproc_call(runner, rt, body)
+                        started = time.perf_counter()
+                        client.get("/health/live").raise_for_status()
+                        floor.append((time.perf_counter() - started) * 1000)
                 rates = {
                     clients: interleaved_rates(
                         lambda n, c=clients: inproc_rate(runner, rt, body, c, n),
@@ -246,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-    report(args, http, inproc, rates)
+    report(args, http, inproc, floor, rates)
     return 0
 
 
