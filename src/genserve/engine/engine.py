@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -24,16 +24,21 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from genserve.config import PipelineSettings
+from genserve.engine.events import (
+    ProgressCallback,
+    ProgressRelay,
+    RunObserver,
+    RunRecord,
+    discard,
+)
 from genserve.errors import ErrorCode, GenserveError, as_genserve_error
-from genserve.services.base import ProgressEvent, RunContext, Service, parse_request
+from genserve.services.base import RunContext, Service, parse_request
 from genserve.storage.paths import Sandbox
 
 if TYPE_CHECKING:
     from genserve.models.manager import ModelManager
 
 logger = logging.getLogger("genserve.engine")
-
-ProgressCallback = Callable[[ProgressEvent], None]
 
 
 @dataclass(frozen=True)
@@ -47,59 +52,12 @@ class DeviceLoad:
     capacity: int  # most requests admitted at once: workers + queue size
 
 
-@dataclass(frozen=True)
-class RunRecord:
-    """What an observer (metrics) learns of each finished request."""
-
-    service: str
-    device: str
-    seconds: float
-    outcome: str  # "ok", "cancelled" or an error code
-
-
-RunObserver = Callable[[RunRecord], None]
-
-
 @dataclass
 class _Lane:
     executor: ThreadPoolExecutor
     workers: int
     admitted: int = 0  # running + waiting; the number the queue limit applies to
     running: int = 0
-
-
-def _discard(_: ProgressEvent) -> None:
-    return None
-
-
-class _ProgressRelay:
-    """Carries events from the worker thread to the caller's loop, and stops once the caller has gone.
-
-    A callback that outlives its request (a closed WebSocket, a finished progress bar) must not be
-    called, and a failing callback must not fail the run it only watches.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, callback: ProgressCallback, request_id: str) -> None:
-        self._loop = loop
-        self._callback = callback
-        self._request_id = request_id
-        self.open = True
-
-    def __call__(self, event: ProgressEvent) -> None:
-        if not self.open:
-            return
-        try:
-            self._loop.call_soon_threadsafe(self._deliver, event)
-        except RuntimeError:  # the caller's loop is closed: nobody is listening any more
-            self.open = False
-
-    def _deliver(self, event: ProgressEvent) -> None:
-        if not self.open:
-            return
-        try:
-            self._callback(event)
-        except Exception:
-            logger.exception("progress callback failed (request_id=%s)", self._request_id)
 
 
 class Engine:
@@ -224,19 +182,19 @@ class Engine:
         device_name = device if device is not None else self._least_busy()
         started = time.perf_counter()
         outcome = "ok"
-        relay: _ProgressRelay | None = None
+        relay: ProgressRelay | None = None
         try:
             resolved = self.service(service) if isinstance(service, str) else service
             parsed = parse_request(resolved, request)
             lane = self._lane(device_name)
             if progress is not None:
-                relay = _ProgressRelay(asyncio.get_running_loop(), progress, rid)
+                relay = ProgressRelay(asyncio.get_running_loop(), progress, rid)
             ctx = RunContext(
                 models=self._models,
                 sandbox=self._sandbox,
                 defaults=self._pipeline,
                 request_id=rid,
-                progress_sink=relay if relay is not None else _discard,
+                progress_sink=relay if relay is not None else discard,
                 cancel_event=cancel if cancel is not None else threading.Event(),
                 device=device_name,
             )

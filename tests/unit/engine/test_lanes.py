@@ -9,7 +9,7 @@ from typing import cast
 
 import pytest
 
-from genserve.engine.engine import RunRecord
+from genserve.engine.events import RunRecord
 from genserve.errors import ErrorCode, GenserveError
 from genserve.services.base import RunContext, Service, ServiceModel
 from tests.unit.engine.conftest import ADD, FAIL_KNOWN, MakeEngine, gate_service

@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from genserve.engine.engine import Engine, RunRecord
+from genserve.engine.engine import Engine
+from genserve.engine.events import RunRecord
 from genserve.models.manager import ModelManager
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
