@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast lint demo bench clean
+.PHONY: setup run test test-fast lint demo bench protos clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Regenerates src/genserve/api/grpc/gen/ from protos/ (checked in; a test catches a stale copy).
+protos: setup
+	$(BIN)/python -m genserve.api.grpc.codegen
 
 bench: setup
 	$(BIN)/python benchmarks/pipeline_overhead.py

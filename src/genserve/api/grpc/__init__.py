@@ -1,0 +1,2 @@
+"""The gRPC door (grpc.aio): the pipeline services, drawthings.ImageGenerationService, health and
+reflection, on one server."""
