@@ -64,6 +64,7 @@ def small_env(models_dir: Path, data_root: Path) -> dict[str, str]:
         "GENSERVE_PIPELINE__MEGAPIXELS": str(SMALL_MP),
         "GENSERVE_PIPELINE__VAE_REFERENCE_MEGAPIXELS": str(SMALL_MP),
         "GENSERVE_PIPELINE__VISION_REFERENCE_MEGAPIXELS": str(VISION_MP),
+        "GENSERVE_GRPC__PORTS": "[0]",  # a free port, never the default 50053
     }
 
 

@@ -34,6 +34,7 @@ class ErrorCode(StrEnum):
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
     UNAVAILABLE = "UNAVAILABLE"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ ERROR_TABLE: dict[ErrorCode, ErrorMapping] = {
     ErrorCode.METHOD_NOT_ALLOWED: ErrorMapping(405, "UNIMPLEMENTED", 16),
     ErrorCode.PAYLOAD_TOO_LARGE: ErrorMapping(413, "RESOURCE_EXHAUSTED", 17),
     ErrorCode.UNAVAILABLE: ErrorMapping(503, "UNAVAILABLE", 18),
+    ErrorCode.ALREADY_EXISTS: ErrorMapping(409, "ALREADY_EXISTS", 19),
 }
 
 

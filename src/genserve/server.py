@@ -1,13 +1,15 @@
 """``genserve serve``: the doors on one runtime, with a start-up banner and a graceful stop.
 
 The REST door runs on uvicorn over a socket bound here, so the banner can print the real
-address (port 0 picks a free one) before the first request. On SIGTERM or Ctrl-C uvicorn stops
-accepting, lets in-flight requests finish (up to ``server.shutdown_grace_s``), then the app's
-lifespan closes the engine and unloads the models. A second signal stops at once.
+address (port 0 picks a free one) before the first request; the gRPC door runs on the same
+event loop. On SIGTERM or Ctrl-C both stop accepting and let in-flight work finish (up to
+``server.shutdown_grace_s`` and ``grpc.shutdown_grace_s``); then the engine closes and the models
+unload. A second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from genserve.api.grpc.server import GrpcDoor
 from genserve.api.rest import build_app
 from genserve.config import Settings
 from genserve.runtime import Runtime, build_runtime
@@ -46,10 +49,10 @@ def url_of(sock: socket.socket) -> str:
 class RestServer(uvicorn.Server):
     """uvicorn's server that announces every address once it accepts requests."""
 
-    def __init__(self, runtime: Runtime, sock: socket.socket) -> None:
+    def __init__(self, runtime: Runtime, sock: socket.socket, grpc_door: GrpcDoor | None = None) -> None:
         settings = runtime.settings.server
         config = uvicorn.Config(
-            build_app(runtime, close_runtime=True),
+            build_app(runtime),
             log_config=None,  # genserve's logging is already configured
             access_log=False,  # the app logs each request with its request id
             server_header=False,
@@ -57,11 +60,15 @@ class RestServer(uvicorn.Server):
             lifespan="on",
         )
         super().__init__(config)
+        self.runtime = runtime
+        self.grpc = grpc_door
         self.sock = sock
         self.url = url_of(sock)
         self.stop_signals: list[int] = []
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.grpc is not None:
+            await self.grpc.start()
         await super().startup(sockets)
         if self.started:
             host = self.sock.getsockname()[0]
@@ -70,6 +77,8 @@ class RestServer(uvicorn.Server):
             log.info("API docs   %s/docs  (OpenAPI: %s/openapi.json)", self.url, self.url)
             log.info("health     %s/health/live  %s/health/ready", self.url, self.url)
             log.info("metrics    %s/metrics", self.url)
+            if self.grpc is not None:
+                log.info("gRPC       %s  (health, reflection)", "  ".join(self.grpc.addresses))
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -84,7 +93,14 @@ class RestServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         log.info("shutting down: finishing in-flight requests, then unloading models")
-        await super().shutdown(sockets)
+        stopping = [super().shutdown(sockets)]
+        if self.grpc is not None:
+            stopping.append(self.grpc.stop())
+        try:
+            await asyncio.gather(*stopping)
+        finally:
+            # Running work finishes, queued work is dropped, then every model is unloaded.
+            await asyncio.to_thread(self.runtime.close)
         log.info("stopped")
 
 
@@ -100,12 +116,16 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
             "the models folder %s holds no models; `genserve models demo` builds a demo set",
             settings.models.dir,
         )
+    sock: socket.socket | None = None
     try:
         sock = bind(settings.server.host, settings.server.port)
+        grpc_door = GrpcDoor(runtime) if settings.grpc.enabled else None
     except OSError:
+        if sock is not None:
+            sock.close()
         runtime.close()
         raise
-    server = RestServer(runtime, sock)
+    server = RestServer(runtime, sock, grpc_door)
     try:
         server.run(sockets=[sock])
     finally:

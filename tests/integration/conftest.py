@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from genserve.api.grpc.server import GrpcDoor
 from genserve.config import Settings
 from genserve.runtime import Runtime, build_runtime
 from genserve.server import RestServer, bind
@@ -35,6 +36,11 @@ class LiveServer:
     def client(self, **kwargs: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 60.0), **kwargs)  # type: ignore[arg-type]
 
+    @property
+    def grpc_target(self) -> str:
+        assert self.server.grpc is not None, "started without the gRPC door"
+        return self.server.grpc.addresses[0]
+
     def running(self) -> int:
         return sum(load.running for load in self.runtime.engine.loads())
 
@@ -43,10 +49,11 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(settings: Settings, data: Path) -> Iterator[LiveServer]:
+def live_server(settings: Settings, data: Path, *, grpc: bool = False) -> Iterator[LiveServer]:
+    """With ``grpc`` the gRPC door runs too, on the free port(s) the settings name."""
     runtime = build_runtime(settings)
     sock = bind("127.0.0.1", 0)
-    server = RestServer(runtime, sock)
+    server = RestServer(runtime, sock, GrpcDoor(runtime) if grpc else None)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

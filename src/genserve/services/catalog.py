@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from genserve.services import decoding, edit, latent_encoder, sampling, text_encoder
+from genserve.services import decoding, edit, image_generation, latent_encoder, sampling, text_encoder
 from genserve.services.base import Service
 
 SERVICES: dict[str, Service[Any, Any]] = {
-    module.SERVICE.name: module.SERVICE for module in (latent_encoder, text_encoder, sampling, decoding, edit)
+    module.SERVICE.name: module.SERVICE
+    for module in (latent_encoder, text_encoder, sampling, decoding, edit, image_generation)
 }

@@ -152,25 +152,37 @@ def sample(
     sigmas = samplers.sigma_schedule(
         settings["scheduler"], settings["steps"], settings["shift"], settings["denoise"]
     )
-    generator = torch.Generator(device="cpu").manual_seed(settings["seed"])
-    noise = torch.randn((batch, 1, channels, height, width), generator=generator, dtype=torch.float32)
+    # settings["seeds"] (optional): one seed per image, so each image of a batch is the image its
+    # seed gives alone; without it one generator seeded with settings["seed"] draws the whole batch.
+    seeds = settings.get("seeds") or [settings["seed"]]
+    if batch % len(seeds):
+        raise ValueError(f"{len(seeds)} seeds for a batch of {batch}")
+    chunk = batch // len(seeds)
+    generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+    noise = torch.cat(
+        [
+            torch.randn((chunk, 1, channels, height, width), generator=g, dtype=torch.float32)
+            for g in generators
+        ]
+    )
     noise = noise.view(batch, channels, 1, height, width)
     x = pack(noise) * sigmas[0] + pack(latent.float()) * (1 - sigmas[0])
     x = x.to(device=device, dtype=dtype)
-    references = [pack(ref.to(device=device, dtype=dtype)) for ref in positive.reference_latents]
+    references = [
+        pack(ref.to(device=device, dtype=dtype)).expand(batch, -1, -1) for ref in positive.reference_latents
+    ]
     img_shapes = [
         [
             (1, height // 2, width // 2),
             *[(1, r.shape[-2] // 2, r.shape[-1] // 2) for r in positive.reference_latents],
         ]
-    ]
+    ] * batch
     conditions = [positive] + ([negative] if guided and negative is not None else [])
     prepared = []
     for cond in conditions:
         mask = cond.prompt_mask.to(device)
-        prepared.append(
-            (cond.prompt_embeds.to(device=device, dtype=dtype), None if bool(mask.all()) else mask)
-        )
+        embeds = cond.prompt_embeds.to(device=device, dtype=dtype).expand(batch, -1, -1)
+        prepared.append((embeds, None if bool(mask.all()) else mask.expand(batch, -1)))
     tokens = x.shape[1]
 
     def velocity(
@@ -202,12 +214,12 @@ def sample(
         normed = samplers.cfg_norm(guided_x0.view(shape), cond.view(shape), settings["cfg_norm_strength"], 2)
         return normed.view_as(guided_x0)
 
-    noise_gen = torch.Generator(device="cpu").manual_seed(
-        settings["seed"] + 1 if settings["seed"] < MAX_SEED else 0
-    )
+    noise_gens = [torch.Generator(device="cpu").manual_seed(s + 1 if s < MAX_SEED else 0) for s in seeds]
 
     def step_noise(like: torch.Tensor) -> torch.Tensor:
-        return torch.randn(like.shape, generator=noise_gen, dtype=torch.float32).to(like.device, like.dtype)
+        shape = (chunk, *like.shape[1:])
+        drawn = [torch.randn(shape, generator=g, dtype=torch.float32) for g in noise_gens]
+        return torch.cat(drawn).to(like.device, like.dtype)
 
     def on_step(step: int, total: int) -> None:
         ctx.progress(step, total, stage="step", message=f"sampling step {step}/{total}")

@@ -76,9 +76,14 @@ class Encoding:
 
 @torch.no_grad()
 def encode_prompts(
-    text_encoder: Any, prompts: list[str], images: list[Image.Image]
+    text_encoder: Any,
+    prompts: list[str],
+    images: list[Image.Image],
+    template: str = EDIT_PROMPT_TEMPLATE,
+    prefix_tokens: int = TEMPLATE_PREFIX_TOKENS,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The last hidden state of Qwen2.5-VL over the edit template, system prefix dropped, per prompt.
+    """The last hidden state of Qwen2.5-VL over ``template`` (the edit one by default), its first
+    ``prefix_tokens`` (the system prefix) dropped, per prompt.
 
     The images are shared by every prompt, so their patches and vision-tower features are
     computed once and handed to each prompt's pass; each prompt's result is the same as encoding
@@ -95,7 +100,7 @@ def encode_prompts(
     )
     results = []
     for prompt in prompts:
-        tokens = text_encoder.processor.text([EDIT_PROMPT_TEMPLATE.format(pictures + prompt)], vision)
+        tokens = text_encoder.processor.text([template.format(pictures + prompt)], vision)
         mask = tokens["attention_mask"].to(device)
         outputs = base(
             input_ids=tokens["input_ids"].to(device),
@@ -104,7 +109,7 @@ def encode_prompts(
             mm_encoder_outputs={"image": features} if features is not None else None,
         )
         hidden = outputs.last_hidden_state[0][mask[0].bool()]
-        embeds = hidden[TEMPLATE_PREFIX_TOKENS:].unsqueeze(0).float().cpu()
+        embeds = hidden[prefix_tokens:].unsqueeze(0).float().cpu()
         results.append((embeds, torch.ones(embeds.shape[:2], dtype=torch.long)))
     return results
 

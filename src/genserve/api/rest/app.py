@@ -1,13 +1,12 @@
 """The REST door's app factory: one FastAPI app over one runtime.
 
 Everything the routes need is passed in here (no globals, no ``app.state`` grab-bag), so tests
-and the server build apps the same way. The app does not own the runtime unless asked: the
-server closes it after the last request has finished (engine first, then models).
+and the server build apps the same way. The app does not own the runtime: the server closes it
+once every door has finished its last request (engine first, then models).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -38,7 +37,7 @@ TAGS = [
 ]
 
 
-def build_app(runtime: Runtime, *, close_runtime: bool = False) -> FastAPI:
+def build_app(runtime: Runtime) -> FastAPI:
     settings = runtime.settings
     metrics = ServerMetrics(runtime.engine, runtime.models)
 
@@ -48,9 +47,6 @@ def build_app(runtime: Runtime, *, close_runtime: bool = False) -> FastAPI:
             yield
         finally:
             metrics.close()
-            if close_runtime:
-                # Running work finishes, queued work is dropped, then every model is unloaded.
-                await asyncio.to_thread(runtime.close)
 
     app = FastAPI(
         title="genserve",

@@ -8,13 +8,12 @@ A plain ASGI middleware rather than Starlette's BaseHTTPMiddleware, because the 
 from __future__ import annotations
 
 import logging
-import re
 import time
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from genserve.api.request_ids import checked_request_id, new_request_id
 from genserve.api.rest.errors import error_response
 from genserve.api.rest.metrics import ServerMetrics
 from genserve.errors import ErrorCode, GenserveError
@@ -22,7 +21,6 @@ from genserve.errors import ErrorCode, GenserveError
 log = logging.getLogger("genserve.http")
 
 REQUEST_ID_HEADER = "x-request-id"
-_VALID_ID = re.compile(r"[A-Za-z0-9._:@+=/-]{1,128}")
 
 
 class _BodyTooLarge(Exception):
@@ -52,18 +50,11 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         headers = dict(scope.get("headers") or ())
         given = headers.get(REQUEST_ID_HEADER.encode())
-        request_id = str(uuid.uuid4())
         problem: GenserveError | None = None
-        if given is not None:
-            text = given.decode("latin-1")
-            if _VALID_ID.fullmatch(text):
-                request_id = text
-            else:
-                problem = GenserveError(
-                    ErrorCode.INVALID_INPUT,
-                    "X-Request-ID: must be 1-128 characters of letters, digits and ._:@+=/-",
-                    field="X-Request-ID",
-                )
+        try:
+            request_id = checked_request_id(given.decode("latin-1") if given else None, "X-Request-ID")
+        except GenserveError as exc:
+            request_id, problem = new_request_id(), exc
         scope.setdefault("state", {})["request_id"] = request_id
         status = {"code": 500, "started": False}
 

@@ -1,0 +1,113 @@
+"""Model files arriving over the wire: name checks, a size limit, and an atomic landing.
+
+A name is ``<kind>/<file>`` (``vae/my_vae.safetensors``): the kind picks the sub-folder, the file
+name is one plain path component. Bytes go to a hidden temporary file beside the target and are
+renamed into place only when the whole stream has arrived, so a broken upload leaves nothing
+behind and a reader never sees half a file. Existing files are not overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import BinaryIO
+
+from genserve.errors import ErrorCode, GenserveError
+from genserve.models.registry import ModelKind, ModelRegistry
+
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
+
+
+def model_file_target(registry: ModelRegistry, raw: str, field: str = "filename") -> tuple[ModelKind, Path]:
+    """Where ``<kind>/<file>`` lives in the models folder; refuses anything that could leave it."""
+    kind_text, sep, name = raw.partition("/")
+    kinds = ", ".join(k.value for k in ModelKind)
+    if not sep or "/" in name or "\\" in raw:
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT,
+            f"{field}: {raw!r} must be <kind>/<file name>, kind one of {kinds}",
+            field=field,
+        )
+    try:
+        kind = ModelKind(kind_text)
+    except ValueError:
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT, f"{field}: unknown model kind {kind_text!r}; kinds: {kinds}", field=field
+        ) from None
+    if not _FILE_NAME.fullmatch(name) or ".." in name:
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT,
+            f"{field}: {name!r} is not a plain file name (letters, digits and ._+-, not starting with '.')",
+            field=field,
+        )
+    return kind, registry.folder(kind) / name
+
+
+class ModelUpload:
+    """One upload in progress: ``write`` chunks, then ``commit`` or ``abort``."""
+
+    def __init__(self, registry: ModelRegistry, raw_name: str, max_bytes: int) -> None:
+        self.kind, self.target = model_file_target(registry, raw_name)
+        self.name = raw_name
+        if self.target.exists():
+            raise GenserveError(
+                ErrorCode.ALREADY_EXISTS,
+                f"filename: {raw_name} already exists in the models folder; remove it first to replace it",
+                field="filename",
+            )
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self._temp = self.target.with_name(f".upload-{uuid.uuid4().hex}.part")
+        self._file: BinaryIO | None = self._temp.open("xb")
+
+    def write(self, chunk: bytes) -> None:
+        assert self._file is not None, "upload already finished"
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            self.abort()
+            raise GenserveError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"data: upload of {self.name} is larger than {self.max_bytes} bytes (grpc.upload_max_mb)",
+                field="data",
+            )
+        self._file.write(chunk)
+
+    def commit(self) -> Path:
+        assert self._file is not None, "upload already finished"
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        if self.target.exists():  # someone else finished the same name first
+            self._temp.unlink(missing_ok=True)
+            raise GenserveError(
+                ErrorCode.ALREADY_EXISTS, f"filename: {self.name} already exists", field="filename"
+            )
+        os.replace(self._temp, self.target)
+        return self.target
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._temp.unlink(missing_ok=True)
+
+
+def file_status(registry: ModelRegistry, raw: str) -> tuple[bool, str | None]:
+    """Whether a model file exists: ``<kind>/<file>``, or a bare file name looked up in every kind.
+
+    Returns (exists, error); a name that is not a plain model file name gets an error, not an
+    exception, so one bad name does not spoil the answer for the others.
+    """
+    if "/" in raw:
+        try:
+            _, target = model_file_target(registry, raw, "files")
+        except GenserveError as exc:
+            return False, f"{raw}: {exc.message}"
+        return target.exists(), None
+    if not _FILE_NAME.fullmatch(raw) or ".." in raw:
+        return False, f"{raw}: not a plain file name; it must stay inside the models folder"
+    return any((registry.folder(kind) / raw).exists() for kind in ModelKind), None
