@@ -339,6 +339,30 @@ def serve(
         raise typer.Exit(ERROR_TABLE[ErrorCode.UNAVAILABLE].exit_code) from None
 
 
+@app.command("test")
+def test_server(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Server address (default: grpc.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="gRPC port (default: the first of grpc.ports).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the server.")] = 10.0,
+) -> None:
+    """Check that a genserve gRPC server answers: Echo must say HELLO and health must say SERVING.
+
+    Exits 0 when both hold; otherwise 1 with a message saying what failed (no answer, a wrong
+    echo, or a health status other than SERVING).
+    """
+    settings = _settings(ctx)
+    from genserve.api.grpc.probe import probe
+
+    target = f"{host or settings.grpc.host}:{port if port is not None else settings.grpc.ports[0]}"
+    report = probe(target, timeout)
+    for line in report.lines:
+        typer.echo(line)
+    if not report.healthy:
+        typer.echo(f"genserve: {target} is not healthy: {report.problem}", err=True)
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry point (``genserve``)."""
     app(prog_name="genserve")

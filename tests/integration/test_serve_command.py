@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import small_env
 
 URL = re.compile(r"REST\s+(http://127\.0\.0\.1:\d+)")
+GRPC = re.compile(r"gRPC\s+(127\.0\.0\.1:\d+)")
 
 
 def genserve() -> str:
@@ -36,6 +37,7 @@ class Served:
         self.process = process
         self.lines: list[str] = []
         self.url = ""
+        self.grpc = ""
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -46,6 +48,9 @@ class Served:
             found = URL.search(line)
             if found:
                 self.url = found.group(1)
+            found = GRPC.search(line)
+            if found:
+                self.grpc = found.group(1)
 
     def wait_url(self, timeout: float = 90) -> str:
         deadline = time.monotonic() + timeout
@@ -75,12 +80,22 @@ def served(env: dict[str, str], tmp_path: Path) -> Iterator[Served]:
 
 
 @pytest.mark.slow
-def test_serve_prints_addresses_serves_and_stops_gracefully(served: Served, data_root: Path) -> None:
+def test_serve_prints_addresses_serves_and_stops_gracefully(
+    served: Served, data_root: Path, env: dict[str, str]
+) -> None:
+    served_env = env
     url = served.wait_url()
     assert httpx.get(f"{url}/health/ready").status_code == 200
     log_so_far = "".join(served.lines)
     for what in ("API docs", f"{url}/docs", f"{url}/metrics", f"{url}/health/ready"):
         assert what in log_so_far
+    # `genserve test` against the gRPC door started beside REST.
+    port = served.grpc.rsplit(":", 1)[1]
+    checked = subprocess.run(
+        [genserve(), "test", "--port", port], env=served_env, capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "Echo -> HELLO" in checked.stdout and "health (server) -> SERVING" in checked.stdout
 
     # An edit of a few seconds is in flight when SIGTERM arrives: it must finish and answer.
     body = {
@@ -126,6 +141,21 @@ def test_serve_refuses_a_busy_port_clearly(env: dict[str, str], tmp_path: Path) 
     assert done.returncode != 0
     assert f"127.0.0.1:{port}" in done.stderr and "server.port" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_test_command_fails_clearly_when_nothing_answers(env: dict[str, str]) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: nothing answers
+        done = subprocess.run(
+            [genserve(), "test", "--port", str(port), "--timeout", "1"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert f"127.0.0.1:{port} is not healthy: no gRPC server answered within 1 s" in done.stderr
 
 
 def test_serve_help_explains_itself(env: dict[str, str]) -> None:

@@ -29,6 +29,7 @@ EXPECTED_OPTIONS = {
     "models list": "--json",
     "devices": "--json",
     "serve": "--host --port",
+    "test": "--host --port --timeout",
 }
 
 
