@@ -319,13 +319,15 @@ def serve(
     ] = None,
     port: Annotated[int | None, typer.Option(help="REST port (server.port; 0 picks a free one).")] = None,
 ) -> None:
-    """Start the server: the REST API on server.host:server.port (default 127.0.0.1:8000).
+    """Start the server: REST on server.host:server.port (default 127.0.0.1:8000) and gRPC on
+    grpc.ports (default 50053).
 
-    Serves the pipeline endpoints (/api/v1/latent/encode, /text/encode, /sampling/sample,
+    REST serves the pipeline endpoints (/api/v1/latent/encode, /text/encode, /sampling/sample,
     /decoding/decode, /edit), model admin (/api/v1/models), /health/live, /health/ready, /metrics
-    and the API docs at /docs. Every address is printed once the server accepts requests.
-    SIGTERM or Ctrl-C lets in-flight requests finish (server.shutdown_grace_s), then unloads
-    the models. `make run` builds the demo models first if they are missing.
+    and the API docs at /docs. gRPC serves LatentEncoder, TextEncoder, Sampler, Decoder, Editor,
+    drawthings.ImageGenerationService, health and reflection. Every address is printed once the
+    server accepts requests. SIGTERM or Ctrl-C lets in-flight work finish, then unloads the
+    models. `make run` builds the demo models first if they are missing.
     """
     settings = _settings(ctx)
     from genserve.server import serve as run_server  # imports torch and the web stack
