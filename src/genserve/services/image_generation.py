@@ -27,6 +27,7 @@ The fields are txt2img's (A1111, Draw Things); each one takes effect or is refus
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import secrets
@@ -36,7 +37,7 @@ from typing import Any, Literal
 
 import torch
 from PIL import Image
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_serializer
 
 from genserve.errors import ErrorCode, GenserveError
 from genserve.models.registry import ModelKind
@@ -50,7 +51,7 @@ from genserve.services.sampling import (
     resolved_settings,
     sample_with_models,
 )
-from genserve.services.text_encoder import MAX_PROMPT_CHARS
+from genserve.services.text_encoder import MAX_PROMPT_CHARS, Encoding
 from genserve.services.text_prompt import encode_text_prompts
 from genserve.storage.artifacts import encode_image
 
@@ -92,13 +93,20 @@ class ImageGenerationRequest(ServiceModel):
 
 
 class ImageGenerationResponse(ServiceModel):
-    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+    """In JSON the images are standard base64 strings (pydantic's own "base64" is the URL-safe
+    alphabet, which a plain ``b64decode`` misreads); JSON input takes either alphabet."""
+
+    model_config = ConfigDict(val_json_bytes="base64")
 
     status: Literal["success"] = "success"
     request_id: str
     images: list[bytes] = Field(description="PNG files, batch_count * batch_size of them, in seed order.")
     info: str = Field(description="JSON: the parameters used, the seed of each image, timings.")
     events: list[str] = Field(description="Each stage as it happened.")
+
+    @field_serializer("images", when_used="json")
+    def _standard_base64(self, images: list[bytes]) -> list[str]:
+        return [base64.b64encode(image).decode("ascii") for image in images]
 
 
 @dataclass(frozen=True)
@@ -282,8 +290,8 @@ def _hires_latent(first: list[Image.Image], plan: Plan, ctx: RunContext) -> torc
 
 def _batch(
     b: int,
-    positive: Any,
-    negative: Any,
+    positive: Encoding,
+    negative: Encoding | None,
     plan: Plan,
     ctx: RunContext,
     log: StageLog,
