@@ -53,6 +53,7 @@ def environment(models_dir: Path, data: Path, threads: int) -> dict[str, str]:
     mp = str(SIZE * SIZE / 1_000_000)
     return {
         "GENSERVE_ENGINE__TORCH_THREADS": str(threads),
+        "GENSERVE_GRPC__ENABLED": "false",
         "GENSERVE_MODELS__DIR": str(models_dir),
         "GENSERVE_STORAGE__READ_ROOTS": f"[{data}]",
         "GENSERVE_STORAGE__WRITE_ROOTS": f"[{data / 'outputs'}]",

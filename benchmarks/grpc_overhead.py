@@ -1,0 +1,203 @@
+"""What the gRPC door costs over calling the engine in-process, for one cheap request.
+
+``Decoder.Decode`` on the demo VAE (128x128 png, tens of ms of compute) is timed two ways, with
+the same latent file and the same request:
+
+gRPC        ``genserve serve`` runs as a subprocess (its own GIL, as in production) with its gRPC
+            door on a free port; one sync ``DecoderStub`` on one insecure channel calls it. The
+            time is the client's: request built and sent to response parsed.
+in-process  ``runtime.engine.submit("decoding", ...)`` in this process on a long-lived event loop:
+            the call the servicer makes, without grpc.aio, protobuf <-> dict conversion or sockets.
+
+The design is rest_overhead.py's, and its helpers are reused: the pairs alternate (gRPC first on
+even pairs, in-process first on odd ones) after a warm-up. Printed: p50 and p99 of each, the
+overhead in ms and as a ratio, also for the time outside the VAE compute (wall minus the
+``decode_ms`` the service reports in the response's metadata Struct, which drops the compute's own
+noise); the p50 of ``grpc.health.v1.Health/Check``, the round-trip floor; requests/s at 1 and 16
+closed-loop callers both ways, each run split in halves: in-process, gRPC, gRPC, in-process.
+gRPC callers are threads sharing one channel (sync stubs are thread-safe; HTTP/2 multiplexes
+their calls on one connection, as a real client would), in-process callers coroutines on one
+event loop. Target: p50 overhead <= 1 ms at 1 caller, judged on the time outside compute.
+
+    .venv/bin/python benchmarks/grpc_overhead.py [--pairs 200] [--warmup 20] [--concurrency-requests 320]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pipeline_overhead import models_folder  # benchmarks/ is on sys.path when run as a script
+from rest_overhead import (
+    SIZE,
+    Sample,
+    environment,
+    inproc_call,
+    inproc_rate,
+    interleaved_rates,
+    shares,
+    start_server,
+)
+
+from genserve.api.grpc.gen import pipeline_pb2 as pb
+from genserve.api.grpc.gen import pipeline_pb2_grpc as rpc
+from genserve.config import load_settings
+from genserve.runtime import build_runtime
+
+METHOD = "Decoder.Decode"
+TARGET_MS = 1.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def grpc_call(stub: rpc.DecoderStub, latent_file: str) -> Sample:
+    started = time.perf_counter()
+    response = stub.Decode(pb.DecodeRequest(latent_file=latent_file, output_format="png"), timeout=300)
+    return (time.perf_counter() - started) * 1000, response.metadata["decode_ms"]
+
+
+def grpc_rate(channel: grpc.Channel, latent_file: str, callers: int, total: int) -> float:
+    """Requests/s of ``callers`` threads sharing one channel, ``total`` requests in all."""
+    stub = rpc.DecoderStub(channel)
+
+    def caller(count: int) -> None:
+        for _ in range(count):
+            stub.Decode(pb.DecodeRequest(latent_file=latent_file, output_format="png"), timeout=300)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(callers) as pool:
+        list(pool.map(caller, shares(total, callers)))
+    return total / (time.perf_counter() - started)
+
+
+def report(
+    args: Any, remote: list[Sample], inproc: list[Sample], floor: list[float], rates: dict[int, Any]
+) -> None:
+    p50 = statistics.median
+
+    def p99(values: list[float]) -> float:
+        return statistics.quantiles(values, n=100, method="inclusive")[98]
+
+    remote_wall, inproc_wall = [w for w, _ in remote], [w for w, _ in inproc]
+    remote_out, inproc_out = [w - d for w, d in remote], [w - d for w, d in inproc]
+    cells = {
+        "p50 ms": (p50(remote_wall), p50(inproc_wall)),
+        "p99 ms": (p99(remote_wall), p99(inproc_wall)),
+        "p50 outside compute": (p50(remote_out), p50(inproc_out)),
+    }
+    print(f"{METHOD} on the demo VAE, {SIZE}x{SIZE} png; {os.cpu_count()} CPUs, torch threads {args.threads}")
+    print(f"latency: {args.pairs} interleaved pairs after {args.warmup} warm-up pairs")
+    print(f"{'':11s}" + "".join(f"{name:>21s}" for name in cells))
+    rows: dict[str, Callable[[float, float], float]] = {
+        "gRPC": lambda g, i: g,
+        "in-process": lambda g, i: i,
+        "overhead": lambda g, i: g - i,
+        "ratio": lambda g, i: g / i,
+    }
+    for label, cell in rows.items():
+        print(f"{label:11s}" + "".join(f"{cell(g, i):21.2f}" for g, i in cells.values()))
+    paired = p50([g - i for g, i in zip(remote_out, inproc_out, strict=True)])
+    print(f"median of the per-pair differences outside compute: {paired:.2f} ms")
+    print(
+        f"Health/Check after an in-process decode: p50 {p50(floor):.2f} ms "
+        "(the floor of one round trip: client, loopback, grpc.aio, a minimal servicer)"
+    )
+    print(f"throughput: {args.concurrency_requests} requests per run, closed loop")
+    print(f"{'callers':>7s} {'gRPC req/s':>11s} {'in-process req/s':>17s} {'ratio':>6s}")
+    for callers, (inproc_rps, remote_rps) in rates.items():
+        print(f"{callers:7d} {remote_rps:11.1f} {inproc_rps:17.1f} {remote_rps / inproc_rps:6.2f}")
+    outside = cells["p50 outside compute"][0] - cells["p50 outside compute"][1]
+    wall = cells["p50 ms"][0] - cells["p50 ms"][1]
+    verdict = "PASS" if outside <= TARGET_MS else "FAIL"
+    print(
+        f"{verdict}: p50 overhead at 1 caller {outside:.2f} ms outside compute, {wall:.2f} ms wall "
+        f"(target <= {TARGET_MS:g} ms, judged outside compute)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add = parser.add_argument
+    add("--pairs", type=int, default=200, help="timed gRPC/in-process pairs (default 200)")
+    add("--warmup", type=int, default=20, help="untimed pairs first (default 20)")
+    add("--concurrency-requests", type=int, default=320, help="requests per throughput run (default 320)")
+    add("--threads", type=int, default=1, help="torch threads, both sides (default 1: a core left for gRPC)")
+    args = parser.parse_args(argv)
+    if args.pairs < 2 or args.concurrency_requests < 32:
+        parser.error("--pairs must be at least 2 and --concurrency-requests at least 32")
+
+    with tempfile.TemporaryDirectory(prefix="genserve-bench-") as tmp:
+        work = Path(tmp)
+        models_dir = models_folder(work)
+        data = work / "data"
+        (data / "outputs").mkdir(parents=True)
+        image = Path(shutil.copy(models_dir.parent / "images" / "person.png", data / "person.png"))
+        env = environment(models_dir, data, args.threads)
+        port = free_port()
+        env["GENSERVE_GRPC__PORTS"] = f"[{port}]"
+        env["GENSERVE_GRPC__ENABLED"] = "true"  # rest_overhead's environment turns it off
+        proc, _ = start_server(env, work, work / "server.log")  # the gRPC door starts before REST
+        try:
+            with (
+                build_runtime(load_settings(environ=env)) as rt,
+                asyncio.Runner() as runner,
+                grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+            ):
+                grpc.channel_ready_future(channel).result(timeout=60)
+                encoded: Any = runner.run(rt.engine.submit("latent_encoder", {"image_path": str(image)}))
+                latent = encoded.latent_file_path
+                body = {"latent_file": latent, "output_format": "png"}
+                stub, health = rpc.DecoderStub(channel), health_pb2_grpc.HealthStub(channel)
+                remote: list[Sample] = []
+                inproc: list[Sample] = []
+                floor: list[float] = []
+                for index in range(args.warmup + args.pairs):
+                    if index % 2:
+                        i, g = inproc_call(runner, rt, body), grpc_call(stub, latent)
+                    else:
+                        g, i = grpc_call(stub, latent), inproc_call(runner, rt, body)
+                    if index >= args.warmup:
+                        remote.append(g)
+                        inproc.append(i)
+                check = health_pb2.HealthCheckRequest(service="")
+                for _ in range(max(args.pairs // 4, 2)):  # the floor, in the state of a cold gRPC call
+                    inproc_call(runner, rt, body)
+                    started = time.perf_counter()
+                    health.Check(check, timeout=60)
+                    floor.append((time.perf_counter() - started) * 1000)
+                rates = {
+                    callers: interleaved_rates(
+                        lambda n, c=callers: inproc_rate(runner, rt, body, c, n),
+                        lambda n, c=callers: grpc_rate(channel, latent, c, n),
+                        args.concurrency_requests,
+                    )
+                    for callers in (1, 16)
+                }
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    report(args, remote, inproc, floor, rates)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
