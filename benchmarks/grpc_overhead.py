@@ -26,14 +26,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import socket
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -42,12 +39,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pipeline_overhead import models_folder  # benchmarks/ is on sys.path when run as a script
 from rest_overhead import (
-    SIZE,
+    Door,
     Sample,
     environment,
     inproc_call,
     inproc_rate,
     interleaved_rates,
+    report,
     shares,
     start_server,
 )
@@ -87,49 +85,14 @@ def grpc_rate(channel: grpc.Channel, latent_file: str, callers: int, total: int)
     return total / (time.perf_counter() - started)
 
 
-def report(
-    args: Any, remote: list[Sample], inproc: list[Sample], floor: list[float], rates: dict[int, Any]
-) -> None:
-    p50 = statistics.median
-
-    def p99(values: list[float]) -> float:
-        return statistics.quantiles(values, n=100, method="inclusive")[98]
-
-    remote_wall, inproc_wall = [w for w, _ in remote], [w for w, _ in inproc]
-    remote_out, inproc_out = [w - d for w, d in remote], [w - d for w, d in inproc]
-    cells = {
-        "p50 ms": (p50(remote_wall), p50(inproc_wall)),
-        "p99 ms": (p99(remote_wall), p99(inproc_wall)),
-        "p50 outside compute": (p50(remote_out), p50(inproc_out)),
-    }
-    print(f"{METHOD} on the demo VAE, {SIZE}x{SIZE} png; {os.cpu_count()} CPUs, torch threads {args.threads}")
-    print(f"latency: {args.pairs} interleaved pairs after {args.warmup} warm-up pairs")
-    print(f"{'':11s}" + "".join(f"{name:>21s}" for name in cells))
-    rows: dict[str, Callable[[float, float], float]] = {
-        "gRPC": lambda g, i: g,
-        "in-process": lambda g, i: i,
-        "overhead": lambda g, i: g - i,
-        "ratio": lambda g, i: g / i,
-    }
-    for label, cell in rows.items():
-        print(f"{label:11s}" + "".join(f"{cell(g, i):21.2f}" for g, i in cells.values()))
-    paired = p50([g - i for g, i in zip(remote_out, inproc_out, strict=True)])
-    print(f"median of the per-pair differences outside compute: {paired:.2f} ms")
-    print(
-        f"Health/Check after an in-process decode: p50 {p50(floor):.2f} ms "
-        "(the floor of one round trip: client, loopback, grpc.aio, a minimal servicer)"
-    )
-    print(f"throughput: {args.concurrency_requests} requests per run, closed loop")
-    print(f"{'callers':>7s} {'gRPC req/s':>11s} {'in-process req/s':>17s} {'ratio':>6s}")
-    for callers, (inproc_rps, remote_rps) in rates.items():
-        print(f"{callers:7d} {remote_rps:11.1f} {inproc_rps:17.1f} {remote_rps / inproc_rps:6.2f}")
-    outside = cells["p50 outside compute"][0] - cells["p50 outside compute"][1]
-    wall = cells["p50 ms"][0] - cells["p50 ms"][1]
-    verdict = "PASS" if outside <= TARGET_MS else "FAIL"
-    print(
-        f"{verdict}: p50 overhead at 1 caller {outside:.2f} ms outside compute, {wall:.2f} ms wall "
-        f"(target <= {TARGET_MS:g} ms, judged outside compute)"
-    )
+GRPC = Door(
+    "gRPC",
+    METHOD,
+    "Health/Check after an in-process decode (the floor of one round trip: client, loopback, "
+    "grpc.aio, a minimal servicer)",
+    "callers",
+    TARGET_MS,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-    report(args, remote, inproc, floor, rates)
+    report(args, GRPC, remote, inproc, floor, rates)
     return 0
 
 
