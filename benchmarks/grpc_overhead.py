@@ -24,9 +24,7 @@ event loop. Target: p50 overhead <= 1 ms at 1 caller, judged on the time outside
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import shutil
 import socket
 import sys
 import tempfile
@@ -37,17 +35,17 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pipeline_overhead import models_folder  # benchmarks/ is on sys.path when run as a script
 from rest_overhead import (
     Door,
     Sample,
-    environment,
     inproc_call,
     inproc_rate,
     interleaved_rates,
+    parse_args,
     report,
     shares,
     start_server,
+    workspace,
 )
 
 from genserve.api.grpc.gen import pipeline_pb2 as pb
@@ -96,25 +94,10 @@ GRPC = Door(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add = parser.add_argument
-    add("--pairs", type=int, default=200, help="timed gRPC/in-process pairs (default 200)")
-    add("--warmup", type=int, default=20, help="untimed pairs first (default 20)")
-    add("--concurrency-requests", type=int, default=320, help="requests per throughput run (default 320)")
-    add("--threads", type=int, default=1, help="torch threads, both sides (default 1: a core left for gRPC)")
-    args = parser.parse_args(argv)
-    if args.pairs < 2 or args.concurrency_requests < 32:
-        parser.error("--pairs must be at least 2 and --concurrency-requests at least 32")
-
+    args = parse_args(argv, GRPC, __doc__)
     with tempfile.TemporaryDirectory(prefix="genserve-bench-") as tmp:
         work = Path(tmp)
-        models_dir = models_folder(work)
-        data = work / "data"
-        (data / "outputs").mkdir(parents=True)
-        image = Path(shutil.copy(models_dir.parent / "images" / "person.png", data / "person.png"))
-        env = environment(models_dir, data, args.threads)
+        image, env = workspace(work, args.threads)
         port = free_port()
         env["GENSERVE_GRPC__PORTS"] = f"[{port}]"
         env["GENSERVE_GRPC__ENABLED"] = "true"  # rest_overhead's environment turns it off

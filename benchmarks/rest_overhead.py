@@ -217,26 +217,39 @@ def report(
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parse_args(argv: list[str] | None, door: Door, doc: str | None) -> argparse.Namespace:
+    """The options both door benchmarks take."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--pairs", type=int, default=200, help="timed HTTP/in-process pairs (default 200)")
+    add("--pairs", type=int, default=200, help=f"timed {door.name}/in-process pairs (default 200)")
     add("--warmup", type=int, default=20, help="untimed pairs first (default 20)")
     add("--concurrency-requests", type=int, default=320, help="requests per throughput run (default 320)")
-    add("--threads", type=int, default=1, help="torch threads, both sides (default 1: a core left for HTTP)")
+    add(
+        "--threads",
+        type=int,
+        default=1,
+        help=f"torch threads, both sides (default 1: a core left for {door.name})",
+    )
     args = parser.parse_args(argv)
     if args.pairs < 2 or args.concurrency_requests < 32:
         parser.error("--pairs must be at least 2 and --concurrency-requests at least 32")
+    return args
 
+
+def workspace(work: Path, threads: int) -> tuple[Path, dict[str, str]]:
+    """Demo models, a data root holding the input image, and the settings both sides share."""
+    models_dir = models_folder(work)
+    data = work / "data"
+    (data / "outputs").mkdir(parents=True)
+    image = Path(shutil.copy(models_dir.parent / "images" / "person.png", data / "person.png"))
+    return image, environment(models_dir, data, threads)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv, HTTP, __doc__)
     with tempfile.TemporaryDirectory(prefix="genserve-bench-") as tmp:
         work = Path(tmp)
-        models_dir = models_folder(work)
-        data = work / "data"
-        (data / "outputs").mkdir(parents=True)
-        image = Path(shutil.copy(models_dir.parent / "images" / "person.png", data / "person.png"))
-        env = environment(models_dir, data, args.threads)
+        image, env = workspace(work, args.threads)
         proc, url = start_server(env, work, work / "server.log")
         try:
             with build_runtime(load_settings(environ=env)) as rt, asyncio.Runner() as runner:
