@@ -121,6 +121,43 @@ class GrpcSettings(_Section):
         return ports
 
 
+class KafkaSettings(_Section):
+    """The Kafka door: one consumer per service in the group ``<service>-group``."""
+
+    enabled: bool = Field(False, description="Start the Kafka door with `genserve serve`.")
+    bootstrap_servers: list[str] = Field(default_factory=list, description="Brokers, e.g. ['kafka:9092'].")
+    services: list[str] = Field(
+        default_factory=lambda: ["latent_encoder", "text_encoder", "sampling", "decoding", "edit"],
+        description="Services this worker consumes requests for.",
+    )
+    request_topics: dict[str, str] = Field(
+        default_factory=dict, description="Request topic per service; default <service-with-dashes>-requests."
+    )
+    response_topics: dict[str, str] = Field(
+        default_factory=dict,
+        description="Response topic per service when a message names none; default <service>-responses.",
+    )
+    group_prefix: str = Field("", description="Prepended to every consumer group (<prefix><service>-group).")
+    max_in_flight: int = Field(4, ge=1, le=1024, description="Messages a worker works on at once.")
+    responses_db: Path = Field(
+        Path("data/kafka-responses.sqlite"),
+        description="Answered request ids and their responses, so a redelivered message is answered again, "
+        "not recomputed.",
+    )
+
+
+class FilesSettings(_Section):
+    """The drop-folder door: request_{id}.json in, outputs and response_{id}.json out."""
+
+    enabled: bool = Field(False, description="Start the drop-folder door with `genserve serve`.")
+    input_dir: Path = Field(
+        Path("data/drop/in"), description="Where writers rename request_{id}.json in."
+    )
+    output_dir: Path = Field(Path("data/drop/out"), description="Where outputs and response_{id}.json go.")
+    poll_interval_s: float = Field(0.5, gt=0, le=60, description="How often the input folder is scanned.")
+    max_in_flight: int = Field(2, ge=1, le=256, description="Requests worked on at once.")
+
+
 class PipelineSettings(_Section):
     """Defaults of the Qwen-Image-Edit pipeline, as in the original ComfyUI graph."""
 
@@ -169,6 +206,8 @@ class Settings(_Section):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     grpc: GrpcSettings = Field(default_factory=GrpcSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    files: FilesSettings = Field(default_factory=FilesSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
