@@ -341,6 +341,24 @@ def serve(
         raise typer.Exit(ERROR_TABLE[ErrorCode.UNAVAILABLE].exit_code) from None
 
 
+@app.command("file-worker")
+def file_worker(ctx: typer.Context) -> None:
+    """Run the drop-folder door alone: request_{id}.json files in files.input_dir are answered in
+    files.output_dir (outputs, metadata_{id}.json, response_{id}.json).
+
+    Writers must write elsewhere and rename the finished file into the input folder. Requests
+    move to claimed/, then done/ or failed/ (with the error response) under the input folder;
+    claims left by a crash are resumed at start. SIGTERM or Ctrl-C finishes the requests in hand.
+    """
+    settings = _settings(ctx)
+    from genserve.api.files import run_file_worker
+
+    try:
+        run_file_worker(settings)
+    except GenserveError as err:
+        raise _fail(err, None) from None
+
+
 @app.command("test")
 def test_server(
     ctx: typer.Context,

@@ -151,9 +151,9 @@ class FilesSettings(_Section):
 
     enabled: bool = Field(False, description="Start the drop-folder door with `genserve serve`.")
     input_dir: Path = Field(
-        Path("data/drop/in"), description="Where writers rename request_{id}.json in."
+        Path("data/drop"), description="Where writers rename request_{id}.json in."
     )
-    output_dir: Path = Field(Path("data/drop/out"), description="Where outputs and response_{id}.json go.")
+    output_dir: Path = Field(Path("data/outputs/drop"), description="Where outputs and responses go.")
     poll_interval_s: float = Field(0.5, gt=0, le=60, description="How often the input folder is scanned.")
     max_in_flight: int = Field(2, ge=1, le=256, description="Requests worked on at once.")
 

@@ -13,13 +13,16 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import uvicorn
 
+from genserve.api.files import FileDoor
 from genserve.api.grpc.server import GrpcDoor
 from genserve.api.rest import build_app
 from genserve.config import Settings
+from genserve.errors import GenserveError
 from genserve.runtime import Runtime, build_runtime
 
 log = logging.getLogger("genserve.server")
@@ -46,10 +49,24 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{shown}:{port}"
 
 
+class BackgroundDoor(Protocol):
+    """A door that runs beside REST on the same loop: the drop folder, Kafka."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class RestServer(uvicorn.Server):
     """uvicorn's server that announces every address once it accepts requests."""
 
-    def __init__(self, runtime: Runtime, sock: socket.socket, grpc_door: GrpcDoor | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        sock: socket.socket,
+        grpc_door: GrpcDoor | None = None,
+        others: Sequence[BackgroundDoor] = (),
+    ) -> None:
         settings = runtime.settings.server
         config = uvicorn.Config(
             build_app(runtime),
@@ -62,6 +79,7 @@ class RestServer(uvicorn.Server):
         super().__init__(config)
         self.runtime = runtime
         self.grpc = grpc_door
+        self.others = list(others)
         self.sock = sock
         self.url = url_of(sock)
         self.stop_signals: list[int] = []
@@ -69,6 +87,8 @@ class RestServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         if self.grpc is not None:
             await self.grpc.start()
+        for door in self.others:
+            await door.start()
         await super().startup(sockets)
         if self.started:
             host = self.sock.getsockname()[0]
@@ -96,6 +116,7 @@ class RestServer(uvicorn.Server):
         stopping = [super().shutdown(sockets)]
         if self.grpc is not None:
             stopping.append(self.grpc.stop())
+        stopping.extend(door.stop() for door in self.others)
         try:
             await asyncio.gather(*stopping)
         finally:
@@ -120,12 +141,15 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     try:
         sock = bind(settings.server.host, settings.server.port)
         grpc_door = GrpcDoor(runtime) if settings.grpc.enabled else None
-    except OSError:
+        others: list[BackgroundDoor] = []
+        if settings.files.enabled:
+            others.append(FileDoor(runtime))
+    except (OSError, GenserveError):
         if sock is not None:
             sock.close()
         runtime.close()
         raise
-    server = RestServer(runtime, sock, grpc_door)
+    server = RestServer(runtime, sock, grpc_door, others)
     try:
         server.run(sockets=[sock])
     finally:

@@ -30,6 +30,7 @@ EXPECTED_OPTIONS = {
     "devices": "--json",
     "serve": "--host --port",
     "test": "--host --port --timeout",
+    "file-worker": "",
 }
 
 
