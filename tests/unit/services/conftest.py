@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from genserve.config import Settings
 from genserve.errors import ErrorCode, GenserveError
-from genserve.runtime import Runtime
+from genserve.runtime import Runtime, build_runtime
 
 LORA = "Qwen-Image-Lightning-4steps-V2.0.safetensors"
 
@@ -58,3 +59,11 @@ def chain(run: Callable[..., Any], data_root: Path) -> dict[str, Any]:
 
 def load_latent(path: str) -> torch.Tensor:
     return torch.load(path, weights_only=True)["latent"]
+
+
+@pytest.fixture
+def cpu_runtime(settings: Settings) -> Iterator[Runtime]:
+    """The small test settings with the models fixed to float32 on CPU."""
+    models = settings.models.model_copy(update={"default_device": "cpu", "dtype": "float32"})
+    with build_runtime(settings.model_copy(update={"models": models})) as rt:
+        yield rt

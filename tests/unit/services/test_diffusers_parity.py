@@ -7,7 +7,6 @@ rounding. The models are pinned to float32 on CPU so the bound below holds on an
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from genserve.config import Settings
-from genserve.runtime import Runtime, build_runtime
+from genserve.runtime import Runtime
 
 PROMPT = "by using the green masked area, put the cloth on the person"
 SEED = 0
@@ -33,14 +31,6 @@ MAX_PIXEL_DIFF = 2
 MAX_DIFFERING_FRACTION = 0.001
 # Seeds s and s + 1 give images ~23.5 levels apart on average (max ~125) with these models.
 MIN_SEED_MEAN_DIFF = 5.0
-
-
-@pytest.fixture
-def cpu_runtime(settings: Settings) -> Iterator[Runtime]:
-    """The small test settings with the models fixed to float32 on CPU."""
-    models = settings.models.model_copy(update={"default_device": "cpu", "dtype": "float32"})
-    with build_runtime(settings.model_copy(update={"models": models})) as rt:
-        yield rt
 
 
 def _area(megapixels: float) -> int:

@@ -9,7 +9,6 @@ CFGNorm to the guided x0, diffusers rescales the guided velocity.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from contextlib import ExitStack
 
 import numpy as np
@@ -17,8 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from genserve.config import Settings
-from genserve.runtime import Runtime, build_runtime
+from genserve.runtime import Runtime
 from genserve.services.base import RunContext
 from genserve.services.text_prompt import encode_text_prompts
 
@@ -29,13 +27,6 @@ STEPS = 4
 # against diffusers' velocity step, as in the edit parity test).
 MAX_PIXEL_DIFF = 2
 MAX_DIFFERING_FRACTION = 0.001
-
-
-@pytest.fixture
-def cpu_runtime(settings: Settings) -> Iterator[Runtime]:
-    models = settings.models.model_copy(update={"default_device": "cpu", "dtype": "float32"})
-    with build_runtime(settings.model_copy(update={"models": models})) as rt:
-        yield rt
 
 
 def genserve_image(rt: Runtime, seed: int, width: int, height: int) -> np.ndarray:
