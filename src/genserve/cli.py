@@ -336,7 +336,7 @@ def serve(
         run_server(settings, host=host, port=port)
     except GenserveError as err:
         raise _fail(err, None) from None
-    except OSError as exc:
+    except (OSError, ConfigError) as exc:
         Console(stderr=True, highlight=False).print(f"genserve: {exc}", markup=False)
         raise typer.Exit(ERROR_TABLE[ErrorCode.UNAVAILABLE].exit_code) from None
 
@@ -357,6 +357,28 @@ def file_worker(ctx: typer.Context) -> None:
         run_file_worker(settings)
     except GenserveError as err:
         raise _fail(err, None) from None
+
+
+@app.command("kafka-worker")
+def kafka_worker(ctx: typer.Context) -> None:
+    """Run the Kafka door alone: one consumer per service in the group <service>-group, answering
+    requests from <service>-requests on output.topic or <service>-responses.
+
+    Needs kafka.bootstrap_servers. Offsets are committed only after the answer is produced; an
+    answered request id is answered again from the store, not recomputed; unusable messages get
+    an error answer and go to <service>-dlq. Start several workers to share the partitions.
+    SIGTERM or Ctrl-C finishes held work and commits; a second signal stops at once.
+    """
+    settings = _settings(ctx)
+    from genserve.api.kafka import run_kafka_worker
+
+    try:
+        run_kafka_worker(settings)
+    except GenserveError as err:
+        raise _fail(err, None) from None
+    except (OSError, ConfigError) as exc:
+        Console(stderr=True, highlight=False).print(f"genserve: {exc}", markup=False)
+        raise typer.Exit(ERROR_TABLE[ErrorCode.UNAVAILABLE].exit_code) from None
 
 
 @app.command("test")

@@ -139,6 +139,15 @@ class KafkaSettings(_Section):
     )
     group_prefix: str = Field("", description="Prepended to every consumer group (<prefix><service>-group).")
     max_in_flight: int = Field(4, ge=1, le=1024, description="Messages a worker works on at once.")
+    session_timeout_s: float = Field(
+        10.0, gt=0, description="A worker silent this long is dead; its work moves."
+    )
+    rebalance_timeout_s: float = Field(60.0, gt=0, description="How long a rebalance waits for held work.")
+    topic_partitions: int = Field(4, ge=1, description="Partitions of the topics the door creates.")
+    fetch_max_wait_s: float = Field(0.1, gt=0, le=10, description="Longest a fetch waits at the broker.")
+    responses_keep_s: float = Field(
+        7 * 24 * 3600, gt=0, description="Stored answers older than this are pruned at start."
+    )
     responses_db: Path = Field(
         Path("data/kafka-responses.sqlite"),
         description="Answered request ids and their responses, so a redelivered message is answered again, "
@@ -150,9 +159,7 @@ class FilesSettings(_Section):
     """The drop-folder door: request_{id}.json in, outputs and response_{id}.json out."""
 
     enabled: bool = Field(False, description="Start the drop-folder door with `genserve serve`.")
-    input_dir: Path = Field(
-        Path("data/drop"), description="Where writers rename request_{id}.json in."
-    )
+    input_dir: Path = Field(Path("data/drop"), description="Where writers rename request_{id}.json in.")
     output_dir: Path = Field(Path("data/outputs/drop"), description="Where outputs and responses go.")
     poll_interval_s: float = Field(0.5, gt=0, le=60, description="How often the input folder is scanned.")
     max_in_flight: int = Field(2, ge=1, le=256, description="Requests worked on at once.")

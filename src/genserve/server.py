@@ -21,7 +21,7 @@ import uvicorn
 from genserve.api.files import FileDoor
 from genserve.api.grpc.server import GrpcDoor
 from genserve.api.rest import build_app
-from genserve.config import Settings
+from genserve.config import ConfigError, Settings
 from genserve.errors import GenserveError
 from genserve.runtime import Runtime, build_runtime
 
@@ -144,7 +144,11 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         others: list[BackgroundDoor] = []
         if settings.files.enabled:
             others.append(FileDoor(runtime))
-    except (OSError, GenserveError):
+        if settings.kafka.enabled:
+            from genserve.api.kafka import KafkaDoor  # aiokafka only when Kafka is on
+
+            others.append(KafkaDoor(runtime))
+    except (OSError, GenserveError, ConfigError):
         if sock is not None:
             sock.close()
         runtime.close()

@@ -31,6 +31,7 @@ EXPECTED_OPTIONS = {
     "serve": "--host --port",
     "test": "--host --port --timeout",
     "file-worker": "",
+    "kafka-worker": "",
 }
 
 
