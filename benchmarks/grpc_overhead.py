@@ -38,11 +38,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rest_overhead import (
     Door,
     Sample,
+    door_rates,
     inproc_call,
-    inproc_rate,
-    interleaved_rates,
     parse_args,
     report,
+    round_trip_floor,
     shares,
     start_server,
     workspace,
@@ -115,7 +115,6 @@ def main(argv: list[str] | None = None) -> int:
                 stub, health = rpc.DecoderStub(channel), health_pb2_grpc.HealthStub(channel)
                 remote: list[Sample] = []
                 inproc: list[Sample] = []
-                floor: list[float] = []
                 for index in range(args.warmup + args.pairs):
                     if index % 2:
                         i, g = inproc_call(runner, rt, body), grpc_call(stub, latent)
@@ -125,19 +124,10 @@ def main(argv: list[str] | None = None) -> int:
                         remote.append(g)
                         inproc.append(i)
                 check = health_pb2.HealthCheckRequest(service="")
-                for _ in range(max(args.pairs // 4, 2)):  # the floor, in the state of a cold gRPC call
-                    inproc_call(runner, rt, body)
-                    started = time.perf_counter()
-                    health.Check(check, timeout=60)
-                    floor.append((time.perf_counter() - started) * 1000)
-                rates = {
-                    callers: interleaved_rates(
-                        lambda n, c=callers: inproc_rate(runner, rt, body, c, n),
-                        lambda n, c=callers: grpc_rate(channel, latent, c, n),
-                        args.concurrency_requests,
-                    )
-                    for callers in (1, 16)
-                }
+                floor = round_trip_floor(
+                    runner, rt, body, args.pairs, lambda: health.Check(check, timeout=60)
+                )
+                rates = door_rates(runner, rt, body, lambda c, n: grpc_rate(channel, latent, c, n), args)
         finally:
             proc.terminate()
             proc.wait(timeout=60)

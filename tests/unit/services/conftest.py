@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,24 @@ def cpu_runtime(settings: Settings) -> Iterator[Runtime]:
     models = settings.models.model_copy(update={"default_device": "cpu", "dtype": "float32"})
     with build_runtime(settings.model_copy(update={"models": models})) as rt:
         yield rt
+
+
+def diffusers_components(rt: Runtime, stack: ExitStack, *, with_processor: bool = False) -> dict[str, Any]:
+    """The runtime's own loaded models as diffusers pipeline components (pinned for the stack),
+    with the scheduler genserve's defaults describe: what both parity tests compare against."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    defaults = rt.settings.pipeline
+    vae = stack.enter_context(rt.models.use("vae", defaults.vae_model_name))
+    text_encoder = stack.enter_context(rt.models.use("text_encoders", defaults.clip_model_name))
+    diffusion = stack.enter_context(rt.models.use("diffusion_models", defaults.unet_model_name))
+    components = {
+        "scheduler": FlowMatchEulerDiscreteScheduler(shift=defaults.shift, use_dynamic_shifting=False),
+        "vae": vae.module,
+        "text_encoder": text_encoder.model,
+        "tokenizer": text_encoder.processor.tokenizer,
+        "transformer": diffusion.transformer,
+    }
+    if with_processor:  # the edit pipeline's image processor
+        components["processor"] = text_encoder.processor
+    return components

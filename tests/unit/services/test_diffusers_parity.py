@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from genserve.runtime import Runtime
+from tests.unit.services.conftest import diffusers_components
 
 PROMPT = "by using the green masked area, put the cloth on the person"
 SEED = 0
@@ -61,22 +62,11 @@ def genserve_edit(rt: Runtime, inputs: Path, seed: int) -> tuple[np.ndarray, Any
 
 
 def diffusers_edit(rt: Runtime, inputs: Path, seed: int, width: int, height: int) -> np.ndarray:
-    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline
+    from diffusers import QwenImageEditPlusPipeline
 
-    defaults = rt.settings.pipeline
     images = [Image.open(inputs / name).convert("RGB") for name in ("person.png", "cloth.png")]
     with ExitStack() as stack:
-        vae = stack.enter_context(rt.models.use("vae", defaults.vae_model_name))
-        text_encoder = stack.enter_context(rt.models.use("text_encoders", defaults.clip_model_name))
-        diffusion = stack.enter_context(rt.models.use("diffusion_models", defaults.unet_model_name))
-        pipe = QwenImageEditPlusPipeline(
-            scheduler=FlowMatchEulerDiscreteScheduler(shift=defaults.shift, use_dynamic_shifting=False),
-            vae=vae.module,
-            text_encoder=text_encoder.model,
-            tokenizer=text_encoder.processor.tokenizer,
-            processor=text_encoder.processor,
-            transformer=diffusion.transformer,
-        )
+        pipe = QwenImageEditPlusPipeline(**diffusers_components(rt, stack, with_processor=True))
         pipe.set_progress_bar_config(disable=True)
         out = pipe(
             image=images,

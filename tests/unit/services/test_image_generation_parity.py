@@ -19,6 +19,7 @@ from PIL import Image
 from genserve.runtime import Runtime
 from genserve.services.base import RunContext
 from genserve.services.text_prompt import encode_text_prompts
+from tests.unit.services.conftest import diffusers_components
 
 PROMPT = "a red apple on a wooden table"
 STEPS = 4
@@ -50,19 +51,9 @@ def genserve_image(rt: Runtime, seed: int, width: int, height: int) -> np.ndarra
 
 
 def diffusers_pipeline(rt: Runtime, stack: ExitStack):  # -> QwenImagePipeline
-    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline
+    from diffusers import QwenImagePipeline
 
-    defaults = rt.settings.pipeline
-    vae = stack.enter_context(rt.models.use("vae", defaults.vae_model_name))
-    text_encoder = stack.enter_context(rt.models.use("text_encoders", defaults.clip_model_name))
-    diffusion = stack.enter_context(rt.models.use("diffusion_models", defaults.unet_model_name))
-    pipe = QwenImagePipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=defaults.shift, use_dynamic_shifting=False),
-        vae=vae.module,
-        text_encoder=text_encoder.model,
-        tokenizer=text_encoder.processor.tokenizer,
-        transformer=diffusion.transformer,
-    )
+    pipe = QwenImagePipeline(**diffusers_components(rt, stack))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
