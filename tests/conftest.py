@@ -24,12 +24,15 @@ VISION_MP = 64 * 64 / 1_000_000
 
 
 def _builder_digest() -> str:
-    return hashlib.sha1(Path(demo.__file__).read_bytes()).hexdigest()[:12]
+    from genserve.models import lipsync_demo
+
+    sources = Path(demo.__file__).read_bytes() + Path(lipsync_demo.__file__).read_bytes()
+    return hashlib.sha1(sources).hexdigest()[:12]
 
 
 @pytest.fixture(scope="session")
 def demo_models() -> Path:
-    """The demo models folder (built once; rebuilt when demo.py changes)."""
+    """The demo models folder (built once; rebuilt when demo.py or lipsync_demo.py changes)."""
     root = CACHE / f"demo-{_builder_digest()}"
     if not demo.demo_present(root / "models"):
         shutil.rmtree(root, ignore_errors=True)

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from genserve.config_lipsync import LipsyncSettings
+
 ENV_PREFIX = "GENSERVE_"
 CONFIG_ENV = "GENSERVE_CONFIG"
 
@@ -146,12 +148,21 @@ class KafkaSettings(_Section):
     topic_partitions: int = Field(4, ge=1, description="Partitions of the topics the door creates.")
     fetch_max_wait_s: float = Field(0.1, gt=0, le=10, description="Longest a fetch waits at the broker.")
     responses_keep_s: float = Field(
-        7 * 24 * 3600, gt=0, description="Stored answers older than this are pruned at start."
+        7 * 24 * 3600,
+        gt=0,
+        description="Answers older than this are forgotten: pruned from responses_db at start, skipped when "
+        "reading answers_topic, and its retention when the door creates it.",
     )
     responses_db: Path = Field(
         Path("data/kafka-responses.sqlite"),
-        description="Answered request ids and their responses, so a redelivered message is answered again, "
-        "not recomputed.",
+        description="This host's copy of answers_topic (SQLite), where a redelivered request id is looked "
+        "up, so that it is answered again, not recomputed.",
+    )
+    answers_topic: str = Field(
+        "genserve-answers",
+        pattern=r"^[A-Za-z0-9._-]{1,249}$",
+        description="Compacted topic of every answer, keyed <service>/<request_id>, shared by all workers on "
+        "all hosts; one per deployment that shares a cluster.",
     )
 
 
@@ -216,6 +227,7 @@ class Settings(_Section):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     files: FilesSettings = Field(default_factory=FilesSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    lipsync: LipsyncSettings = Field(default_factory=LipsyncSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
 

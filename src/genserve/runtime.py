@@ -13,10 +13,13 @@ import torch
 
 from genserve.config import Settings
 from genserve.engine.engine import Engine
+from genserve.lipsync_runtime import LANE as LIPSYNC_LANE
+from genserve.lipsync_runtime import LipsyncParts, build_lipsync
 from genserve.models.devices import device_name, resolve_device
 from genserve.models.loaders import default_loaders
 from genserve.models.manager import ModelManager
 from genserve.models.registry import ModelRegistry
+from genserve.services.catalog import SERVICES
 from genserve.storage.paths import Sandbox
 
 MIB = 1024 * 1024
@@ -28,11 +31,14 @@ class Runtime:
     models: ModelManager
     sandbox: Sandbox
     engine: Engine
+    lipsync: LipsyncParts | None = None
 
     def close(self) -> None:
         """Engine first (lets running work finish), then the models."""
         self.engine.close()
         self.models.close()
+        if self.lipsync is not None:
+            self.lipsync.close()
 
     def __enter__(self) -> Runtime:
         return self
@@ -59,6 +65,9 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     storage = settings.storage
     sandbox = Sandbox(storage.read_roots, storage.write_roots, storage.default_output_dir)
+    lipsync = None
+    if settings.lipsync.enabled:
+        lipsync = build_lipsync(settings.lipsync, settings.models.dir, device)
     engine = Engine(
         models,
         sandbox,
@@ -67,8 +76,10 @@ def build_runtime(settings: Settings) -> Runtime:
         workers_per_device=settings.engine.workers_per_device,
         devices=lanes,
         device_workers=workers,
+        services={**SERVICES, LIPSYNC_LANE: lipsync.service} if lipsync else None,
+        service_lanes={LIPSYNC_LANE: lipsync.lane} if lipsync else None,
     )
-    return Runtime(settings=settings, models=models, sandbox=sandbox, engine=engine)
+    return Runtime(settings=settings, models=models, sandbox=sandbox, engine=engine, lipsync=lipsync)
 
 
 # Fields that loggers pass with ``extra=`` and JSON lines carry as keys of their own.

@@ -17,7 +17,6 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ from genserve.engine.events import (
     RunRecord,
     discard,
 )
+from genserve.engine.lanes import DeviceLoad, Lane, ServiceLane
 from genserve.errors import ErrorCode, GenserveError, as_genserve_error
 from genserve.services.base import RunContext, Service, parse_request
 from genserve.storage.paths import Sandbox
@@ -39,25 +39,6 @@ if TYPE_CHECKING:
     from genserve.models.manager import ModelManager
 
 logger = logging.getLogger("genserve.engine")
-
-
-@dataclass(frozen=True)
-class DeviceLoad:
-    """A snapshot of one device's admission counters, for health and metrics."""
-
-    device: str
-    running: int
-    waiting: int
-    workers: int
-    capacity: int  # most requests admitted at once: workers + queue size
-
-
-@dataclass
-class _Lane:
-    executor: ThreadPoolExecutor
-    workers: int
-    admitted: int = 0  # running + waiting; the number the queue limit applies to
-    running: int = 0
 
 
 class Engine:
@@ -74,6 +55,7 @@ class Engine:
         devices: Sequence[str] = ("cpu",),
         device_workers: Mapping[str, int] | None = None,
         services: Mapping[str, Service[Any, Any]] | None = None,
+        service_lanes: Mapping[str, ServiceLane] | None = None,
     ) -> None:
         if queue_size < 0:
             raise ValueError(f"queue_size must be >= 0, got {queue_size}")
@@ -89,13 +71,20 @@ class Engine:
         self._pipeline = pipeline
         self._queue_size = queue_size
         self._services = dict(services) if services is not None else None
-        self._lanes: dict[str, _Lane] = {}
+        self._lanes: dict[str, Lane] = {}
         for name in names:
             workers = overrides.get(name, workers_per_device)
             if workers < 1:
                 raise ValueError(f"workers for device {name} must be >= 1, got {workers}")
             pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"genserve-{name}")
-            self._lanes[name] = _Lane(pool, workers)
+            self._lanes[name] = Lane(pool, workers, queue_size)
+        self._device_lanes = tuple(self._lanes)
+        for name, spec in (service_lanes or {}).items():
+            if name in self._lanes or spec.workers < 1 or spec.queue_size < 0:
+                raise ValueError(f"service lane {name!r}: a new name, workers >= 1 and queue_size >= 0")
+            pool = ThreadPoolExecutor(max_workers=spec.workers, thread_name_prefix=f"genserve-{name}")
+            lane = Lane(pool, spec.workers, spec.queue_size, models=spec.models, batcher=spec.batcher)
+            self._lanes[name] = lane
         self._lock = threading.Lock()  # guards the counters and _closed; never held while a service runs
         self._closed = False
         self.observers: list[RunObserver] = []
@@ -104,7 +93,7 @@ class Engine:
 
     @property
     def devices(self) -> tuple[str, ...]:
-        return tuple(self._lanes)
+        return self._device_lanes
 
     @property
     def services(self) -> Mapping[str, Service[Any, Any]]:
@@ -139,17 +128,30 @@ class Engine:
         with self._lock:
             return [self._load_of(name, lane) for name, lane in self._lanes.items()]
 
-    def _load_of(self, device: str, lane: _Lane) -> DeviceLoad:
+    @staticmethod
+    def _load_of(device: str, lane: Lane) -> DeviceLoad:
         return DeviceLoad(
-            device, lane.running, lane.admitted - lane.running, lane.workers, lane.workers + self._queue_size
+            device, lane.running, lane.admitted - lane.running, lane.workers, lane.workers + lane.queue_size
         )
 
     def _least_busy(self) -> str:
         """The device with the fewest admitted requests per worker; ties go to the first listed."""
         with self._lock:
-            return min(self._lanes, key=lambda name: self._lanes[name].admitted / self._lanes[name].workers)
+            return min(
+                self._device_lanes, key=lambda name: self._lanes[name].admitted / self._lanes[name].workers
+            )
 
-    def _lane(self, device: str) -> _Lane:
+    def _pick_lane(self, service: Service[Any, Any] | str, device: str | None) -> str:
+        own = self._services_lane(service)
+        if own is not None:
+            return own
+        return device if device is not None else self._least_busy()
+
+    def _services_lane(self, service: Service[Any, Any] | str) -> str | None:
+        found = self.services.get(service) if isinstance(service, str) else service
+        return found.lane if found is not None and found.lane in self._lanes else None
+
+    def _lane(self, device: str) -> Lane:
         lane = self._lanes.get(device)
         if lane is None:
             raise GenserveError(
@@ -179,24 +181,27 @@ class Engine:
         """
         rid = request_id or str(uuid.uuid4())
         service_name = service if isinstance(service, str) else service.name
-        device_name = device if device is not None else self._least_busy()
+        device_name = self._pick_lane(service, device)
         started = time.perf_counter()
         outcome = "ok"
         relay: ProgressRelay | None = None
         try:
             resolved = self.service(service) if isinstance(service, str) else service
+            if resolved.lane is not None and resolved.lane not in self._lanes:
+                raise GenserveError(ErrorCode.UNAVAILABLE, f"service {resolved.name} is not served here")
             parsed = parse_request(resolved, request)
             lane = self._lane(device_name)
             if progress is not None:
                 relay = ProgressRelay(asyncio.get_running_loop(), progress, rid)
             ctx = RunContext(
-                models=self._models,
+                models=lane.models if lane.models is not None else self._models,
+                batcher=lane.batcher,
                 sandbox=self._sandbox,
                 defaults=self._pipeline,
                 request_id=rid,
                 progress_sink=relay if relay is not None else discard,
                 cancel_event=cancel if cancel is not None else threading.Event(),
-                device=device_name,
+                device=device_name if lane.models is None else None,
             )
             work = self._admit(lane, device_name, resolved, parsed, ctx)
             return await self._wait(work, ctx, timeout)
@@ -260,19 +265,19 @@ class Engine:
         )
 
     def _admit(
-        self, lane: _Lane, device: str, service: Service[Any, Any], request: BaseModel, ctx: RunContext
+        self, lane: Lane, device: str, service: Service[Any, Any], request: BaseModel, ctx: RunContext
     ) -> Future[BaseModel]:
         with self._lock:
             if self._closed:
                 raise GenserveError(ErrorCode.UNAVAILABLE, "engine is shutting down; request refused")
-            if lane.admitted >= self._queue_size + lane.workers:
+            if lane.admitted >= lane.queue_size + lane.workers:
                 waiting = lane.admitted - lane.running
                 raise GenserveError(
                     ErrorCode.RESOURCE_EXHAUSTED,
-                    f"queue for device {device} is full ({waiting} waiting)",
+                    f"queue for {_lane_label(device, lane)} is full ({waiting} waiting)",
                     device=device,
                     waiting=waiting,
-                    queue_size=self._queue_size,
+                    queue_size=lane.queue_size,
                 )
             lane.admitted += 1
         try:
@@ -284,7 +289,7 @@ class Engine:
         work.add_done_callback(lambda _: self._release(lane))
         return work
 
-    def _release(self, lane: _Lane) -> None:
+    def _release(self, lane: Lane) -> None:
         with self._lock:
             lane.admitted -= 1
 
@@ -310,7 +315,7 @@ class Engine:
         return waiter.result()
 
     def _execute(
-        self, lane: _Lane, service: Service[Any, Any], request: BaseModel, ctx: RunContext
+        self, lane: Lane, service: Service[Any, Any], request: BaseModel, ctx: RunContext
     ) -> BaseModel:
         with self._lock:
             lane.running += 1
@@ -356,6 +361,10 @@ class Engine:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _lane_label(name: str, lane: Lane) -> str:
+    return f"device {name}" if lane.models is None else name
 
 
 def _abandon(work: Future[BaseModel], waiter: asyncio.Future[BaseModel], ctx: RunContext) -> None:

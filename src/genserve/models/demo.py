@@ -3,7 +3,8 @@
 No weights can be downloaded on a fresh machine, so every API must work on models genserve
 builds itself. They use the real classes and file layouts (diffusers folders with config.json +
 safetensors, a transformers folder with a tokenizer and image processor, a peft LoRA in
-safetensors), so the loading code that serves them serves real Qwen-Image-Edit weights unchanged.
+safetensors, ONNX files for lip-sync), so the loading code that serves them serves real weights
+unchanged.
 
 The tokenizer is a byte-level BPE trained here with Qwen2's pre-tokenizer; its vocabulary size
 is chosen so the edit prompt template's fixed prefix is exactly 64 tokens, as with the real
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from genserve.models.lipsync_demo import build_lipsync_demo
 from genserve.models.loaders.text_encoder import EDIT_PROMPT_TEMPLATE, TEMPLATE_PREFIX_TOKENS
 from genserve.models.registry import ModelKind
 
@@ -32,6 +34,7 @@ DEMO_VAE = "qwen_image_vae"
 DEMO_TEXT_ENCODER = "qwen_2.5_vl_7b_fp8_scaled"
 DEMO_TRANSFORMER = "qwen_image_edit_2509_fp8_e4m3fn"
 DEMO_LORA = "Qwen-Image-Lightning-4steps-V2.0.safetensors"
+DEMO_LIPSYNC = "sanders"  # the lip-sync spec's example model id
 DEMO_MARKER = ".genserve-demo.json"
 
 # Qwen2's pre-tokenizer split pattern (as published with the Qwen2 tokenizer).
@@ -246,6 +249,7 @@ def build_demo(root: Path, images_dir: Path | None = None, seed: int = 0, force:
         ModelKind.TEXT_ENCODER: root / ModelKind.TEXT_ENCODER.value / DEMO_TEXT_ENCODER,
         ModelKind.DIFFUSION: root / ModelKind.DIFFUSION.value / DEMO_TRANSFORMER,
         ModelKind.LORA: root / ModelKind.LORA.value / DEMO_LORA,
+        ModelKind.LIPSYNC: root / ModelKind.LIPSYNC.value / DEMO_LIPSYNC,
     }
     for kind, path in targets.items():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -261,6 +265,8 @@ def build_demo(root: Path, images_dir: Path | None = None, seed: int = 0, force:
             build_text_encoder(path, seed)
         elif kind is ModelKind.DIFFUSION:
             build_transformer(path, seed)
+        elif kind is ModelKind.LIPSYNC:
+            build_lipsync_demo(path, seed=seed)
         else:
             from diffusers import QwenImageTransformer2DModel
 

@@ -17,7 +17,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -54,12 +54,16 @@ class ModelManager:
         memory_budget_bytes: Mapping[str, int] | None = None,
         default_device: str = "auto",
         dtype: str = "auto",
+        eviction: str = "lru",
     ) -> None:
         if max_loaded < 1:
             raise GenserveError(ErrorCode.INVALID_INPUT, f"max_loaded: must be at least 1, got {max_loaded}")
         self.registry = registry
         self._loaders: dict[ModelKind, Loader] = {ModelKind(k): v for k, v in loaders.items()}
         self._max_loaded = max_loaded
+        if eviction not in ("lru", "lfu"):
+            raise GenserveError(ErrorCode.INVALID_INPUT, f"eviction: {eviction!r} is not lru or lfu")
+        self._eviction = eviction
         self._budgets = {_budget_key(k): int(v) for k, v in (memory_budget_bytes or {}).items()}
         # Resolved now so that a bad setting stops the server at start-up, naming the value.
         self._default_device = resolve_device(default_device)
@@ -72,19 +76,50 @@ class ModelManager:
     # Public API -------------------------------------------------------------------------------
 
     @contextmanager
-    def use(self, kind: ModelKind | str, name: str, device: str | None = None) -> Iterator[Any]:
-        """Pinned for the whole block, so eviction and unload wait for it; the block counts as one request."""
+    def use(
+        self,
+        kind: ModelKind | str,
+        name: str,
+        device: str | None = None,
+        *,
+        on_load: Callable[[float], None] | None = None,
+        count: bool = True,
+    ) -> Iterator[Any]:
+        """Pinned for the whole block, so eviction and unload wait for it.
+
+        The block counts as one request timed as a whole, unless ``count`` is False: then the
+        caller times only the part it calls inference and reports it with ``record``.
+        ``on_load(ms)`` is called only in the request that actually loaded the model.
+        """
         owner = threading.get_ident()
-        slot, loaded = self._acquire(self._entry(kind, name), device, owner, pin=True)
+        slot, loaded = self._acquire(self._entry(kind, name), device, owner, pin=True, on_load=on_load)
         start = time.perf_counter()
         try:
             yield loaded.model
         finally:
-            self._unpin(slot, owner, (time.perf_counter() - start) * 1000.0)
+            self._unpin(slot, owner, (time.perf_counter() - start) * 1000.0, count=count)
 
-    def load(self, kind: ModelKind | str, name: str, device: str | None = None) -> ModelStats:
+    def record(self, kind: ModelKind | str, name: str, inference_ms: float, requests: int = 1) -> None:
+        """Count requests served by a model, for callers that time inference themselves."""
+        slot = self._find(kind, name)
+        if slot is None:
+            return
+        with self._cond:
+            slot.request_count += requests
+            slot.total_ms += inference_ms
+            slot.last_used = time.time()
+
+    def load(
+        self,
+        kind: ModelKind | str,
+        name: str,
+        device: str | None = None,
+        *,
+        on_load: Callable[[float], None] | None = None,
+    ) -> ModelStats:
         """Warm a model ahead of requests; a loaded model is left where it is (idempotent)."""
-        slot, _ = self._acquire(self._entry(kind, name), device, threading.get_ident(), pin=False)
+        entry = self._entry(kind, name)
+        slot, _ = self._acquire(entry, device, threading.get_ident(), pin=False, on_load=on_load)
         with self._cond:
             return self._snapshot(slot)
 
@@ -150,7 +185,13 @@ class ModelManager:
             return slot
 
     def _acquire(
-        self, entry: ModelEntry, device: str | None, owner: int, *, pin: bool
+        self,
+        entry: ModelEntry,
+        device: str | None,
+        owner: int,
+        *,
+        pin: bool,
+        on_load: Callable[[float], None] | None,
     ) -> tuple[_Slot, LoadedModel]:
         target = resolve_device(device) if device is not None else self._default_device
         explicit = device is not None and device.strip().lower() != "auto"
@@ -176,7 +217,10 @@ class ModelManager:
                 with self._cond:
                     ready = slot.state is not _State.UNLOADED
                 if not ready:
-                    return self._load(slot, target, owner if pin else None)
+                    slot, loaded = self._load(slot, target, owner if pin else None)
+                    if on_load is not None:
+                        on_load(slot.load_time_ms)
+                    return slot, loaded
             # Someone else loaded it while this thread waited for the lock: go round and pin it.
 
     def _pin(self, slot: _Slot, pin_for: int | None) -> None:
@@ -184,13 +228,14 @@ class ModelManager:
             slot.pins[pin_for] += 1
         slot.touched = next(self._clock)
 
-    def _unpin(self, slot: _Slot, owner: int, elapsed_ms: float) -> None:
+    def _unpin(self, slot: _Slot, owner: int, elapsed_ms: float, *, count: bool = True) -> None:
         with self._cond:
             slot.pins[owner] -= 1
             if slot.pins[owner] <= 0:
                 del slot.pins[owner]
-            slot.request_count += 1
-            slot.total_ms += elapsed_ms
+            if count:
+                slot.request_count += 1
+                slot.total_ms += elapsed_ms
             slot.last_used = time.time()
             slot.touched = next(self._clock)
             if not slot.pins:
@@ -240,8 +285,13 @@ class ModelManager:
     # Capacity ---------------------------------------------------------------------------------
 
     def _evictable(self, exclude: _Slot) -> list[_Slot]:
-        idle = [s for s in self._slots.values() if s.state is _State.LOADED and not s.pins]
-        return sorted((s for s in idle if s is not exclude), key=lambda s: s.touched)
+        """Idle models, the first to go first: least recently used, or least used (then LRU)."""
+        idle = [
+            s for s in self._slots.values() if s.state is _State.LOADED and not s.pins and s is not exclude
+        ]
+        if self._eviction == "lfu":
+            return sorted(idle, key=lambda s: (s.request_count, s.touched))
+        return sorted(idle, key=lambda s: s.touched)
 
     def _make_room(self, slot: _Slot, dev: str, needed: int) -> list[LoadedModel]:
         """Pick LRU victims for count and budget; raise before evicting anything if it cannot fit."""
@@ -277,7 +327,7 @@ class ModelManager:
                     available_bytes=available,
                     budget_bytes=budget,
                 )
-        return [self._evict(s) for s in chosen]
+        return [self._evict(s, for_room=slot.label) for s in chosen]
 
     def _trim_to_budget(self, slot: _Slot) -> list[LoadedModel]:
         """The disk size was only an estimate: if the real size overshoots, evict others (best effort)."""
@@ -291,16 +341,21 @@ class ModelManager:
                 break
             if s.device == slot.device:
                 used -= s.memory_bytes
-                victims.append(self._evict(s))
+                victims.append(self._evict(s, for_room=slot.label))
         if used > budget:
             log.warning("%s over budget (%d of %d bytes) with models in use", slot.device, used, budget)
         return victims
 
-    def _evict(self, slot: _Slot) -> LoadedModel:
+    def _evict(self, slot: _Slot, for_room: str | None = None) -> LoadedModel:
         """Take a model out of the table (manager lock held); the caller releases it after unlocking."""
         loaded = slot.loaded
         assert loaded is not None
-        log.info("unloading %s from %s", slot.label, slot.device)
+        if for_room is None:
+            log.info("unloading %s from %s", slot.label, slot.device)
+        else:
+            slot.evictions += 1
+            policy = self._eviction
+            log.info("evicting %s from %s (%s) for %s", slot.label, slot.device, policy, for_room)
         slot.loaded, slot.state, slot.device, slot.memory_bytes = None, _State.UNLOADED, None, 0
         return loaded
 

@@ -30,6 +30,7 @@ class ModelStats:
     load_time_ms: float
     pinned: int
     load_count: int = 0
+    evictions: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,6 +60,7 @@ class ModelSlot:
     last_used: float | None = None
     load_time_ms: float = 0.0
     load_count: int = 0
+    evictions: int = 0  # times capacity took it out (unload requests not counted)
 
     @property
     def in_memory(self) -> bool:
@@ -83,4 +85,5 @@ class ModelSlot:
             load_time_ms=self.load_time_ms,
             pinned=sum(self.pins.values()),
             load_count=self.load_count,
+            evictions=self.evictions,
         )

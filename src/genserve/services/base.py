@@ -24,6 +24,7 @@ from genserve.errors import ErrorCode, GenserveError
 from genserve.storage.paths import Sandbox
 
 if TYPE_CHECKING:
+    from genserve.engine.batching import DynamicBatcher
     from genserve.models.manager import ModelManager
     from genserve.models.registry import ModelKind
 
@@ -63,6 +64,8 @@ class RunContext:
     cancel_event: threading.Event = field(default_factory=threading.Event)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("genserve.service"))
     device: str | None = None
+    # Set for services that run on a lane with dynamic batching (Service.lane); None = run alone.
+    batcher: DynamicBatcher | None = None
 
     @property
     def file_tag(self) -> str:
@@ -97,6 +100,9 @@ class Service(Generic[ReqT, RespT]):
     response_model: type[RespT]
     run: Callable[[ReqT, RunContext], RespT]
     description: str = ""
+    # A service with its own lane runs on that lane's workers with that lane's model manager
+    # (the lip-sync server: its own capacity and batching) instead of a device lane.
+    lane: str | None = None
 
 
 def parse_request(service: Service[ReqT, Any], data: Any) -> ReqT:

@@ -2,7 +2,8 @@
 
 The protos are compiled under the virtual path ``genserve/api/grpc/gen/``, so the generated
 modules import each other as ``genserve.api.grpc.gen.*`` while the protos themselves keep the
-spec's package lines (none for the pipeline, ``drawthings`` for image generation). The output is
+spec's package lines (none for the pipeline, ``drawthings`` for image generation,
+``monolithic`` for lip-sync). The output is
 checked in; a test regenerates it and fails when the checked-in copy is stale.
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[4]
 PROTOS = REPO / "protos"
 PACKAGE_PATH = "genserve/api/grpc/gen"
-FILES = ("pipeline.proto", "image_generation.proto")
+FILES = ("pipeline.proto", "image_generation.proto", "monolithic.proto")
 
 
 def generate(out_root: Path) -> list[Path]:

@@ -1,0 +1,137 @@
+"""monolithic.MonolithicService: the lip-sync server's six RPCs.
+
+As the spec says, application errors come back in the response (``success=false`` and the
+message) and only transport-level trouble is a gRPC status: a full queue (RESOURCE_EXHAUSTED),
+a server shutting down (UNAVAILABLE), a deadline (DEADLINE_EXCEEDED), a cancelled call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from genserve.api.grpc.calls import REQUEST_ID_KEY, abort, deadline, request_id_of
+from genserve.api.grpc.gen import monolithic_pb2 as pb
+from genserve.api.grpc.gen import monolithic_pb2_grpc as rpc
+from genserve.engine.engine import Engine
+from genserve.errors import ErrorCode, GenserveError, as_genserve_error
+from genserve.lipsync_runtime import LipsyncParts
+from genserve.services import lipsync_admin as admin
+from genserve.services.lipsync import LipsyncRequest, LipsyncResponse
+
+Context = grpc.aio.ServicerContext
+# Not the request's fault: the client should retry or stop, so these stay gRPC statuses.
+_TRANSPORT = {ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT, ErrorCode.CANCELLED}
+
+
+class Monolithic(rpc.MonolithicServiceServicer):
+    def __init__(
+        self, engine: Engine, parts: LipsyncParts, timeout_s: float, unload_timeout_s: float
+    ) -> None:
+        self._engine = engine
+        self._parts = parts
+        self._timeout = timeout_s
+        self._unload_timeout = unload_timeout_s
+
+    async def InferBatchComposite(
+        self, request: pb.CompositeBatchRequest, context: Context
+    ) -> pb.CompositeBatchResponse:
+        try:
+            request_id = request_id_of(request, context)
+        except GenserveError as err:
+            return pb.CompositeBatchResponse(success=False, error=err.message, gpu_id=-1)
+        # Built field by field: the frames are ~15 MB, so no dict or JSON detour (and no copy).
+        body = LipsyncRequest.model_construct(
+            model_id=request.model_id,
+            visual_frames=request.visual_frames,
+            raw_audio=request.raw_audio,
+            audio_features=request.audio_features,
+            batch_size=request.batch_size,
+            start_frame_idx=request.start_frame_idx,
+            sample_rate=request.sample_rate,
+        )
+        try:
+            result = await self._engine.submit(
+                "lipsync", body, request_id=request_id, timeout=deadline(context, self._timeout)
+            )
+        except GenserveError as err:
+            if err.code in _TRANSPORT:
+                await abort(context, err, request_id)
+            return pb.CompositeBatchResponse(success=False, error=err.message, gpu_id=-1)
+        except Exception as exc:  # the last line of defence: a message, never a traceback
+            return pb.CompositeBatchResponse(success=False, error=as_genserve_error(exc).message, gpu_id=-1)
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+        assert isinstance(result, LipsyncResponse)
+        return pb.CompositeBatchResponse(**result.model_dump(), success=True)
+
+    async def Health(self, request: pb.HealthRequest, context: Context) -> pb.HealthResponse:
+        parts = self._parts
+        found = await asyncio.to_thread(admin.health, parts.models, parts.catalog, self._engine.accepting)
+        return pb.HealthResponse(
+            healthy=found.healthy,
+            loaded_models=found.loaded_models,
+            max_models=found.max_models,
+            gpu_ids=found.gpu_ids,
+            gpu_memory_used_gb=found.gpu_memory_used_gb,
+        )
+
+    async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> pb.ListModelsResponse:
+        rows = await asyncio.to_thread(admin.model_stats, self._parts.models, self._parts.catalog)
+        return pb.ListModelsResponse(
+            models=[
+                pb.ModelInfo(
+                    model_id=r.model_id,
+                    loaded=r.loaded,
+                    gpu_id=r.gpu_id,
+                    memory_mb=r.memory_mb,
+                    request_count=r.request_count,
+                    avg_inference_ms=r.avg_inference_ms,
+                )
+                for r in rows
+            ]
+        )
+
+    async def GetModelStats(
+        self, request: pb.GetModelStatsRequest, context: Context
+    ) -> pb.GetModelStatsResponse:
+        rows = await asyncio.to_thread(admin.model_stats, self._parts.models, self._parts.catalog)
+        return pb.GetModelStatsResponse(
+            models=[
+                pb.ModelStats(
+                    model_id=r.model_id,
+                    loaded=r.loaded,
+                    gpu_id=r.gpu_id,
+                    memory_mb=r.memory_mb,
+                    request_count=r.request_count,
+                    total_inference_ms=r.total_inference_ms,
+                    avg_inference_ms=r.avg_inference_ms,
+                    last_used_timestamp=r.last_used_timestamp,
+                )
+                for r in rows
+            ]
+        )
+
+    async def LoadModel(self, request: pb.LoadModelRequest, context: Context) -> pb.LoadModelResponse:
+        parts = self._parts
+        try:
+            gpu_id, load_ms = await asyncio.to_thread(
+                admin.load_model, parts.models, parts.catalog, request.model_id, request.preferred_gpu
+            )
+        except Exception as exc:
+            return pb.LoadModelResponse(success=False, error=as_genserve_error(exc).message, gpu_id=-1)
+        return pb.LoadModelResponse(success=True, gpu_id=gpu_id, load_time_ms=load_ms)
+
+    async def UnloadModel(self, request: pb.UnloadModelRequest, context: Context) -> pb.UnloadModelResponse:
+        parts = self._parts
+        try:
+            await asyncio.to_thread(
+                admin.unload_model, parts.models, parts.catalog, request.model_id, self._unload_timeout
+            )
+        except Exception as exc:
+            return pb.UnloadModelResponse(success=False, error=as_genserve_error(exc).message)
+        return pb.UnloadModelResponse(success=True)
+
+
+def service_name() -> str:
+    return pb.DESCRIPTOR.services_by_name["MonolithicService"].full_name

@@ -1,0 +1,69 @@
+"""The ``lipsync`` section of the settings: the original server's config.yaml keys, kept by name.
+
+Its own module because it is the biggest section and only the lip-sync server reads it;
+``genserve.config.Settings`` includes it like every other section.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Default file names inside a model's folder models/lipsync/<id>/ (what `genserve models demo` writes).
+MODEL_FILE = "model.onnx"
+AUDIO_ENCODER_FILE = "audio_encoder.onnx"
+FRAMES_DIR = "frames"
+CROP_RECTS_FILE = "crop_rects.json"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LipsyncModelSettings(_Section):
+    """One model id. Relative paths are inside the model's folder ``<models.dir>/lipsync/<id>/``."""
+
+    model_path: Path = Field(Path(MODEL_FILE), description="The lip-sync ONNX file.")
+    audio_encoder_path: Path = Field(Path(AUDIO_ENCODER_FILE), description="Mel window -> 512-d ONNX file.")
+    background_dir: Path = Field(Path(FRAMES_DIR), description="Background frames frame_%04d.png|jpg.")
+    crop_rects_path: Path = Field(Path(CROP_RECTS_FILE), description="[[x1,y1,x2,y2], ...] per frame.")
+    preload: bool = Field(False, description="Load at start-up instead of on the first request.")
+    preferred_gpu: int = Field(-1, ge=-1, description="GPU to load on; -1 = automatic.")
+
+
+class LipsyncSettings(_Section):
+    enabled: bool = Field(True, description="Serve monolithic.MonolithicService on the gRPC ports.")
+    max_models: int = Field(40, ge=1, description="Most lip-sync models loaded at once.")
+    max_memory_gb: float | None = Field(
+        None, gt=0, description="Memory budget per device for loaded lip-sync models; none = count only."
+    )
+    eviction_policy: Literal["lru", "lfu"] = Field(
+        "lru", description="Which idle model makes room: least recently or least frequently used."
+    )
+    idle_timeout_minutes: float = Field(
+        0, ge=0, description="Unload a model unused this long; 0 = keep until evicted."
+    )
+    jpeg_quality: int = Field(75, ge=1, le=100, description="Quality of the composited JPEG frames.")
+    composite_workers: int = Field(0, ge=0, description="Threads compositing frames; 0 = one per core.")
+    workers: int = Field(16, ge=1, description="Requests worked on at once (audio, inference, compositing).")
+    queue_size: int = Field(64, ge=0, description="Requests waiting beyond the workers before refusal.")
+    batching: bool = Field(True, description="Merge concurrent requests for one model into one ONNX run.")
+    max_batch_frames: int = Field(64, ge=1, le=1024, description="Most frames in one merged ONNX run.")
+    max_batch_delay_ms: float = Field(
+        5.0, ge=0, le=1000, description="Longest a request waits for others to join its ONNX run."
+    )
+    models: dict[str, LipsyncModelSettings] = Field(
+        default_factory=dict,
+        description="Model ids and their files. Folders under <models.dir>/lipsync/ that hold a "
+        "model.onnx are served too, with the default file names.",
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _ids_are_names(cls, models: dict[str, LipsyncModelSettings]) -> dict[str, LipsyncModelSettings]:
+        for model_id in models:
+            if not model_id or model_id.startswith(".") or any(c in model_id for c in "/\\\x00"):
+                raise ValueError(f"{model_id!r} is not a model id (a plain name)")
+        return models

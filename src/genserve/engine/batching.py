@@ -1,0 +1,155 @@
+"""Dynamic batching: concurrent requests for one model share one model run.
+
+Leader and followers, no extra thread: the first request to reach the batcher for a key opens a
+batch and leads it; requests arriving while it is open join as followers. The leader runs the
+merged batch on its own worker thread and hands each follower its slice.
+
+A leader waits only when waiting can pay, and never past ``max_delay_s`` or a full batch:
+- while requests for its key are on their way: each request takes a ticket when it starts
+  (before its own pre-processing), so the leader knows how many are still coming;
+- while a run for its key is in progress: the model is busy anyway (a GPU runs them one after
+  the other; on a CPU they would share the cores), so requests that arrive meanwhile gather
+  into one run instead of queueing behind each other.
+A request alone on a key with an idle model therefore never waits at all.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(eq=False)
+class _Batch:
+    items: list[Any] = field(default_factory=list)
+    size: int = 0
+    closed: bool = False
+    results: list[Any] | None = None
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    runs: int  # model runs made
+    requests: int  # requests served by them
+    largest: int  # most items (frames) in one run
+
+
+class Ticket:
+    """One request's place in line for a key; spent by ``run``, or given back on exit."""
+
+    def __init__(self, batcher: DynamicBatcher, key: Hashable) -> None:
+        self._batcher = batcher
+        self.key = key
+        self.spent = False
+
+    def run(self, size: int, item: Any, run_batch: Callable[[list[Any]], list[Any]]) -> Any:
+        """Run ``item`` (``size`` units, e.g. frames) in a merged batch; returns its own result.
+
+        ``run_batch`` gets the items of the batch in order and returns one result per item. If it
+        raises, every request of the batch gets that exception.
+        """
+        return self._batcher._run(self, size, item, run_batch)
+
+
+class DynamicBatcher:
+    def __init__(self, max_items: int, max_delay_s: float, *, enabled: bool = True) -> None:
+        if max_items < 1 or max_delay_s < 0:
+            raise ValueError(f"max_items must be >= 1 and max_delay_s >= 0, got {max_items}, {max_delay_s}")
+        self.max_items = max_items
+        self.max_delay_s = max_delay_s
+        self.enabled = enabled
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: Counter[Hashable] = Counter()  # tickets taken, not yet spent
+        self._running: Counter[Hashable] = Counter()  # batch runs in progress
+        self._open: dict[Hashable, _Batch] = {}
+        self._runs = self._requests = self._largest = 0
+
+    @contextmanager
+    def ticket(self, key: Hashable) -> Iterator[Ticket]:
+        """Taken when a request starts, so leaders for ``key`` know it is coming."""
+        ticket = Ticket(self, key)
+        with self._cond:
+            self._pending[key] += 1
+        try:
+            yield ticket
+        finally:
+            if not ticket.spent:
+                with self._cond:
+                    self._spend(ticket)
+
+    def stats(self) -> BatchStats:
+        with self._cond:
+            return BatchStats(self._runs, self._requests, self._largest)
+
+    def _spend(self, ticket: Ticket) -> None:
+        ticket.spent = True
+        self._pending[ticket.key] -= 1
+        if self._pending[ticket.key] <= 0:
+            del self._pending[ticket.key]
+        self._cond.notify_all()
+
+    def _run(self, ticket: Ticket, size: int, item: Any, run_batch: Callable[[list[Any]], list[Any]]) -> Any:
+        if ticket.spent:
+            raise RuntimeError("a batching ticket can be used once")
+        key = ticket.key
+        with self._cond:
+            self._spend(ticket)
+            if not self.enabled:
+                batch, index, leader = _Batch([item], size, closed=True), 0, True
+            else:
+                batch = self._open.get(key)
+                if batch is not None and not batch.closed and batch.size + size <= self.max_items:
+                    index, leader = len(batch.items), False
+                    batch.items.append(item)
+                    batch.size += size
+                else:
+                    if batch is not None:
+                        batch.closed = True  # full: its leader goes now, this request leads the next
+                    batch, index, leader = _Batch([item], size), 0, True
+                    self._open[key] = batch
+            if leader and not batch.closed:
+                deadline = time.monotonic() + self.max_delay_s
+                while batch.size < self.max_items and (self._pending[key] > 0 or self._running[key] > 0):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or batch.closed:
+                        break
+                    self._cond.wait(remaining)
+                batch.closed = True
+                if self._open.get(key) is batch:
+                    del self._open[key]
+            if leader:
+                self._running[key] += 1
+        if leader:
+            self._lead(key, batch, run_batch)
+        else:
+            batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+        assert batch.results is not None
+        return batch.results[index]
+
+    def _lead(self, key: Hashable, batch: _Batch, run_batch: Callable[[list[Any]], list[Any]]) -> None:
+        try:
+            results = run_batch(batch.items)
+            if len(results) != len(batch.items):
+                raise RuntimeError(f"batch run returned {len(results)} results for {len(batch.items)} items")
+            batch.results = results
+        except BaseException as exc:
+            batch.error = exc
+        finally:
+            with self._cond:
+                self._running[key] -= 1
+                if self._running[key] <= 0:
+                    del self._running[key]
+                self._cond.notify_all()  # leaders waiting for the model to be free go now
+                self._runs += 1
+                self._requests += len(batch.items)
+                self._largest = max(self._largest, batch.size)
+            batch.done.set()
