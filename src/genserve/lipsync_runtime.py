@@ -41,6 +41,9 @@ class LipsyncParts:
     service: Service  # type: ignore[type-arg]
     _stop: threading.Event = field(default_factory=threading.Event)
     _reaper: threading.Thread | None = None
+    # (id, load count) -> when unload_idle first saw that load: the idle clock of a model loaded
+    # ahead of requests (preload, LoadModel), whose last_used is from an earlier load or none.
+    _loads_seen: dict[tuple[str, int], float] = field(default_factory=dict)
 
     @property
     def lane(self) -> ServiceLane:
@@ -71,10 +74,18 @@ class LipsyncParts:
             self.unload_idle(idle_s)
 
     def unload_idle(self, idle_s: float) -> list[str]:
-        """Unloads models that are not in use and were last used more than ``idle_s`` ago."""
+        """Unloads models that are not in use and were last used more than ``idle_s`` ago.
+
+        A load counts as a use, so a model preloaded or loaded by LoadModel gets its full idle
+        time too (from when this first saw it loaded: at most one reaper period late).
+        """
         now, gone = time.time(), []
-        for s in self.models.loaded():
-            last = s.last_used or 0.0
+        loaded = self.models.loaded()
+        current = {(s.name, s.load_count) for s in loaded}
+        self._loads_seen = {k: t for k, t in self._loads_seen.items() if k in current}
+        for s in loaded:
+            seen = self._loads_seen.setdefault((s.name, s.load_count), now)
+            last = max(s.last_used or 0.0, seen)
             if s.pinned or now - last < idle_s:
                 continue
             try:

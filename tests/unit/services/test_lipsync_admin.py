@@ -1,0 +1,146 @@
+"""Health, model stats, load and unload of the lip-sync server, over real parts and demo models."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from genserve.config_lipsync import LipsyncModelSettings, LipsyncSettings
+from genserve.errors import ErrorCode, GenserveError
+from genserve.lipsync_runtime import LipsyncParts, build_lipsync
+from genserve.models.lipsync_demo import build_lipsync_demo
+from genserve.models.registry import ModelKind
+from genserve.services.lipsync_admin import MIB, gpu_ids, health, load_model, model_stats, unload_model
+
+pytestmark = pytest.mark.timeout(60)
+
+LIPSYNC = ModelKind.LIPSYNC
+cpu_only = pytest.mark.skipif(bool(gpu_ids()), reason="checks the CPU-only answers")
+MakeParts = Callable[..., LipsyncParts]
+
+
+@pytest.fixture
+def make_parts(tmp_path: Path) -> Iterator[MakeParts]:
+    built: list[LipsyncParts] = []
+
+    def make(ids: tuple[str, ...] = ("a", "b"), **settings: Any) -> LipsyncParts:
+        models = tmp_path / "models"
+        for seed, model_id in enumerate(ids):
+            build_lipsync_demo(models / "lipsync" / model_id, seed=seed, frames=2, width=240, height=240)
+        parts = build_lipsync(LipsyncSettings(**settings), models, "cpu")
+        built.append(parts)
+        return parts
+
+    yield make
+    for parts in built:
+        parts.close()
+
+
+def fails(code: ErrorCode, call: Callable[[], Any]) -> GenserveError:
+    with pytest.raises(GenserveError) as info:
+        call()
+    assert info.value.code is code, info.value
+    return info.value
+
+
+@cpu_only
+def test_healthy_with_models_present(make_parts: MakeParts) -> None:
+    parts = make_parts(max_models=7)
+    status = health(parts.models, parts.catalog, accepting=True)
+    assert status.healthy and status.problems == []
+    assert (status.loaded_models, status.max_models) == (0, 7)
+    assert (status.gpu_ids, status.gpu_memory_used_gb) == ([], [])
+    parts.models.load(LIPSYNC, "a")
+    assert health(parts.models, parts.catalog, accepting=True).loaded_models == 1
+
+
+def test_unhealthy_with_an_empty_catalog(make_parts: MakeParts) -> None:
+    parts = make_parts(ids=())
+    status = health(parts.models, parts.catalog, accepting=True)
+    assert not status.healthy
+    assert status.problems == [f"no lip-sync models configured or found in {parts.catalog.root}"]
+
+
+def test_unhealthy_when_not_accepting(make_parts: MakeParts) -> None:
+    parts = make_parts()
+    status = health(parts.models, parts.catalog, accepting=False)
+    assert not status.healthy and status.problems == ["the server is shutting down"]
+
+
+def test_model_stats_lists_every_id_with_real_counts(make_parts: MakeParts) -> None:
+    parts = make_parts(models={"configured_only": LipsyncModelSettings()})
+    before = time.time()
+    for ms in (10.0, 30.0):
+        with parts.models.use(LIPSYNC, "a", count=False):
+            pass
+        parts.models.record(LIPSYNC, "a", ms)  # as the service does: inference time only
+    rows = {row.model_id: row for row in model_stats(parts.models, parts.catalog)}
+    assert sorted(rows) == ["a", "b", "configured_only"]
+
+    a = rows["a"]
+    [loaded] = parts.models.loaded()
+    assert (a.loaded, a.gpu_id, a.load_count, a.evictions) == (True, -1, 1, 0)
+    assert a.memory_mb == math.ceil(loaded.memory_bytes / MIB) > 0
+    assert (a.request_count, a.total_inference_ms, a.avg_inference_ms) == (2, 40, 20.0)
+    assert int(before) <= a.last_used_timestamp <= time.time()
+
+    for idle in (rows["b"], rows["configured_only"]):
+        assert (idle.loaded, idle.gpu_id, idle.memory_mb, idle.request_count) == (False, -1, 0, 0)
+        assert (idle.avg_inference_ms, idle.last_used_timestamp, idle.load_count) == (0.0, 0, 0)
+
+
+def test_model_stats_keeps_a_loaded_model_whose_folder_was_deleted(make_parts: MakeParts) -> None:
+    parts = make_parts()
+    parts.models.load(LIPSYNC, "b")
+    shutil.rmtree(parts.catalog.root / "b")
+    rows = {row.model_id: row.loaded for row in model_stats(parts.models, parts.catalog)}
+    assert rows == {"a": False, "b": True}
+    unload_model(parts.models, parts.catalog, "b", timeout=5)  # still unloadable
+    assert [row.model_id for row in model_stats(parts.models, parts.catalog)] == ["a", "b"]
+
+
+@cpu_only
+def test_load_model_on_a_gpu_that_is_not_there_is_refused(make_parts: MakeParts) -> None:
+    parts = make_parts()
+    error = fails(ErrorCode.INVALID_INPUT, lambda: load_model(parts.models, parts.catalog, "a", 5))
+    assert "Invalid GPU id 5" in error.message and "-1" in error.message
+    assert error.details == {"field": "preferred_gpu"}
+    assert not parts.models.is_loaded(LIPSYNC, "a")
+
+
+def test_load_model_twice_reports_load_time_once(make_parts: MakeParts) -> None:
+    parts = make_parts()
+    gpu, first_ms = load_model(parts.models, parts.catalog, "a", -1)
+    assert gpu == -1 and first_ms > 0
+    assert load_model(parts.models, parts.catalog, "a", -1) == (-1, 0.0)
+    assert [s.load_count for s in parts.models.loaded()] == [1]
+
+
+def test_load_model_refuses_missing_and_unknown_ids(make_parts: MakeParts) -> None:
+    parts = make_parts()
+    error = fails(ErrorCode.INVALID_INPUT, lambda: load_model(parts.models, parts.catalog, "", -1))
+    assert error.message == "model_id is required"
+    error = fails(ErrorCode.MODEL_NOT_FOUND, lambda: load_model(parts.models, parts.catalog, "zed", -1))
+    assert error.message == "Model 'zed' not found"
+
+
+def test_unload_model(make_parts: MakeParts) -> None:
+    parts = make_parts()
+    error = fails(ErrorCode.NOT_FOUND, lambda: unload_model(parts.models, parts.catalog, "a", None))
+    assert error.message == "Model 'a' is not loaded"
+    error = fails(ErrorCode.MODEL_NOT_FOUND, lambda: unload_model(parts.models, parts.catalog, "zed", None))
+    assert error.message == "Model 'zed' not found"
+    error = fails(ErrorCode.INVALID_INPUT, lambda: unload_model(parts.models, parts.catalog, "", None))
+    assert error.message == "model_id is required"
+
+    load_model(parts.models, parts.catalog, "a", -1)
+    unload_model(parts.models, parts.catalog, "a", timeout=5)
+    assert not parts.models.is_loaded(LIPSYNC, "a")
+    [row] = [r for r in model_stats(parts.models, parts.catalog) if r.model_id == "a"]
+    assert (row.loaded, row.load_count, row.evictions) == (False, 1, 0)

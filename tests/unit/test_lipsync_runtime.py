@@ -1,0 +1,142 @@
+"""build_lipsync: the lip-sync server's parts from its settings; preload and idle unloading."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from genserve.config_lipsync import LipsyncModelSettings, LipsyncSettings
+from genserve.lipsync_runtime import GIB, LipsyncParts, build_lipsync
+from genserve.models.lipsync_demo import build_lipsync_demo
+from genserve.models.registry import ModelKind
+
+pytestmark = pytest.mark.timeout(60)
+
+LIPSYNC = ModelKind.LIPSYNC
+MakeParts = Callable[..., LipsyncParts]
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    root = tmp_path / "models"
+    for seed, model_id in enumerate(("a", "b", "c")):
+        build_lipsync_demo(root / "lipsync" / model_id, seed=seed, frames=2, width=240, height=240)
+    return root
+
+
+@pytest.fixture
+def make_parts(models: Path) -> Iterator[MakeParts]:
+    built: list[LipsyncParts] = []
+
+    def make(**settings: Any) -> LipsyncParts:
+        parts = build_lipsync(LipsyncSettings(**settings), models, "cpu")
+        built.append(parts)
+        return parts
+
+    yield make
+    for parts in built:
+        parts.close()
+
+
+def loaded(parts: LipsyncParts) -> set[str]:
+    return {s.name for s in parts.models.loaded()}
+
+
+def test_parts_follow_the_settings(make_parts: MakeParts) -> None:
+    parts = make_parts(
+        max_models=3, max_memory_gb=0.5, batching=False, max_batch_frames=16, max_batch_delay_ms=4
+    )
+    assert parts.models.max_loaded == 3
+    assert parts.models.memory_budgets == {"cpu": int(0.5 * GIB)}
+    assert (parts.batcher.max_items, parts.batcher.max_delay_s, parts.batcher.enabled) == (16, 0.004, False)
+    assert (parts.service.name, parts.service.lane) == ("lipsync", "lipsync")
+    assert parts.catalog.ids() == ["a", "b", "c"]
+    assert make_parts().models.memory_budgets == {}  # no max_memory_gb: count only
+
+
+def test_lfu_policy_reaches_the_manager(make_parts: MakeParts) -> None:
+    parts = make_parts(max_models=2, eviction_policy="lfu")
+    for _ in range(3):
+        with parts.models.use(LIPSYNC, "a"):
+            pass
+    with parts.models.use(LIPSYNC, "b"):
+        pass  # most recent, least used
+    parts.models.load(LIPSYNC, "c")
+    assert loaded(parts) == {"a", "c"}
+
+
+def test_preload_loads_only_models_marked_preload(
+    make_parts: MakeParts, caplog: pytest.LogCaptureFixture
+) -> None:
+    parts = make_parts(
+        models={
+            "a": LipsyncModelSettings(preload=True),
+            "b": LipsyncModelSettings(preload=False),
+            "broken": LipsyncModelSettings(preload=True),  # no files at all: logged, not fatal
+        }
+    )
+    with caplog.at_level(logging.ERROR, logger="genserve.lipsync"):
+        parts.preload()
+    assert loaded(parts) == {"a"}
+    assert "preloading lip-sync model broken failed" in caplog.text
+
+
+def test_unload_idle_spares_a_model_in_use(make_parts: MakeParts) -> None:
+    parts = make_parts()
+    parts.models.load(LIPSYNC, "a")
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold_b() -> None:
+        with parts.models.use(LIPSYNC, "b"):
+            inside.set()
+            leave.wait(10)
+
+    holder = threading.Thread(target=hold_b, daemon=True)
+    holder.start()
+    try:
+        assert inside.wait(10)
+        assert parts.unload_idle(0) == ["a"]
+        assert loaded(parts) == {"b"}
+    finally:
+        leave.set()
+        holder.join(10)
+    assert parts.unload_idle(3600) == []  # b was just used: not idle for an hour
+    assert parts.unload_idle(0) == ["b"]
+    assert loaded(parts) == set()
+
+
+def test_idle_reaper_unloads_after_the_timeout(make_parts: MakeParts) -> None:
+    parts = make_parts(idle_timeout_minutes=0.3 / 60)  # 0.3 s, checked every 75 ms
+    with parts.models.use(LIPSYNC, "a"):
+        pass
+    parts.start_idle_reaper()
+    deadline = time.monotonic() + 5
+    while loaded(parts) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert loaded(parts) == set()
+
+
+def test_no_reaper_without_an_idle_timeout(make_parts: MakeParts) -> None:
+    parts = make_parts()
+    parts.start_idle_reaper()
+    assert parts._reaper is None
+
+
+def test_a_model_loaded_ahead_of_requests_is_not_idle_from_the_start(make_parts: MakeParts) -> None:
+    parts = make_parts(models={"a": LipsyncModelSettings(preload=True)})
+    parts.preload()  # loaded, never used: no last_used at all
+    assert parts.unload_idle(60) == []
+    with parts.models.use(LIPSYNC, "b"):
+        pass
+    time.sleep(0.3)
+    parts.models.unload(LIPSYNC, "b")
+    parts.models.load(LIPSYNC, "b")  # reloaded: its last use is from before this load
+    assert parts.unload_idle(0.2) == ["a"]  # a: idle since it was seen loaded, 0.3 s ago
+    assert loaded(parts) == {"b"}  # b: last used 0.3 s ago, but loaded again just now
+    assert parts.unload_idle(0) == ["b"]
