@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from genserve.config_lipsync import LipsyncSettings
 from genserve.engine.batching import DynamicBatcher
 from genserve.engine.lanes import ServiceLane
@@ -24,6 +26,7 @@ from genserve.models.manager import ModelManager
 from genserve.models.registry import ModelKind
 from genserve.services.base import Service
 from genserve.services.lipsync import make_service
+from genserve.services.lipsync_audio import EMBED_DIM, audio_features
 from genserve.services.lipsync_composite import Compositor
 
 log = logging.getLogger("genserve.lipsync")
@@ -50,7 +53,10 @@ class LipsyncParts:
         return ServiceLane(self.settings.workers, self.settings.queue_size, self.models, self.batcher)
 
     def preload(self) -> None:
-        """Loads the models marked ``preload``; a model that fails is logged, not fatal."""
+        """Warms the audio path, then loads the models marked ``preload``; a failure is logged, not fatal."""
+        # librosa builds its filters and JIT-compiles on first use (~1 s): not in a client's request.
+        silence = bytes(4 * 10_240)
+        audio_features(silence, 16_000, 1, lambda w: np.zeros((len(w), EMBED_DIM), np.float32))
         for model_id in self.catalog.ids():
             files = self.catalog.files(model_id)
             if not files.preload:

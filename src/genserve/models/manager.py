@@ -219,7 +219,12 @@ class ModelManager:
                 if not ready:
                     slot, loaded = self._load(slot, target, owner if pin else None)
                     if on_load is not None:
-                        on_load(slot.load_time_ms)
+                        try:
+                            on_load(slot.load_time_ms)
+                        except BaseException:
+                            if pin:  # the caller never gets the model, so it must not stay pinned
+                                self._unpin(slot, owner, 0.0, count=False)
+                            raise
                     return slot, loaded
             # Someone else loaded it while this thread waited for the lock: go round and pin it.
 

@@ -85,8 +85,11 @@ def validate(request: LipsyncRequest, catalog: LipsyncCatalog) -> np.ndarray:
     visual = np.frombuffer(request.visual_frames, dtype="<f4").reshape(
         batch, VISUAL_CHANNELS, IMAGE_SIZE, IMAGE_SIZE
     )
-    if not np.isfinite(visual[:, :, ::16, ::16]).all():  # a cheap sample; the full scan costs ~5 ms at B=25
-        raise _invalid("visual_frames holds NaN or infinite values", "visual_frames")
+    # One BLAS dot product reads every value (2 ms at B=25, half of np.isfinite): it is finite only
+    # if no value is NaN, infinite, or so large (> 1e19) that it cannot be a pixel.
+    flat = visual.reshape(-1)
+    if not np.isfinite(np.dot(flat, flat)):
+        raise _invalid("visual_frames holds NaN or infinite values (or values beyond 1e19)", "visual_frames")
     return visual
 
 

@@ -1,0 +1,163 @@
+"""The lip-sync server's two figures, measured in one run against real ``genserve serve`` processes.
+
+1. Server time per frame outside ONNX inference (audio + compositing + JPEG), for batches of 25
+   frames composited onto 640x360 backgrounds at JPEG quality 75: the response's own timings,
+   ``(total_time_ms - inference_time_ms) / 25``, from one client sending one request at a time.
+   Target: <= 1.5 ms per frame.
+2. Throughput with dynamic batching on and off: 8 closed-loop clients (threads, each with its own
+   channel) sending 8-frame requests to two servers that differ only in ``lipsync.batching``. The
+   runs are split in halves in the order on, off, off, on, so a machine that slows down slows
+   both. Target: batching >= 1.5x the requests/s.
+
+Both servers serve the demo lip-sync model (``genserve models demo`` builds the same), each in its
+own process as in production.
+
+    .venv/bin/python benchmarks/lipsync.py [--requests 20] [--clients 8] [--batch 8] [--total 96]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+from rest_overhead import shares, start_server  # benchmarks/ is on sys.path when run as a script
+
+from genserve.api.grpc.gen import monolithic_pb2 as pb
+from genserve.api.grpc.gen import monolithic_pb2_grpc as rpc
+from genserve.models.lipsync_demo import build_lipsync_demo
+
+MODEL = "sanders"
+LIMIT = 100 * 1024 * 1024
+OPTIONS = [("grpc.max_send_message_length", LIMIT), ("grpc.max_receive_message_length", LIMIT)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def serve(root: Path, name: str, batching: bool) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {
+        "GENSERVE_MODELS__DIR": str(root / "models"),
+        "GENSERVE_GRPC__PORTS": f"[{port}]",
+        "GENSERVE_LIPSYNC__BATCHING": str(batching).lower(),
+        "GENSERVE_SERVER__ACCESS_LOG": "false",
+        "GENSERVE_LOGGING__LEVEL": "WARNING",
+    }
+    proc, _ = start_server(env, root, root / f"{name}.log")
+    return proc, f"127.0.0.1:{port}"
+
+
+def request(batch: int, seed: int) -> pb.CompositeBatchRequest:
+    rng = np.random.default_rng(seed)
+    audio = 0.3 * np.sin(2 * np.pi * (200 + 40 * seed) * np.arange(10_240) / 16_000)
+    return pb.CompositeBatchRequest(
+        model_id=MODEL,
+        visual_frames=rng.random(batch * 6 * 320 * 320, dtype=np.float32).tobytes(),
+        raw_audio=audio.astype("<f4").tobytes(),
+        batch_size=batch,
+        start_frame_idx=seed,
+    )
+
+
+def call(stub: rpc.MonolithicServiceStub, req: pb.CompositeBatchRequest) -> pb.CompositeBatchResponse:
+    reply = stub.InferBatchComposite(req, timeout=300)
+    if not reply.success:
+        raise RuntimeError(reply.error)
+    return reply
+
+
+def per_frame(target: str, count: int) -> None:
+    batch = 25
+    req = request(batch, 1)
+    with grpc.insecure_channel(target, options=OPTIONS) as channel:
+        stub = rpc.MonolithicServiceStub(channel)
+        for _ in range(3):
+            call(stub, req)  # load the model, warm the audio path and the pools
+        replies, walls = [], []
+        for _ in range(count):
+            started = time.perf_counter()
+            replies.append(call(stub, req))
+            walls.append((time.perf_counter() - started) * 1000)
+    outside = [(r.total_time_ms - r.inference_time_ms) / batch for r in replies]
+    audio = [r.audio_processing_ms / batch for r in replies]
+    composite = [r.composite_time_ms / batch for r in replies]
+    inference = [r.inference_time_ms / batch for r in replies]
+    p50 = statistics.median
+    print(f"batch {batch}, 640x360, JPEG q75, {count} requests (p50 per frame):")
+    figure = p50(outside)
+    print(f"  outside inference   {figure:6.2f} ms/frame   (target <= 1.5; ratio {figure / 1.5:.2f})")
+    print(f"    audio             {p50(audio):6.2f} ms/frame")
+    print(f"    composite + JPEG  {p50(composite):6.2f} ms/frame")
+    print(f"  ONNX inference      {p50(inference):6.2f} ms/frame")
+    print(f"  client wall         {p50(walls) / batch:6.2f} ms/frame (incl. sending 15 MB over gRPC)")
+
+
+def rate(target: str, reqs: list[pb.CompositeBatchRequest], clients: int, total: int) -> float:
+    channels = [grpc.insecure_channel(target, options=OPTIONS) for _ in range(clients)]
+    stubs = [rpc.MonolithicServiceStub(c) for c in channels]
+    for stub in stubs:
+        call(stub, reqs[0])  # connected and warm before the clock starts
+
+    def client(i: int, count: int) -> None:
+        for k in range(count):
+            call(stubs[i], reqs[(i + k) % len(reqs)])
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients), shares(total, clients)))
+    elapsed = time.perf_counter() - started
+    for channel in channels:
+        channel.close()
+    return total / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--requests", type=int, default=20, help="batch-25 requests timed for the per-frame figure"
+    )
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients for the throughput figure")
+    parser.add_argument("--batch", type=int, default=8, help="frames per request in the throughput runs")
+    parser.add_argument("--total", type=int, default=96, help="requests per throughput run (split in halves)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="genserve-lipsync-bench-") as tmp:
+        root = Path(tmp)
+        build_lipsync_demo(root / "models" / "lipsync" / MODEL)
+        on, on_target = serve(root, "batching-on", True)
+        off, off_target = serve(root, "batching-off", False)
+        try:
+            print(f"machine: {os.cpu_count()} cores")
+            per_frame(on_target, args.requests)
+            reqs = [request(args.batch, s) for s in range(args.clients)]
+            half = max(args.total // 2, 1)
+            a1 = rate(on_target, reqs, args.clients, half)
+            b1 = rate(off_target, reqs, args.clients, half)
+            b2 = rate(off_target, reqs, args.clients, half)
+            a2 = rate(on_target, reqs, args.clients, half)
+            with_batching, without = 2 / (1 / a1 + 1 / a2), 2 / (1 / b1 + 1 / b2)
+            print(f"{args.clients} clients, {args.batch}-frame requests, {2 * half} requests per side:")
+            print(f"  batching on   {with_batching:6.2f} req/s  ({with_batching * args.batch:6.1f} frames/s)")
+            print(f"  batching off  {without:6.2f} req/s  ({without * args.batch:6.1f} frames/s)")
+            print(f"  ratio on/off  {with_batching / without:6.2f}x   (target >= 1.5)")
+        finally:
+            for proc in (on, off):
+                proc.terminate()
+                proc.wait(30)
+
+
+if __name__ == "__main__":
+    main()
