@@ -49,7 +49,18 @@ class LipsyncSettings(_Section):
     composite_workers: int = Field(0, ge=0, description="Threads compositing frames; 0 = one per core.")
     workers: int = Field(16, ge=1, description="Requests worked on at once (audio, inference, compositing).")
     queue_size: int = Field(64, ge=0, description="Requests waiting beyond the workers before refusal.")
-    batching: bool = Field(True, description="Merge concurrent requests for one model into one ONNX run.")
+    batching: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Merge concurrent requests for one model into one ONNX run: on, off, or auto = on for "
+        "models on a GPU, off on the CPU (where the cores are busy with concurrent runs anyway).",
+    )
+
+    @field_validator("batching", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: object) -> object:
+        # YAML reads a bare on/off/true/false as a boolean.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
     max_batch_frames: int = Field(64, ge=1, le=1024, description="Most frames in one merged ONNX run.")
     max_batch_delay_ms: float = Field(
         5.0, ge=0, le=1000, description="Longest a request waits for others to join its ONNX run."

@@ -15,6 +15,7 @@ from genserve.config import Settings
 from genserve.engine.engine import Engine
 from genserve.lipsync_runtime import LANE as LIPSYNC_LANE
 from genserve.lipsync_runtime import LipsyncParts, build_lipsync
+from genserve.malloc_tuning import keep_freed_memory
 from genserve.models.devices import device_name, resolve_device
 from genserve.models.loaders import default_loaders
 from genserve.models.manager import ModelManager
@@ -49,6 +50,7 @@ class Runtime:
 
 def build_runtime(settings: Settings) -> Runtime:
     configure_logging(settings)
+    keep_freed_memory(settings.server.keep_freed_memory_mb)
     if settings.engine.torch_threads:
         torch.set_num_threads(settings.engine.torch_threads)
     device = device_name(resolve_device(settings.models.default_device))

@@ -120,7 +120,12 @@ def _run_merged(items: list[_Item]) -> list[tuple[np.ndarray, float]]:
 
 
 def run(
-    request: LipsyncRequest, ctx: RunContext, *, catalog: LipsyncCatalog, compositor: Compositor
+    request: LipsyncRequest,
+    ctx: RunContext,
+    *,
+    catalog: LipsyncCatalog,
+    compositor: Compositor,
+    batch_on_cpu: bool = True,
 ) -> LipsyncResponse:
     started = time.perf_counter()
     visual = validate(request, catalog)
@@ -147,7 +152,7 @@ def run(
         audio_ms = (time.perf_counter() - audio_started) * 1000
         ctx.check_cancelled()
         item = _Item(model, visual, np.ascontiguousarray(features.reshape(batch, *AUDIO_SHAPE), np.float32))
-        if ticket is not None:
+        if ticket is not None and (model.gpu_id >= 0 or batch_on_cpu):
             outputs, inference_ms = ticket.run(batch, item, _run_merged)
         else:
             outputs, inference_ms = _run_merged([item])[0]
@@ -170,13 +175,15 @@ def run(
     )
 
 
-def make_service(catalog: LipsyncCatalog, compositor: Compositor, lane: str = "lipsync") -> Service[Any, Any]:
+def make_service(
+    catalog: LipsyncCatalog, compositor: Compositor, lane: str = "lipsync", *, batch_on_cpu: bool = True
+) -> Service[Any, Any]:
     """The service is built per server: it closes over that server's catalog and compositing pool."""
     return Service(
         name="lipsync",
         request_model=LipsyncRequest,
         response_model=LipsyncResponse,
-        run=partial(run, catalog=catalog, compositor=compositor),
+        run=partial(run, catalog=catalog, compositor=compositor, batch_on_cpu=batch_on_cpu),
         description="Lip-sync inference + compositing (monolithic.MonolithicService/InferBatchComposite).",
         lane=lane,
     )

@@ -38,7 +38,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, demo_models: Path) -> Itera
     data = root / "data"
     (data / "outputs").mkdir(parents=True)
     settings = small_settings(
-        models, data, GENSERVE_LIPSYNC__MAX_MODELS="2", GENSERVE_LIPSYNC__MAX_BATCH_DELAY_MS="50"
+        models,
+        data,
+        GENSERVE_LIPSYNC__MAX_MODELS="2",
+        GENSERVE_LIPSYNC__MAX_BATCH_DELAY_MS="50",
+        GENSERVE_LIPSYNC__BATCHING="on",
     )
     with live_server(settings, data, grpc=True) as live:
         yield live
