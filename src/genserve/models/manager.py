@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from genserve.errors import ErrorCode, GenserveError
+from genserve.models import capacity
 from genserve.models.devices import default_dtype, device_name, resolve_device
 from genserve.models.loaders.base import LoadedModel, Loader
 from genserve.models.registry import WEIGHT_SUFFIXES, ModelEntry, ModelKind, ModelRegistry
@@ -289,49 +290,17 @@ class ModelManager:
 
     # Capacity ---------------------------------------------------------------------------------
 
-    def _evictable(self, exclude: _Slot) -> list[_Slot]:
-        """Idle models, the first to go first: least recently used, or least used (then LRU)."""
-        idle = [
-            s for s in self._slots.values() if s.state is _State.LOADED and not s.pins and s is not exclude
-        ]
-        if self._eviction == "lfu":
-            return sorted(idle, key=lambda s: (s.request_count, s.touched))
-        return sorted(idle, key=lambda s: s.touched)
-
     def _make_room(self, slot: _Slot, dev: str, needed: int) -> list[LoadedModel]:
-        """Pick LRU victims for count and budget; raise before evicting anything if it cannot fit."""
-        active = [s for s in self._slots.values() if s is not slot and s.state is not _State.UNLOADED]
-        candidates = self._evictable(slot)
-        excess = len(active) + 1 - self._max_loaded
-        if excess > len(candidates):
-            raise GenserveError(
-                ErrorCode.RESOURCE_EXHAUSTED,
-                f"cannot load {slot.label}: max_loaded={self._max_loaded} models are loaded and "
-                f"{len(active) - len(candidates)} of them are in use or loading",
-                max_loaded=self._max_loaded,
-            )
-        chosen = candidates[: max(excess, 0)]
-        budget = self._budgets.get(dev)
-        if budget is not None:
-            used = sum(s.memory_bytes for s in active if s.device == dev and s not in chosen)
-            for s in candidates:
-                if used + needed <= budget or needed > budget:
-                    break
-                if s.device == dev and s not in chosen:
-                    chosen.append(s)
-                    used -= s.memory_bytes
-            if used + needed > budget:
-                why = "more than the whole budget" if needed > budget else "the rest is held by models in use"
-                available = max(budget - used, 0)
-                raise GenserveError(
-                    ErrorCode.RESOURCE_EXHAUSTED,
-                    f"cannot load {slot.label} on {dev}: needs {needed} bytes, {available} of the "
-                    f"{budget}-byte budget can be made free ({why})",
-                    device=dev,
-                    needed_bytes=needed,
-                    available_bytes=available,
-                    budget_bytes=budget,
-                )
+        """Evict what ``capacity`` picks for count and budget; it raises before anything is evicted."""
+        chosen = capacity.victims_for(
+            list(self._slots.values()),
+            slot,
+            dev,
+            needed,
+            self._max_loaded,
+            self._budgets.get(dev),
+            self._eviction,
+        )
         return [self._evict(s, for_room=slot.label) for s in chosen]
 
     def _trim_to_budget(self, slot: _Slot) -> list[LoadedModel]:
@@ -339,17 +308,8 @@ class ModelManager:
         budget = self._budgets.get(slot.device or "")
         if budget is None:
             return []
-        used = sum(s.memory_bytes for s in self._slots.values() if s.device == slot.device)  # unloaded: None
-        victims = []
-        for s in self._evictable(slot):
-            if used <= budget:
-                break
-            if s.device == slot.device:
-                used -= s.memory_bytes
-                victims.append(self._evict(s, for_room=slot.label))
-        if used > budget:
-            log.warning("%s over budget (%d of %d bytes) with models in use", slot.device, used, budget)
-        return victims
+        chosen = capacity.over_budget(list(self._slots.values()), slot, budget, self._eviction)
+        return [self._evict(s, for_room=slot.label) for s in chosen]
 
     def _evict(self, slot: _Slot, for_room: str | None = None) -> LoadedModel:
         """Take a model out of the table (manager lock held); the caller releases it after unlocking."""

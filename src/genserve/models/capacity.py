@@ -1,0 +1,83 @@
+"""Which loaded models make room: the manager's capacity rules as functions over its slots.
+
+Called with the manager's lock held; they only choose (or refuse with the reason), the manager
+evicts. Idle models go first by policy: ``lru`` (least recently used) or ``lfu`` (fewest
+requests, then least recent).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from genserve.errors import ErrorCode, GenserveError
+from genserve.models.slots import ModelSlot, SlotState
+
+log = logging.getLogger("genserve.models.manager")
+
+
+def evictable(slots: list[ModelSlot], exclude: ModelSlot, policy: str) -> list[ModelSlot]:
+    """Idle models (loaded, not pinned), the first to go first."""
+    idle = [s for s in slots if s.state is SlotState.LOADED and not s.pins and s is not exclude]
+    if policy == "lfu":
+        return sorted(idle, key=lambda s: (s.request_count, s.touched))
+    return sorted(idle, key=lambda s: s.touched)
+
+
+def victims_for(
+    slots: list[ModelSlot],
+    slot: ModelSlot,
+    dev: str,
+    needed: int,
+    max_loaded: int,
+    budget: int | None,
+    policy: str,
+) -> list[ModelSlot]:
+    """Models to evict so ``slot`` fits by count and by ``dev``'s budget; raises if it cannot fit."""
+    active = [s for s in slots if s is not slot and s.state is not SlotState.UNLOADED]
+    candidates = evictable(slots, slot, policy)
+    excess = len(active) + 1 - max_loaded
+    if excess > len(candidates):
+        raise GenserveError(
+            ErrorCode.RESOURCE_EXHAUSTED,
+            f"cannot load {slot.label}: max_loaded={max_loaded} models are loaded and "
+            f"{len(active) - len(candidates)} of them are in use or loading",
+            max_loaded=max_loaded,
+        )
+    chosen = candidates[: max(excess, 0)]
+    if budget is None:
+        return chosen
+    used = sum(s.memory_bytes for s in active if s.device == dev and s not in chosen)
+    for s in candidates:
+        if used + needed <= budget or needed > budget:
+            break
+        if s.device == dev and s not in chosen:
+            chosen.append(s)
+            used -= s.memory_bytes
+    if used + needed > budget:
+        why = "more than the whole budget" if needed > budget else "the rest is held by models in use"
+        available = max(budget - used, 0)
+        raise GenserveError(
+            ErrorCode.RESOURCE_EXHAUSTED,
+            f"cannot load {slot.label} on {dev}: needs {needed} bytes, {available} of the "
+            f"{budget}-byte budget can be made free ({why})",
+            device=dev,
+            needed_bytes=needed,
+            available_bytes=available,
+            budget_bytes=budget,
+        )
+    return chosen
+
+
+def over_budget(slots: list[ModelSlot], slot: ModelSlot, budget: int, policy: str) -> list[ModelSlot]:
+    """Idle models to evict when a model measured bigger than its estimate (best effort)."""
+    used = sum(s.memory_bytes for s in slots if s.device == slot.device)  # unloaded: device None
+    victims = []
+    for s in evictable(slots, slot, policy):
+        if used <= budget:
+            break
+        if s.device == slot.device:
+            used -= s.memory_bytes
+            victims.append(s)
+    if used > budget:
+        log.warning("%s over budget (%d of %d bytes) with models in use", slot.device, used, budget)
+    return victims
