@@ -9,8 +9,10 @@ Messages that cannot be read or validated go to ``<service>-dlq`` with the reaso
 
 Delivery is at least once, with neither loss nor repeated work: an offset is committed only after
 the answer is written (see ``kafka_consumer``); a request id already answered is answered again from
-the response store shared by the host's workers (``kafka.responses_db``); a worker holds at most
-``kafka.max_in_flight`` messages and pauses its partitions beyond that (``kafka_flow``).
+the stored answer, on any host: every answer also goes to the compacted topic ``kafka.answers_topic``,
+which every worker reads into its host's store (``kafka.responses_db``; see ``kafka_answers``); a
+worker holds at most ``kafka.max_in_flight`` messages and pauses its partitions beyond that
+(``kafka_flow``).
 
 ``KafkaDoor(runtime)`` runs beside the other doors on ``genserve serve``'s event loop;
 ``run_kafka_worker(settings)`` runs it alone until SIGTERM or Ctrl-C (``python -m genserve.api.kafka``).
@@ -34,6 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from genserve.api.kafka_answers import AnswerLog
 from genserve.api.kafka_consumer import ServiceConsumer
 from genserve.api.kafka_flow import InFlightLimit
 from genserve.api.kafka_publish import Publisher
@@ -50,6 +53,7 @@ from genserve.storage.responses import ResponseStore
 
 log = logging.getLogger("genserve.kafka")
 _TOPIC_ALREADY_EXISTS = 36
+_INVALID_CONFIG = 40
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,9 @@ class KafkaTuning:
     # that only answer at the deadline (tansu) add up to this much latency to every request.
     fetch_max_wait_s: float = 0.1
     shutdown_grace_s: float | None = None  # None: server.shutdown_grace_s
-    # Answers older than this are dropped from the store at start: Kafka's default retention is 7 days,
-    # so no request older than that can be delivered again.
+    # Answers older than this are forgotten (pruned from the store at start, skipped when reading the
+    # answers topic, its retention): Kafka's default retention is 7 days, so no request older than that
+    # can be delivered again.
     responses_keep_s: float = 7 * 24 * 3600
     extra_client_options: dict[str, Any] = field(default_factory=dict)  # security_protocol, sasl_*, ...
 
@@ -109,6 +114,7 @@ class KafkaDoor:
         self.consumers: list[ServiceConsumer] = []
         self.producer: AIOKafkaProducer | None = None
         self.store: ResponseStore | None = None
+        self.answers: AnswerLog | None = None
         self._hurry = asyncio.Event()
         self._aborting = asyncio.Event()
 
@@ -138,6 +144,18 @@ class KafkaDoor:
             self.producer = AIOKafkaProducer(acks="all", linger_ms=0, **self._client_options())
             await self.producer.start()
             publisher = Publisher(self.producer, self.worker_id, self._aborting)
+            self.answers = AnswerLog(
+                self.settings.answers_topic,
+                store=self.store,
+                publisher=publisher,
+                keep_s=self.tuning.responses_keep_s,
+                aborting=self._aborting,
+                client_options={
+                    "fetch_max_wait_ms": int(self.tuning.fetch_max_wait_s * 1000),
+                    **self._client_options(),
+                },
+            )
+            await self.answers.start()  # before joining: the first assignment then has little to read
             limit = InFlightLimit(self.settings.max_in_flight)
             self.consumers = [self._consumer(service, publisher, limit) for service in self.services]
             for outcome in await asyncio.gather(*(c.start() for c in self.consumers), return_exceptions=True):
@@ -171,15 +189,16 @@ class KafkaDoor:
             fetch_max_wait_ms=int(tuning.fetch_max_wait_s * 1000),
             **self._client_options(),
         )
-        dead_letters = {dead_letter_topic(s.name) for s in self.services}
-        forbidden = frozenset(set(self.request_topics.values()) | dead_letters)
-        assert self.store is not None
+        own = {dead_letter_topic(s.name) for s in self.services} | {self.settings.answers_topic}
+        forbidden = frozenset(set(self.request_topics.values()) | own)
+        assert self.store is not None and self.answers is not None
         return ServiceConsumer(
             client,
             service,
             engine=self.runtime.engine,
             publisher=publisher,
             store=self.store,
+            answers=self.answers,
             limit=limit,
             topics=(self.request_topics[name], response_topic(self.settings, name), forbidden),
             dead_letter_topic=dead_letter_topic(name),
@@ -189,9 +208,15 @@ class KafkaDoor:
         )
 
     async def _ensure_topics(self) -> None:
-        """Create the request, response and dead-letter topics that do not exist yet, so workers can
-        join before the first request is sent; brokers that refuse (no rights) are left to their
-        admins, with a warning."""
+        """Create the request, response, dead-letter and answers topics that do not exist yet, so
+        workers can join before the first request is sent; brokers that refuse (no rights) are left
+        to their admins, with a warning.
+
+        The answers topic is compacted and deletes what is older than ``responses_keep_s``
+        (``compact,delete``): compaction drops superseded records of one id, retention the ids no
+        redelivery can ask for any more. A broker that refuses these settings gets the topic without
+        them, with a warning.
+        """
         wanted: set[str] = set()
         for service in self.services:
             name = service.name
@@ -200,14 +225,25 @@ class KafkaDoor:
                 response_topic(self.settings, name),
                 dead_letter_topic(name),
             }
+        answers = self.settings.answers_topic
+        answers_config = {
+            "cleanup.policy": "compact,delete",
+            "retention.ms": str(int(self.tuning.responses_keep_s * 1000)),
+        }
         admin = AIOKafkaAdminClient(**self._client_options())
         try:
             await admin.start()
-            missing = sorted(wanted - set(await admin.list_topics()))
+            missing = sorted((wanted | {answers}) - set(await admin.list_topics()))
             if missing:
                 count = self.tuning.topic_partitions
-                result = await admin.create_topics([NewTopic(t, count, 1) for t in missing])
-                refused = {topic: code for topic, code, *_ in getattr(result, "topic_errors", ()) if code}
+                new = [NewTopic(t, count, 1, topic_configs=answers_config if t == answers else None)
+                       for t in missing]  # fmt: skip
+                refused = await self._create(admin, new)
+                if refused.get(answers) == _INVALID_CONFIG:
+                    log.warning(
+                        "kafka: the broker refused %s for %s; creating it without", answers_config, answers
+                    )
+                    refused.update(await self._create(admin, [NewTopic(answers, count, 1)]))
                 for topic, code in refused.items():
                     if code != _TOPIC_ALREADY_EXISTS:
                         log.warning("kafka: could not create topic %s (error code %s)", topic, code)
@@ -218,6 +254,12 @@ class KafkaDoor:
             log.warning("kafka: could not check or create topics (%r); expecting them to exist", exc)
         finally:
             await admin.close()
+
+    @staticmethod
+    async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> dict[str, int]:
+        """Create topics; returns the error code of each one refused."""
+        result = await admin.create_topics(topics)
+        return {topic: code for topic, code, *_ in getattr(result, "topic_errors", ()) if code}
 
     def hurry(self) -> None:
         """Stop waiting for held work (a second Ctrl-C): what is unanswered stays uncommitted."""
@@ -244,6 +286,12 @@ class KafkaDoor:
                 await consumer.consumer.stop()
             except KafkaError as exc:
                 log.warning("kafka: stopping a consumer failed: %r", exc)
+        if self.answers is not None:
+            try:
+                await self.answers.stop()
+            except KafkaError as exc:
+                log.warning("kafka: stopping the answers reader failed: %r", exc)
+            self.answers = None
         if self.producer is not None:
             try:
                 await self.producer.stop()

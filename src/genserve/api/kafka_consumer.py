@@ -2,13 +2,16 @@
 
 Per message, in this order: read and validate it (a bad one goes to the dead-letter topic, with an
 error answer when it has a request id); look its id up in the response store (a redelivery is
-answered from there, never recomputed); else run it on the engine and store the answer; write the
-answer; then commit the partition's answered prefix. A crash anywhere before the commit only means
-the message comes again, and the store makes the second answer the same as the first.
+answered from there, never recomputed); else run it on the engine and write the answer to the
+answers topic, shared by the workers of every host (``kafka_answers``, which explains why this
+order is crash-safe); write the reply; then commit the partition's answered prefix. A crash
+anywhere before the commit only means the message comes again, and the answers topic makes the
+second answer the same as the first, on whichever host it lands.
 
 Rebalances hand partitions over cleanly: before giving them up, the consumer lets the work it holds
 on them finish (within the rebalance timeout) and commits, so the next owner neither loses nor
-repeats it.
+repeats it. After an assignment, no message is looked up before the worker has caught up on the
+answers topic, so an answer left by a worker that died before committing is found.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
+from genserve.api.kafka_answers import AnswerLog
 from genserve.api.kafka_flow import InFlightLimit, PartitionProgress
 from genserve.api.kafka_publish import Abandoned, Publisher
-from genserve.api.kafka_wire import Incoming, read_message
+from genserve.api.kafka_wire import Incoming, read_message, store_scope
 from genserve.engine.engine import Engine
 from genserve.errors import ErrorCode, GenserveError, as_genserve_error
 from genserve.services.base import Service
@@ -46,6 +50,7 @@ class ServiceConsumer(ConsumerRebalanceListener):
         engine: Engine,
         publisher: Publisher,
         store: ResponseStore,
+        answers: AnswerLog,
         limit: InFlightLimit,
         topics: tuple[str, str, frozenset[str]],  # request, response, dead-letter + request topics
         dead_letter_topic: str,
@@ -58,18 +63,20 @@ class ServiceConsumer(ConsumerRebalanceListener):
         self.engine = engine
         self.publisher = publisher
         self.store = store
+        self.answers = answers
         self.limit = limit
         self.request_topic, self.response_topic, self.forbidden_topics = topics
         self.dead_letter_topic = dead_letter_topic
         self.request_timeout_s = request_timeout_s
         self.poll_s = poll_s
         self.handover_s = handover_s
-        self.scope = f"kafka:{service.name}"
+        self.scope = store_scope(service.name)
         self.progress = PartitionProgress()
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._running: dict[str, asyncio.Future[StoredResponse]] = {}  # request id -> its one run
         self._commit_lock = asyncio.Lock()
         self._loop_task: asyncio.Task[None] | None = None
+        self._caught_up: asyncio.Future[None] | None = None  # the catch-up of the latest assignment
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -94,6 +101,8 @@ class ServiceConsumer(ConsumerRebalanceListener):
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._commit()
+        if self._caught_up is not None:
+            self._caught_up.cancel()
         await self.consumer.stop()  # leaves the group: its partitions move to the others at once
 
     @staticmethod
@@ -122,6 +131,9 @@ class ServiceConsumer(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.progress.new_generation()
+        # Not awaited here: the client may already return records of the new partitions (it sets the
+        # assignment before calling this), so it is each message that waits for it (``_catch_up``).
+        self._caught_up = self._start_catch_up()
         partitions = sorted(tp.partition for tp in assigned)
         log.info("kafka: %s consuming %s partitions %s", self.service.name, self.request_topic, partitions)
 
@@ -197,6 +209,7 @@ class ServiceConsumer(ConsumerRebalanceListener):
             await self._reject(record, message, message.problem)
             return
         rid = message.request_id
+        await self._catch_up()
         stored = await asyncio.to_thread(self.store.get, self.scope, rid)
         if stored is None:
             stored = await self._run_once(rid, message)
@@ -212,6 +225,26 @@ class ServiceConsumer(ConsumerRebalanceListener):
             return
         await self.publisher.reply(message.reply, stored.body, self.service.name)
 
+    def _start_catch_up(self) -> asyncio.Future[None]:
+        future = asyncio.ensure_future(self.answers.catch_up())
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())  # seen, even unawaited
+        return future
+
+    async def _catch_up(self) -> None:
+        """Wait for the answers-topic catch-up of the latest assignment. When it failed, the message
+        is left for redelivery and the next one starts it again."""
+        caught_up = self._caught_up
+        if caught_up is None:
+            return
+        try:
+            await asyncio.shield(caught_up)
+        except (Abandoned, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            if self._caught_up is caught_up:
+                self._caught_up = self._start_catch_up()
+            raise Abandoned(f"cannot read the answers topic: {exc!r}") from exc
+
     async def _reject(self, record: ConsumerRecord, message: Incoming, problem: GenserveError | None) -> None:
         problem = problem or GenserveError(ErrorCode.INVALID_INPUT, "request_id: missing")
         await self.publisher.dead_letter(
@@ -221,7 +254,8 @@ class ServiceConsumer(ConsumerRebalanceListener):
             await self.publisher.reply(message.reply, problem.to_dict(message.request_id), self.service.name)
 
     async def _run_once(self, rid: str, message: Incoming) -> StoredResponse:
-        """Run the request, store its answer; a copy of it arriving meanwhile waits for this run."""
+        """Run the request, record its answer for every worker; a copy of it arriving meanwhile
+        waits for this run."""
         running = self._running.get(rid)
         if running is not None:
             return await asyncio.shield(running)
@@ -229,7 +263,7 @@ class ServiceConsumer(ConsumerRebalanceListener):
         self._running[rid] = future
         try:
             body = await self._run(rid, message)
-            stored = await asyncio.to_thread(self.store.put, self.scope, rid, body, message.digest)
+            stored = await self.answers.record(self.service.name, rid, body, message.digest)
             future.set_result(stored)
             return stored
         except BaseException as exc:

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from genserve.api.kafka_wire import Reply, dead_letter_headers, encode_body
 from genserve.errors import GenserveError
@@ -48,21 +48,24 @@ class Publisher:
     async def send(
         self,
         topic: str,
-        value: bytes,
+        value: bytes | None,
         key: bytes | None,
         headers: list[tuple[str, bytes]],
         *,
         retry: bool = True,
-    ) -> None:
-        """Send and wait for the broker's acknowledgement; transient failures are retried (when
-        ``retry``) until the worker aborts, which raises Abandoned."""
+        partition: int | None = None,
+    ) -> RecordMetadata:
+        """Send and wait for the broker's acknowledgement, which says where the record went;
+        transient failures are retried (when ``retry``) until the worker aborts, which raises
+        Abandoned."""
         delay = _RETRY_FIRST_S
         while True:
             if self._aborting.is_set():
                 raise Abandoned(f"stopping before the answer on {topic} was written")
             try:
-                await self.producer.send_and_wait(topic, value, key=key, headers=headers)
-                return
+                return await self.producer.send_and_wait(
+                    topic, value, key=key, headers=headers, partition=partition
+                )
             except KafkaError as exc:
                 if not (retry and transient(exc)):
                     raise
@@ -71,13 +74,14 @@ class Publisher:
                 await asyncio.wait_for(self._aborting.wait(), delay)
             delay = min(delay * 2, _RETRY_MAX_S)
 
-    def _headers(self, service: str) -> list[tuple[str, bytes]]:
+    def headers(self, service: str) -> list[tuple[str, bytes]]:
+        """Who wrote a record: the service and this worker."""
         return [("genserve.service", service.encode()), ("genserve.worker", self.worker_id.encode())]
 
     async def reply(self, reply: Reply, body: dict[str, Any], service: str) -> None:
         """The answer, on the topic the message asked for; on the service's response topic instead
         when that one cannot be written, so that the client's mistake costs only a detour."""
-        value, key, headers = encode_body(body), reply.key.encode("utf-8"), self._headers(service)
+        value, key, headers = encode_body(body), reply.key.encode("utf-8"), self.headers(service)
         if reply.topic != reply.default_topic:
             try:
                 await self.send(reply.topic, value, key, headers, retry=False)
@@ -97,7 +101,7 @@ class Publisher:
         self, topic: str, record: ConsumerRecord, reason: GenserveError, service: str, request_id: str | None
     ) -> None:
         """The original message, unchanged, with the reason and its origin in headers."""
-        headers = self._headers(service) + dead_letter_headers(
+        headers = self.headers(service) + dead_letter_headers(
             record.headers,
             reason,
             topic=record.topic,

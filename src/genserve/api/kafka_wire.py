@@ -10,6 +10,11 @@ the request id, or by ``output.key`` when it names another value (the spec's lit
 ``"request_id"`` means the id itself). Everything here is pure data handling, so that every way a
 message can be wrong is decided in one place and reported as the spec's INVALID_INPUT, naming the
 field, before any work starts.
+
+The answers topic (``kafka.answers_topic``) holds one record per answer: the key
+``<service>/<request_id>`` (service names have no ``/``, so the first one splits it), the value the
+answer's JSON exactly as it goes to the response topic, and the request's digest in a header, so a
+reused id with a different request is still told apart on another host.
 """
 
 from __future__ import annotations
@@ -25,11 +30,12 @@ from genserve.api.request_ids import RULE as REQUEST_ID_RULE
 from genserve.config import KafkaSettings
 from genserve.errors import ErrorCode, GenserveError
 from genserve.services.base import Service, parse_request
-from genserve.storage.responses import request_digest
+from genserve.storage.responses import encode_json, request_digest
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@+=/-]{1,128}")
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")  # Kafka's own rule for topic names
 KEY_IS_REQUEST_ID = "request_id"
+DIGEST_HEADER = "genserve.digest"
 
 
 def dashed(service: str) -> str:
@@ -50,6 +56,24 @@ def dead_letter_topic(service: str) -> str:
 
 def consumer_group(settings: KafkaSettings, service: str) -> str:
     return f"{settings.group_prefix}{service}-group"
+
+
+def store_scope(service: str) -> str:
+    """Where a service's answers live in the response store, apart from other services' ids."""
+    return f"kafka:{service}"
+
+
+def answer_key(service: str, request_id: str) -> bytes:
+    return f"{service}/{request_id}".encode()
+
+
+def read_answer_key(key: bytes | None) -> tuple[str, str] | None:
+    """(service, request id) of an answers-topic key; None for keys that name no answer (markers)."""
+    try:
+        service, sep, request_id = (key or b"").decode("utf-8").partition("/")
+    except UnicodeDecodeError:
+        return None
+    return (service, request_id) if sep and service and request_id else None
 
 
 class _Output(BaseModel):
@@ -161,14 +185,14 @@ def _envelope_problem(
         )
     if topic in forbidden_topics:
         return _invalid(
-            f"output.topic: {topic!r} is a request or dead-letter topic; replies there would loop",
+            f"output.topic: {topic!r} is one of the door's own request, dead-letter or answers topics",
             field="output.topic",
         )
     return None
 
 
 def encode_body(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+    return encode_json(body).encode("utf-8")
 
 
 def dead_letter_headers(

@@ -62,13 +62,14 @@ def wait_for_line(
 def test_a_killed_worker_leaves_its_messages_to_another(
     broker: Broker, demo_models: Path, data_root: Path, tmp_path: Path
 ) -> None:
-    store = tmp_path / "responses.sqlite"  # one host: both workers share the store
-    settings = kafka_settings(demo_models, data_root, broker, store, ["decoding"])
+    # Two hosts: each worker its own response store; what A answered reaches B through Kafka.
+    store_a, store_b = tmp_path / "host-a.sqlite", tmp_path / "host-b.sqlite"
+    settings = kafka_settings(demo_models, data_root, broker, store_b, ["decoding"])
     latent = make_latent(settings, megapixels=128 * 128 / 1_000_000)
     messages = [message("decoding", {"latent_file": latent}) for _ in range(48)]
     ids = {m["request_id"] for m in messages}
     log = tmp_path / "worker-a.log"
-    worker_a = start_worker(worker_env(demo_models, data_root, broker, store, ["decoding"]), log)
+    worker_a = start_worker(worker_env(demo_models, data_root, broker, store_a, ["decoding"]), log)
     a_id = f"{socket.gethostname()}:{worker_a.pid}"  # as the worker names itself in its replies
 
     async def scenario() -> None:
