@@ -94,6 +94,13 @@ class ServerSettings(_Section):
         1, ge=1, description="Retry-After (seconds) sent with 429 when the queue is full."
     )
     access_log: bool = Field(True, description="Log one line per HTTP request (with its request id).")
+    keep_freed_memory_mb: int = Field(
+        1024,
+        ge=0,
+        le=2047,
+        description="glibc: allocations up to this size come from the heap, and freed memory up to it is "
+        "kept for reuse instead of going back to the OS (large gRPC messages parse 3-5x quicker). 0 = off.",
+    )
 
 
 class GrpcSettings(_Section):
