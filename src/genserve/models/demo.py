@@ -235,8 +235,21 @@ def build_images(folder: Path, seed: int) -> list[Path]:
     return paths
 
 
+def demo_targets(root: Path) -> dict[ModelKind, Path]:
+    """Where each demo model lives under the models folder ``root``."""
+    return {
+        ModelKind.VAE: root / ModelKind.VAE.value / DEMO_VAE,
+        ModelKind.TEXT_ENCODER: root / ModelKind.TEXT_ENCODER.value / DEMO_TEXT_ENCODER,
+        ModelKind.DIFFUSION: root / ModelKind.DIFFUSION.value / DEMO_TRANSFORMER,
+        ModelKind.LORA: root / ModelKind.LORA.value / DEMO_LORA,
+        ModelKind.LIPSYNC: root / ModelKind.LIPSYNC.value / DEMO_LIPSYNC,
+    }
+
+
 def demo_present(root: Path) -> bool:
-    return (root / DEMO_MARKER).is_file()
+    """Built, and nothing added to the demo set since (a newer genserve adds the missing ones)."""
+    root = Path(root)
+    return (root / DEMO_MARKER).is_file() and all(p.exists() for p in demo_targets(root).values())
 
 
 def build_demo(root: Path, images_dir: Path | None = None, seed: int = 0, force: bool = False) -> DemoReport:
@@ -244,13 +257,7 @@ def build_demo(root: Path, images_dir: Path | None = None, seed: int = 0, force:
     started = time.perf_counter()
     root = Path(root)
     report = DemoReport(root=root)
-    targets = {
-        ModelKind.VAE: root / ModelKind.VAE.value / DEMO_VAE,
-        ModelKind.TEXT_ENCODER: root / ModelKind.TEXT_ENCODER.value / DEMO_TEXT_ENCODER,
-        ModelKind.DIFFUSION: root / ModelKind.DIFFUSION.value / DEMO_TRANSFORMER,
-        ModelKind.LORA: root / ModelKind.LORA.value / DEMO_LORA,
-        ModelKind.LIPSYNC: root / ModelKind.LIPSYNC.value / DEMO_LIPSYNC,
-    }
+    targets = demo_targets(root)
     for kind, path in targets.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         label = f"{kind.value}/{path.name}"
