@@ -98,10 +98,20 @@ class ResponseStore:
             self.path, timeout=busy_timeout_s, check_same_thread=False, isolation_level=None
         )
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-            self._db.executescript(_SCHEMA)
+            # Switching a new file to WAL takes an exclusive lock that SQLite does not wait for
+            # (no busy handler there), so two workers opening one new file at once retry here.
+            deadline = time.monotonic() + busy_timeout_s
+            while True:
+                try:
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+                    self._db.executescript(_SCHEMA)
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.01)
 
     def get(self, scope: str, request_id: str) -> StoredResponse | None:
         with self._lock:
