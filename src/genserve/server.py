@@ -98,7 +98,8 @@ class RestServer(uvicorn.Server):
             log.info("health     %s/health/live  %s/health/ready", self.url, self.url)
             log.info("metrics    %s/metrics", self.url)
             if self.grpc is not None:
-                log.info("gRPC       %s  (health, reflection)", "  ".join(self.grpc.addresses))
+                services = ", ".join(n.rpartition(".")[2] or n for n in self.grpc.service_names)
+                log.info("gRPC       %s  (%s, health, reflection)", "  ".join(self.grpc.addresses), services)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
