@@ -1,0 +1,1 @@
+"""Workflows: ComfyUI API-format graphs, the node types they name, and the runner that executes them."""

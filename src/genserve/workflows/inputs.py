@@ -1,0 +1,203 @@
+"""Node input declarations: widgets (values typed in the graph) and links (outputs of other nodes).
+
+An input is declared once and serves three readers: ``/object_info`` (ComfyUI's
+``["INT", {"default": 0, "min": 0}]`` shape, so ComfyUI clients can draw and fill it), graph
+validation (a widget value is coerced and range-checked before anything runs) and link checking
+(an upstream output type must match the input's type). Problems carry ComfyUI's error type names
+(``value_smaller_than_min``...), so the ComfyUI-compatible door can answer ``node_errors`` as
+ComfyUI does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
+ANY_TYPE = "*"
+
+Choices = Sequence[str] | Callable[[], Sequence[str]]
+
+
+class InputValueError(ValueError):
+    """A widget value that cannot be used; ``kind`` is ComfyUI's error type for it."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One declared input. ``type`` is a widget type (INT, FLOAT, STRING, BOOLEAN, COMBO) or a link type.
+
+    Combo choices may be a callable so that lists that change at run time (model files in a
+    folder, uploaded images) are read fresh by every validation and every ``/object_info``.
+    """
+
+    type: str
+    default: Any = None
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    multiline: bool = False
+    choices: Choices | None = None
+    tooltip: str = ""
+
+    @property
+    def is_widget(self) -> bool:
+        return self.type in WIDGET_TYPES
+
+    def choice_list(self) -> list[str]:
+        if self.choices is None:
+            return []
+        return list(self.choices() if callable(self.choices) else self.choices)
+
+    def to_object_info(self) -> list[Any]:
+        """ComfyUI's ``[type, options]`` pair; a combo's type is its list of choices."""
+        options: dict[str, Any] = {}
+        if self.default is not None:
+            options["default"] = self.default
+        for key in ("min", "max", "step"):
+            value = getattr(self, key)
+            if value is not None:
+                options[key] = value
+        if self.multiline:
+            options["multiline"] = True
+        if self.tooltip:
+            options["tooltip"] = self.tooltip
+        head: Any = self.choice_list() if self.type == "COMBO" else self.type
+        return [head, options] if options else [head]
+
+    def coerce(self, value: Any) -> Any:
+        """The widget value in its declared Python type, or InputValueError saying what is wrong."""
+        if self.type == "INT":
+            number: float = _as_int(value)
+        elif self.type == "FLOAT":
+            number = _as_float(value)
+        elif self.type == "BOOLEAN":
+            return _as_bool(value)
+        elif self.type == "STRING":
+            if not isinstance(value, str):
+                raise InputValueError("invalid_input_type", f"expected a string, got {_show(value)}")
+            return value
+        elif self.type == "COMBO":
+            choices = self.choice_list()
+            if not isinstance(value, str) or value not in choices:
+                listed = ", ".join(choices[:20]) + (", ..." if len(choices) > 20 else "")
+                raise InputValueError("value_not_in_list", f"{_show(value)} is not one of: {listed}")
+            return value
+        else:
+            raise InputValueError("invalid_input_type", f"a {self.type} input takes a link, not a value")
+        if self.min is not None and number < self.min:
+            raise InputValueError(
+                "value_smaller_than_min", f"{number} is smaller than the minimum {self.min}"
+            )
+        if self.max is not None and number > self.max:
+            raise InputValueError("value_bigger_than_max", f"{number} is bigger than the maximum {self.max}")
+        return number
+
+
+def accepts(input_type: str, output_type: str) -> bool:
+    """Whether an output of ``output_type`` may feed an input of ``input_type``.
+
+    ``*`` matches anything, and either side may be a comma-separated union (``IMAGE,MASK``), as in
+    ComfyUI. A combo input takes a link from an output declared ``COMBO``.
+    """
+    if ANY_TYPE in (input_type, output_type):
+        return True
+    wanted = {part.strip() for part in input_type.split(",")}
+    given = {part.strip() for part in output_type.split(",")}
+    return bool(wanted & given)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _as_int(value: Any) -> int:
+    # bool is an int subclass; True for a seed is a mistake, not a 1.
+    if isinstance(value, bool):
+        raise InputValueError("invalid_input_type", f"expected an integer, got {_show(value)}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise InputValueError("invalid_input_type", f"expected an integer, got {_show(value)}")
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise InputValueError("invalid_input_type", f"expected a number, got {_show(value)}")
+    number: float | None = None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    if number is None or not math.isfinite(number):
+        raise InputValueError("invalid_input_type", f"expected a finite number, got {_show(value)}")
+    return number
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise InputValueError("invalid_input_type", f"expected true or false, got {_show(value)}")
+
+
+def Int(
+    default: int = 0,
+    *,
+    min: int | None = None,
+    max: int | None = None,
+    step: int | None = None,
+    tooltip: str = "",
+) -> InputSpec:
+    """An integer widget (seeds, steps, sizes)."""
+    return InputSpec("INT", default=default, min=min, max=max, step=step, tooltip=tooltip)
+
+
+def Float(
+    default: float = 0.0,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    step: float | None = None,
+    tooltip: str = "",
+) -> InputSpec:
+    """A number widget (cfg, denoise, strengths)."""
+    return InputSpec("FLOAT", default=default, min=min, max=max, step=step, tooltip=tooltip)
+
+
+def String(default: str = "", *, multiline: bool = False, tooltip: str = "") -> InputSpec:
+    """A text widget (prompts are multiline)."""
+    return InputSpec("STRING", default=default, multiline=multiline, tooltip=tooltip)
+
+
+def Boolean(default: bool = False, *, tooltip: str = "") -> InputSpec:
+    """A toggle widget."""
+    return InputSpec("BOOLEAN", default=default, tooltip=tooltip)
+
+
+def Combo(choices: Choices, *, default: str | None = None, tooltip: str = "") -> InputSpec:
+    """A pick-one widget; ``choices`` may be a callable read at every use (files in a folder)."""
+    return InputSpec("COMBO", default=default, choices=choices, tooltip=tooltip)
+
+
+def Linked(type_name: str, *, tooltip: str = "") -> InputSpec:
+    """An input fed by another node's output (MODEL, CLIP, VAE, CONDITIONING, LATENT, IMAGE, MASK, ``*``)."""
+    return InputSpec(type_name, tooltip=tooltip)
