@@ -19,7 +19,6 @@ from functools import lru_cache
 import librosa
 import numpy as np
 import soxr
-from scipy.signal import lfilter
 
 from genserve.errors import ErrorCode, GenserveError
 
@@ -110,6 +109,8 @@ def mel_spectrogram(audio: np.ndarray) -> np.ndarray:
     ``pad_mode="reflect"`` is explicit because it was librosa's default when Wav2Lip was trained;
     librosa >= 0.10 pads with zeros by default, which changes the edge frames.
     """
+    from scipy.signal import lfilter  # here: scipy.signal takes ~0.8 s to import, every CLI command paid it
+
     emphasised = lfilter([1.0, -PREEMPHASIS], [1.0], audio).astype(np.float32, copy=False)
     spectrum = librosa.stft(
         y=emphasised, n_fft=N_FFT, hop_length=HOP_SIZE, win_length=WIN_SIZE, pad_mode="reflect"
