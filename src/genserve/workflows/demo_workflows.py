@@ -19,7 +19,7 @@ from genserve.models.demo import DEMO_LORA, DEMO_TEXT_ENCODER, DEMO_TRANSFORMER,
 UNET = f"{DEMO_TRANSFORMER}.safetensors"
 CLIP = f"{DEMO_TEXT_ENCODER}.safetensors"
 VAE = f"{DEMO_VAE}.safetensors"
-SMALL_MEGAPIXELS = 128 * 128 / 1_000_000
+SMALL_MEGAPIXELS = 128 * 128 / (1024 * 1024)  # ComfyUI's megapixels: 0.015625
 PERSON, CLOTH = "person.png", "cloth.png"
 
 

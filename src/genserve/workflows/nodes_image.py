@@ -21,6 +21,7 @@ from genserve.models.registry import ModelKind
 from genserve.services.decoding import decode_latent
 from genserve.services.imaging import dimensions_for_area, resize, vae_encode
 from genserve.storage.artifacts import encode_image, write_bytes
+from genserve.storage.paths import Sandbox
 from genserve.workflows.inputs import Combo, Float, InputSpec, Int, Linked, String
 from genserve.workflows.nodes import NodeContext, NodeResult, NodeType
 from genserve.workflows.nodes_values import (
@@ -35,6 +36,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 UPSCALE_METHODS = {"nearest-exact": "nearest", "bilinear": "bilinear", "area": "area", "bicubic": "bicubic"}
 UPSCALE_METHODS["lanczos"] = "lanczos"
 LATENT_PIXELS = 16  # 8x VAE compression and 2x2 transformer patches: pixel sides a multiple of 16
+# ComfyUI's megapixel is 1024 * 1024 pixels (genserve's services count 1,000,000): a workflow's
+# ``megapixels`` means what it means in ComfyUI.
+COMFY_MEGAPIXEL = 1024 * 1024
 
 
 def input_images(input_dir: Path) -> Callable[[], list[str]]:
@@ -53,7 +57,7 @@ def input_images(input_dir: Path) -> Callable[[], list[str]]:
     return names
 
 
-def _image_path(input_dir: Path, image: str, sandbox: Any = None) -> Path:
+def _image_path(input_dir: Path, image: str, sandbox: Sandbox | None = None) -> Path:
     """The file ``image`` names inside ``input_dir``; never a path that leaves it."""
     base = input_dir.resolve()
     path = (base / image).resolve()
@@ -90,7 +94,7 @@ def _scale_to_total_pixels(
 ) -> tuple[torch.Tensor]:
     images = tensor_to_images(image)
     width, height = images[0].size
-    size = dimensions_for_area(megapixels * 1_000_000, width, height, resolution_steps)
+    size = dimensions_for_area(megapixels * COMFY_MEGAPIXEL, width, height, resolution_steps)
     return (image_to_tensor([resize(img, size, UPSCALE_METHODS[upscale_method]) for img in images]),)
 
 

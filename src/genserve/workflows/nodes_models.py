@@ -59,7 +59,9 @@ def _unet_loader(ctx: NodeContext, unet_name: str, weight_dtype: str = "default"
     return (ModelRef(_warm(ctx, ModelKind.DIFFUSION, unet_name, "unet_name")),)
 
 
-def _clip_loader(ctx: NodeContext, clip_name: str, type: str = "qwen_image", device: str = "default"):
+def _clip_loader(
+    ctx: NodeContext, clip_name: str, type: str = "qwen_image", device: str = "default"
+) -> tuple[ClipRef]:
     return (ClipRef(_warm(ctx, ModelKind.TEXT_ENCODER, clip_name, "clip_name")),)
 
 

@@ -18,6 +18,7 @@ from genserve.services.imaging import dimensions_for_area
 from genserve.workflows.demo_workflows import DEMO_WORKFLOWS, SMALL_MEGAPIXELS, demo_workflow
 from genserve.workflows.events import Progress, WorkflowEvent
 from genserve.workflows.graph import GraphValidationError
+from genserve.workflows.nodes_image import COMFY_MEGAPIXEL
 from genserve.workflows.pipeline_nodes import PipelineResources, pipeline_registry
 from genserve.workflows.runner import RunResult, WorkflowRunner
 
@@ -50,7 +51,7 @@ def expected_size(name: str) -> tuple[int, int]:
     if name == "text-to-image":
         return (128, 128)
     steps = 32 if name == "image-edit" else 16
-    return dimensions_for_area(SMALL_MEGAPIXELS * 1_000_000, *PERSON_SIZE, steps)
+    return dimensions_for_area(SMALL_MEGAPIXELS * COMFY_MEGAPIXEL, *PERSON_SIZE, steps)
 
 
 @pytest.mark.parametrize("name", DEMO_WORKFLOWS)
@@ -65,7 +66,7 @@ def test_demo_workflow_saves_a_png_of_the_expected_size(
 
 
 def test_seed_change_reuses_loaders_and_text_encoding(
-    pipeline_runner: WorkflowRunner, resources: PipelineResources
+    runtime: Runtime, pipeline_runner: WorkflowRunner, resources: PipelineResources
 ) -> None:
     workflow = demo_workflow("image-edit")
     first = pipeline_runner.run(workflow, resources=resources)
@@ -80,6 +81,8 @@ def test_seed_change_reuses_loaders_and_text_encoding(
     a = np.asarray(saved_image(first, resources))
     b = np.asarray(saved_image(second, resources))
     assert a.shape == b.shape and not np.array_equal(a, b)
+    # Cached MODEL/CLIP/VAE values only name models: nothing stays pinned between runs.
+    assert all(stats.pinned == 0 for stats in runtime.models.stats())
 
 
 def test_image_edit_workflow_matches_the_edit_service(
@@ -108,7 +111,7 @@ def test_image_edit_workflow_matches_the_edit_service(
                 "strength": workflow["75"]["inputs"]["strength"],
             },
             "upscale_method": "lanczos",
-            "megapixels": SMALL_MEGAPIXELS,
+            "megapixels": SMALL_MEGAPIXELS * COMFY_MEGAPIXEL / 1_000_000,  # the service counts 10**6
             "output_format": "png",
         },
     )
