@@ -3,6 +3,7 @@ cached loaders and encodings, match the edit service, validate inputs and stop w
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,12 @@ from PIL import Image
 from genserve.errors import ErrorCode, GenserveError
 from genserve.runtime import Runtime
 from genserve.services.imaging import dimensions_for_area
-from genserve.workflows.demo_workflows import DEMO_WORKFLOWS, SMALL_MEGAPIXELS, demo_workflow
+from genserve.workflows.demo_workflows import (
+    DEMO_WORKFLOWS,
+    SMALL_MEGAPIXELS,
+    demo_workflow,
+    write_demo_workflows,
+)
 from genserve.workflows.events import Progress, WorkflowEvent
 from genserve.workflows.graph import GraphValidationError
 from genserve.workflows.nodes_image import COMFY_MEGAPIXEL
@@ -201,3 +207,20 @@ def test_object_info_lists_comfyui_inputs_and_demo_model_names(runtime: Runtime,
     assert "person.png" in info["LoadImage"]["input"]["required"]["image"][0]
     assert info["LoadImage"]["output"] == ["IMAGE", "MASK"]
     assert info["SaveImage"]["output_node"] is True
+
+
+def test_demo_workflow_files_validate_as_written(tmp_path: Path, pipeline_runner: WorkflowRunner) -> None:
+    paths = write_demo_workflows(tmp_path / "workflows")
+    assert [p.stem for p in paths] == list(DEMO_WORKFLOWS)
+    for path in paths:
+        graph = pipeline_runner.validate(json.loads(path.read_text()))
+        assert graph.output_ids == ("60",)
+
+
+def test_a_missing_input_image_is_refused_naming_the_node(
+    pipeline_runner: WorkflowRunner, data_root: Path
+) -> None:
+    workflow = demo_workflow("image-to-image")
+    (data_root / "inputs/person.png").unlink()
+    found = {(p.node_id, p.input_name) for p in _invalid(pipeline_runner, workflow).problems}
+    assert found == {("78", "image")}
