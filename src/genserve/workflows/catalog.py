@@ -18,17 +18,16 @@ otherwise; both hold the same structure::
 either as a list or as a mapping whose values optionally override the ``title`` and add a
 ``description`` shown by ``/workflow-info``. The order given is the order ``info`` answers in.
 
-Problems are reported, not fatal, per alias: an alias whose file is missing, is not JSON, does not
-validate against the node registry, or exposes an input that its node lacks (or that holds a link
-rather than a value) is left out of ``aliases()``, logged once with the reason, and asking for it
-answers INVALID_INPUT with that reason (``problems()`` lists them for a start-up report or a CLI
-check). One broken workflow must not take the other workflows down with it. An alias file that
-cannot be read at all fails construction (a misconfigured server should not start looking healthy);
-if it breaks later, the last good catalog stays in service and the error is logged.
+Problems are per alias, not fatal (one broken workflow must not take the others down): an alias
+whose file is missing, is not JSON, fails validation against the node registry, or exposes an input
+its node lacks (or that a link feeds) is left out of ``aliases()``, logged once, and asking for it
+answers INVALID_INPUT with the reason (``problems()`` lists them for a start-up report or a CLI
+check). A default merely missing from a combo's current choices (an example image not uploaded
+here yet) only logs a warning. An alias file that cannot be read fails construction (a misconfigured
+server should not start looking healthy); if it breaks later, the last good catalog stays in use.
 
-Files are re-read when their modification time or size changes (the alias file and every workflow
-file it names, missing ones included), checked on each call, so an admin edits workflows without a
-restart.
+Files are re-read when their mtime or size changes (the alias file and every workflow file it names,
+missing ones included), checked on each call, so an admin edits workflows without a restart.
 
 ``foreign_nodes=True`` is for bridges whose backends are real ComfyUI servers with node types the
 local registry does not know: such nodes are not validated here (their backend does it), and their
@@ -296,7 +295,13 @@ class WorkflowCatalog:
             try:
                 parse_graph(graph, self.registry)
             except GraphValidationError as exc:
-                raise GenserveError(ErrorCode.INVALID_INPUT, f"workflow file {path}: {exc.message}") from exc
+                # A default not among a combo's current choices (an example image not uploaded on
+                # this host, say) is left to build(): a request may supply its own file.
+                if any(p.kind != "value_not_in_list" for p in exc.problems):
+                    raise GenserveError(
+                        ErrorCode.INVALID_INPUT, f"workflow file {path}: {exc.message}"
+                    ) from exc
+                log.warning("workflow %r: defaults not available now: %s", alias, exc.message)
         inputs: dict[str, ExposedInput] = {}
         for key, override in _exposed_entries(entry):
             inputs[key] = self._exposed(graph, key, override)

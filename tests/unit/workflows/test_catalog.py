@@ -12,7 +12,9 @@ import pytest
 
 from genserve.errors import ErrorCode, GenserveError
 from genserve.workflows.catalog import WorkflowCatalog
-from genserve.workflows.nodes import NodeRegistry
+from genserve.workflows.inputs import Combo
+from genserve.workflows.nodes import NodeRegistry, NodeType
+from tests.unit.workflows.conftest import COLLECT
 
 
 def toy_graph() -> dict[str, Any]:
@@ -193,6 +195,34 @@ def test_broken_aliases_are_left_out_with_reasons(
     assert "left out" in caplog.text
     with pytest.raises(GenserveError, match=r"unavailable: .*no node 9"):
         catalog.info("no-node")
+
+
+def test_default_missing_from_a_combo_is_only_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file-backed combo (LoadImage's uploads) may lack the workflow's example file on this host."""
+    uploads: list[str] = ["mine.png"]
+    pick = NodeType(
+        "Pick",
+        lambda ctx, image: (0.0,),
+        required={"image": Combo(lambda: uploads)},
+        return_types=("NUMBER",),
+    )
+    registry = NodeRegistry([pick, COLLECT])
+    folder = tmp_path / "wf"
+    graph = {
+        "1": {"class_type": "Pick", "inputs": {"image": "example.png"}},
+        "2": {"class_type": "Collect", "inputs": {"values": ["1", 0]}},
+    }
+    write(folder / "pick.json", graph)
+    catalog = make(folder, registry, {"pick": {"file": "pick.json", "inputs": ["1/image"]}})
+    assert catalog.aliases() == ["pick"]
+    assert "example.png" in caplog.text
+    assert catalog.build("pick", {"1/image": "mine.png"})["1"]["inputs"]["image"] == "mine.png"
+    with pytest.raises(GenserveError, match=r"example\.png"):
+        catalog.build("pick", {})
+    uploads.append("example.png")
+    assert catalog.build("pick", {})["1"]["inputs"]["image"] == "example.png"
 
 
 def test_unreadable_alias_file_fails_start_up(folder: Path, registry: NodeRegistry) -> None:
