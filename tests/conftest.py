@@ -67,6 +67,8 @@ def small_env(models_dir: Path, data_root: Path) -> dict[str, str]:
         "GENSERVE_PIPELINE__MEGAPIXELS": str(SMALL_MP),
         "GENSERVE_PIPELINE__VAE_REFERENCE_MEGAPIXELS": str(SMALL_MP),
         "GENSERVE_PIPELINE__VISION_REFERENCE_MEGAPIXELS": str(VISION_MP),
+        "GENSERVE_WORKFLOWS__INPUT_DIR": str(data_root / "inputs"),
+        "GENSERVE_WORKFLOWS__OUTPUT_DIR": str(data_root / "outputs" / "workflows"),
         "GENSERVE_GRPC__PORTS": "[0]",  # a free port, never the default 50053
     }
 

@@ -183,6 +183,25 @@ class FilesSettings(_Section):
     max_in_flight: int = Field(2, ge=1, le=256, description="Requests worked on at once.")
 
 
+class WorkflowsSettings(_Section):
+    """The native ComfyUI-compatible backend: /prompt, /queue, /history, /view, /upload/image, /ws."""
+
+    enabled: bool = Field(
+        True, description="Serve ComfyUI's API (POST /prompt, WS /ws, ...) on the REST door."
+    )
+    input_dir: Path = Field(
+        Path("data/inputs"),
+        description="ComfyUI's input folder (LoadImage, /upload/image); inside a read root.",
+    )
+    output_dir: Path = Field(
+        Path("data/outputs/workflows"), description="Where SaveImage writes; inside a write root."
+    )
+    cache_size: int = Field(64, ge=0, description="Node results kept for re-runs (0: no cache).")
+    queue_size: int = Field(
+        64, ge=1, description="Prompts that may wait; beyond that POST /prompt is refused."
+    )
+
+
 class PipelineSettings(_Section):
     """Defaults of the Qwen-Image-Edit pipeline, as in the original ComfyUI graph."""
 
@@ -234,6 +253,7 @@ class Settings(_Section):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     files: FilesSettings = Field(default_factory=FilesSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    workflows: WorkflowsSettings = Field(default_factory=WorkflowsSettings)
     lipsync: LipsyncSettings = Field(default_factory=LipsyncSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 

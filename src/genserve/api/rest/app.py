@@ -7,12 +7,14 @@ once every door has finished its last request (engine first, then models).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from genserve import __version__
+from genserve.api.rest.comfy import build_workflow_executor, comfy_router
 from genserve.api.rest.errors import install_error_handlers
 from genserve.api.rest.metrics import ServerMetrics
 from genserve.api.rest.middleware import RequestContextMiddleware
@@ -34,18 +36,26 @@ TAGS = [
     {"name": "pipeline", "description": "The pipeline services, as the spec gives them."},
     {"name": "models", "description": "What is on disk and loaded; load and unload by hand."},
     {"name": "operations", "description": "Health checks and Prometheus metrics."},
+    {"name": "comfyui", "description": "ComfyUI's own server API: /prompt, /queue, /history, /view, /ws."},
 ]
 
 
 def build_app(runtime: Runtime) -> FastAPI:
     settings = runtime.settings
     metrics = ServerMetrics(runtime.engine, runtime.models)
+    # ComfyUI's API: its prompt queue starts and stops with the server (a stop interrupts the
+    # running prompt, so it ends within the grace period and its client hears why).
+    executor = build_workflow_executor(runtime) if settings.workflows.enabled else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if executor is not None:
+            executor.start()
         try:
             yield
         finally:
+            if executor is not None:
+                await asyncio.to_thread(executor.stop)
             metrics.close()
 
     app = FastAPI(
@@ -59,6 +69,8 @@ def build_app(runtime: Runtime) -> FastAPI:
     app.include_router(pipeline_router(runtime.engine, settings.server))
     app.include_router(models_router(runtime.models, settings.pipeline))
     app.include_router(operations_router(runtime.engine, runtime.models, metrics))
+    if executor is not None:
+        app.include_router(comfy_router(executor, settings.server.max_body_bytes))
     app.add_middleware(
         RequestContextMiddleware,
         metrics=metrics,

@@ -1,0 +1,295 @@
+"""ComfyUI's own server API on the REST door, so ComfyUI clients and the bridge can use genserve.
+
+Routes, bodies and error shapes are ComfyUI's (``{"error": {...}, "node_errors": {...}}`` for a
+refused prompt, bare status codes for /view), not genserve's spec error body: this is ComfyUI's
+contract, and a client written against ComfyUI must not notice the difference. Work goes through
+one WorkflowExecutor (one prompt at a time); file routes are confined to the workflows input and
+output folders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import mimetypes
+import os
+import re
+import uuid
+from email.parser import BytesParser
+from email.policy import HTTP
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, JSONResponse, Response
+from PIL import Image, UnidentifiedImageError
+
+from genserve.errors import ErrorCode, GenserveError
+from genserve.runtime import Runtime
+from genserve.storage.artifacts import write_bytes
+from genserve.workflows.executor import WorkflowExecutor
+from genserve.workflows.graph import GraphValidationError, node_errors
+from genserve.workflows.pipeline_nodes import PipelineResources, pipeline_registry
+from genserve.workflows.runner import WorkflowRunner
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._ ()+-]")
+
+
+def build_workflow_executor(runtime: Runtime) -> WorkflowExecutor:
+    """The executor over the runtime's models, its folders checked against the sandbox now, so a
+    misplaced folder stops start-up naming the key instead of failing the first prompt."""
+    settings = runtime.settings.workflows
+    input_dir = settings.input_dir.resolve()
+    if not any(_inside(input_dir, root) for root in runtime.sandbox.read_roots):
+        raise GenserveError(
+            ErrorCode.PERMISSION_DENIED, f"workflows.input_dir {input_dir} is outside storage.read_roots"
+        )
+    input_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir = runtime.sandbox.output_dir(str(settings.output_dir.resolve()), "workflows.output_dir")
+    except GenserveError as exc:
+        raise GenserveError(exc.code, f"workflows.output_dir: {exc.message}") from None
+    runner = WorkflowRunner(pipeline_registry(runtime.models.registry, input_dir), settings.cache_size)
+    resources = PipelineResources.from_runtime(runtime, input_dir=input_dir, output_dir=output_dir)
+
+    def unload_models() -> None:
+        for stats in runtime.models.loaded():
+            with contextlib.suppress(GenserveError):
+                runtime.models.unload(stats.kind, stats.name, timeout=60)
+
+    return WorkflowExecutor(runner, resources, queue_size=settings.queue_size, unload_models=unload_models)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return os.path.commonpath([str(path), str(root)]) == str(root)
+
+
+def _comfy_error(status: int, kind: str, message: str, errors: dict[str, Any] | None = None) -> JSONResponse:
+    body = {
+        "error": {"type": kind, "message": message, "details": "", "extra_info": {}},
+        "node_errors": errors or {},
+    }
+    return JSONResponse(body, status_code=status)
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    """The body as a JSON object; an empty or malformed body reads as {} (ComfyUI is as lenient)."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _folder(base: Path, subfolder: str) -> Path | None:
+    """``base/subfolder`` when it stays inside ``base`` (no ``..``, no absolute paths), else None."""
+    if subfolder and (os.path.isabs(subfolder) or "\x00" in subfolder):
+        return None
+    path = (base / subfolder).resolve()
+    return path if _inside(path, base.resolve()) else None
+
+
+def safe_upload_name(raw: str) -> str | None:
+    """The last path component, with anything but plain characters replaced: ``../x.png`` -> ``x.png``."""
+    name = _SAFE_NAME.sub("_", raw.replace("\\", "/").rsplit("/", 1)[-1]).strip()
+    return None if name in {"", ".", ".."} or name.startswith(".") else name
+
+
+def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """Form fields by name -> (file name or None, content); the stdlib parser, no extra dependency."""
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+    )
+    if not message.is_multipart():
+        return {}
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str):
+            payload = part.get_payload(decode=True)
+            fields[name] = (part.get_filename(), payload if isinstance(payload, bytes) else b"")
+    return fields
+
+
+def comfy_router(executor: WorkflowExecutor, max_upload_bytes: int) -> APIRouter:
+    router = APIRouter(tags=["comfyui"])
+    resources: PipelineResources = executor.resources
+    folders = {
+        "input": resources.input_dir,
+        "output": resources.output_dir or resources.sandbox.default_output_dir,
+    }
+
+    @router.post("/prompt")
+    async def post_prompt(request: Request) -> JSONResponse:
+        body = await _json(request)
+        prompt = body.get("prompt")
+        if not isinstance(prompt, dict):
+            return _comfy_error(400, "no_prompt", "No prompt provided")
+        client_id = body.get("client_id")
+        extra = body.get("extra_data") if isinstance(body.get("extra_data"), dict) else {}
+        try:
+            prompt_id, number = await asyncio.to_thread(
+                executor.submit, prompt, client_id if isinstance(client_id, str) else None, extra
+            )
+        except GraphValidationError as exc:
+            errors = node_errors(exc.problems)
+            if errors:
+                return _comfy_error(
+                    400, "prompt_outputs_failed_validation", "Prompt outputs failed validation", errors
+                )
+            first = exc.problems[0]
+            return _comfy_error(400, first.kind, first.message)
+        except GenserveError as exc:
+            return _comfy_error(503, "queue_unavailable", exc.message)
+        return JSONResponse({"prompt_id": prompt_id, "number": number, "node_errors": {}})
+
+    @router.get("/queue")
+    async def get_queue() -> dict[str, Any]:
+        return executor.queue()
+
+    @router.post("/queue")
+    async def post_queue(request: Request) -> Response:
+        body = await _json(request)
+        if body.get("clear"):
+            executor.delete_queued(None)
+        if isinstance(body.get("delete"), list):
+            executor.delete_queued([str(p) for p in body["delete"]])
+        return Response(status_code=200)
+
+    @router.get("/history")
+    async def get_history(max_items: int | None = None) -> dict[str, Any]:
+        return executor.history(max_items=max_items)
+
+    @router.get("/history/{prompt_id}")
+    async def get_history_item(prompt_id: str) -> dict[str, Any]:
+        return executor.history(prompt_id)
+
+    @router.post("/history")
+    async def post_history(request: Request) -> Response:
+        body = await _json(request)
+        if body.get("clear"):
+            executor.delete_history(None)
+        if isinstance(body.get("delete"), list):
+            executor.delete_history([str(p) for p in body["delete"]])
+        return Response(status_code=200)
+
+    @router.get("/view")
+    async def view(filename: str = "", type: str = "output", subfolder: str = "") -> Response:
+        base = folders.get(type)
+        name = filename.replace("\\", "/")
+        if base is None or not name or "/" in name or name in {".", ".."} or "\x00" in name:
+            return Response(status_code=400)
+        folder = _folder(base, subfolder)
+        path = (folder / name).resolve() if folder is not None else None
+        if path is None or not _inside(path, base.resolve()):
+            return Response(status_code=403)
+        if not path.is_file():
+            return Response(status_code=404)
+        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(
+            path, media_type=media, headers={"Content-Disposition": f'filename="{path.name}"'}
+        )
+
+    @router.post("/upload/image")
+    async def upload_image(request: Request) -> Response:
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            return Response("expected multipart/form-data", status_code=400)
+        body = await request.body()
+        if len(body) > max_upload_bytes:
+            return Response(f"upload larger than {max_upload_bytes} bytes", status_code=413)
+        fields = _parse_multipart(content_type, body)
+        if "image" not in fields or fields["image"][0] is None:
+            return Response("no image part", status_code=400)
+        raw_name, data = fields["image"]
+        name = safe_upload_name(raw_name or "")
+        if name is None:
+            return Response("invalid file name", status_code=400)
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.verify()
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            return Response("the file is not an image", status_code=400)
+        kind = fields.get("type", (None, b"input"))[1].decode(errors="replace") or "input"
+        if kind != "input":  # uploads land in the input folder only; outputs are the runner's
+            return Response("type must be input", status_code=400)
+        subfolder = fields.get("subfolder", (None, b""))[1].decode(errors="replace").strip().strip("/")
+        folder = _folder(folders["input"], subfolder)
+        if folder is None:
+            return Response("invalid subfolder", status_code=400)
+        overwrite = fields.get("overwrite", (None, b""))[1].decode(errors="replace").lower() in {"true", "1"}
+        stored = await asyncio.to_thread(_store, folder, name, data, overwrite)
+        return JSONResponse({"name": stored, "subfolder": subfolder, "type": "input"})
+
+    @router.post("/interrupt")
+    async def interrupt(request: Request) -> Response:
+        body = await _json(request)
+        prompt_id = body.get("prompt_id")
+        executor.interrupt(prompt_id if isinstance(prompt_id, str) else None)
+        return Response(status_code=200)
+
+    @router.post("/free")
+    async def free(request: Request) -> Response:
+        body = await _json(request)
+        await asyncio.to_thread(executor.free, bool(body.get("unload_models")), bool(body.get("free_memory")))
+        return Response(status_code=200)
+
+    @router.get("/object_info")
+    async def object_info() -> dict[str, Any]:
+        return executor.runner.registry.object_info()
+
+    @router.get("/object_info/{node_class}")
+    async def object_info_one(node_class: str) -> dict[str, Any]:
+        if node_class not in executor.runner.registry:
+            return {}
+        return executor.runner.registry.object_info(node_class)
+
+    @router.websocket("/ws")
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        client_id = websocket.query_params.get("clientId") or uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        def deliver(message: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(outbox.put_nowait, message)
+
+        remove = executor.add_listener(client_id, deliver)
+        try:
+            first = executor.status_message()
+            first["data"]["sid"] = client_id
+            await websocket.send_json(first)
+            sender = asyncio.create_task(_pump(websocket, outbox))
+            try:
+                while True:  # nothing is expected from the client; this notices it leave
+                    await websocket.receive_text()
+            finally:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await sender
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            remove()
+
+    return router
+
+
+async def _pump(websocket: WebSocket, outbox: asyncio.Queue[dict[str, Any]]) -> None:
+    while True:
+        await websocket.send_json(await outbox.get())
+
+
+def _store(folder: Path, name: str, data: bytes, overwrite: bool) -> str:
+    """Write the upload; without ``overwrite`` an existing name becomes ``stem (1).ext`` (ComfyUI)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    if not overwrite:
+        stem, suffix = os.path.splitext(name)
+        counter = 1
+        while path.exists():
+            path = folder / f"{stem} ({counter}){suffix}"
+            counter += 1
+    write_bytes(path, data, durable=True)
+    return path.name
