@@ -159,9 +159,10 @@ class _Run:
                 self.done.append(node_id)
                 self.ran.append(node_id)
                 self._report_output(node_id)
+            self.emit(ExecutionSuccess(self.prompt_id))
         finally:
+            # Last, after success, error or interruption, as ComfyUI's prompt worker sends it.
             self.emit(Executing(self.prompt_id, None, self._overall()))
-        self.emit(ExecutionSuccess(self.prompt_id))
         return RunResult(
             prompt_id=self.prompt_id,
             outputs={

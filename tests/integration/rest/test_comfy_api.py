@@ -96,8 +96,8 @@ def test_prompt_runs_with_ws_messages_history_and_view(
     types = [m["type"] for m in messages]
     assert types[0] == "execution_start" and types[1] == "execution_cached"
     assert "progress" in types and "executed" in types
-    # the run closes with execution_success and executing {node: null} (the runner sends the latter first)
-    assert set(types[-2:]) == {"execution_success", "executing"}
+    # the run closes as ComfyUI's does: execution_success, then executing {node: null}
+    assert types[-2:] == ["execution_success", "executing"]
     assert next(m for m in messages[-2:] if m["type"] == "executing")["data"]["node"] is None
     progress = next(m for m in messages if m["type"] == "progress")["data"]
     assert progress["node"] == "3" and progress["max"] == 4

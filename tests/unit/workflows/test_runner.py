@@ -49,14 +49,14 @@ def test_runs_in_order_passing_outputs_and_reports_comfyui_events(runner: Workfl
         "executing",
         "executing",
         "executed",
-        "executing",
         "execution_success",
+        "executing",
     ]
     assert all(m["data"]["prompt_id"] == "p1" for m in messages)
     assert messages[1]["data"]["nodes"] == []
     assert messages[4]["data"] == {"value": 1, "max": 4, "prompt_id": "p1", "node": "2"}
     assert messages[10]["data"]["output"] == {"values": [7.0], "label": ["result"]}
-    assert messages[-2]["data"] == {"node": None, "display_node": None, "prompt_id": "p1"}
+    assert messages[-1]["data"] == {"node": None, "display_node": None, "prompt_id": "p1"}
 
 
 def test_rerun_with_only_the_seed_changed_reruns_only_downstream_of_it(runner: WorkflowRunner) -> None:
