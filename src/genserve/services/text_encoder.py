@@ -126,6 +126,58 @@ def load_reference_images(request: TextEncodeRequest, ctx: RunContext) -> list[t
     return images
 
 
+def sized_references(
+    sources: list[tuple[str, Image.Image]], vision_area: float, vae_area: float
+) -> tuple[list[Image.Image], list[Image.Image]]:
+    """Each reference image at the vision tower's area and at the VAE reference area."""
+
+    def at(area: float) -> list[Image.Image]:
+        return [
+            resize(img, dimensions_for_area(area, img.width, img.height, REFERENCE_MULTIPLE))
+            for _, img in sources
+        ]
+
+    return at(vision_area), at(vae_area)
+
+
+def encode_references(
+    ctx: RunContext,
+    vae_name: str,
+    field: str,
+    sources: list[tuple[str, Image.Image]],
+    images: list[Image.Image],
+) -> list[torch.Tensor]:
+    """The reference latents: each (already sized) image VAE-encoded; a failure names the image."""
+    references: list[torch.Tensor] = []
+    with ctx.use_model(ModelKind.VAE, vae_name, field) as vae:
+        for (name, _), image in zip(sources, images, strict=True):
+            ctx.check_cancelled()
+            try:
+                references.append(vae_encode(vae, image))
+            except Exception as exc:
+                raise GenserveError(
+                    ErrorCode.ENCODING_FAILED,
+                    f"VAE encoding of {name} for the reference latent failed: {exc}",
+                ) from exc
+    return references
+
+
+def encode_texts(
+    ctx: RunContext, clip_name: str, field: str, prompts: list[str], vision_images: list[Image.Image]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(embeddings, mask) per prompt, with the vision-size images as "Picture N"."""
+    with ctx.use_model(ModelKind.TEXT_ENCODER, clip_name, field) as text_encoder:
+        ctx.check_cancelled()
+        try:
+            return encode_prompts(text_encoder, prompts, vision_images)
+        except GenserveError:
+            raise
+        except Exception as exc:
+            raise GenserveError(
+                ErrorCode.ENCODING_FAILED, f"text encoding of the prompts failed: {exc}"
+            ) from exc
+
+
 def encode_conditions(request: TextEncodeRequest, ctx: RunContext, with_negative: bool = True):
     """(positive, negative or None): shared with ``edit``, no file written."""
     defaults = ctx.defaults
@@ -134,44 +186,19 @@ def encode_conditions(request: TextEncodeRequest, ctx: RunContext, with_negative
     vae_area = (request.vae_reference_megapixels or defaults.vae_reference_megapixels) * 1_000_000
     vision_area = (request.vision_reference_megapixels or defaults.vision_reference_megapixels) * 1_000_000
     sources = load_reference_images(request, ctx)
-    condition_images = [
-        resize(img, dimensions_for_area(vision_area, img.width, img.height, REFERENCE_MULTIPLE))
-        for _, img in sources
-    ]
-    vae_images = [
-        resize(img, dimensions_for_area(vae_area, img.width, img.height, REFERENCE_MULTIPLE))
-        for _, img in sources
-    ]
+    condition_images, vae_images = sized_references(sources, vision_area, vae_area)
     timings: dict[str, float] = {}
     references: list[torch.Tensor] = []
     if vae_name:
         started = time.perf_counter()
-        with ctx.use_model(ModelKind.VAE, vae_name, "vae_model_name") as vae:
-            for (field, _), image in zip(sources, vae_images, strict=True):
-                ctx.check_cancelled()
-                try:
-                    references.append(vae_encode(vae, image))
-                except Exception as exc:
-                    raise GenserveError(
-                        ErrorCode.ENCODING_FAILED,
-                        f"VAE encoding of {field} for the reference latent failed: {exc}",
-                    ) from exc
+        references = encode_references(ctx, vae_name, "vae_model_name", sources, vae_images)
         timings["reference_encode_ms"] = round((time.perf_counter() - started) * 1000, 3)
     prompts = [("positive", request.prompt)] + (
         [("negative", request.negative_prompt)] if with_negative else []
     )
     results: dict[str, Encoding] = {}
     started = time.perf_counter()
-    with ctx.use_model(ModelKind.TEXT_ENCODER, clip_name, "clip_model_name") as text_encoder:
-        ctx.check_cancelled()
-        try:
-            encoded = encode_prompts(text_encoder, [prompt for _, prompt in prompts], condition_images)
-        except GenserveError:
-            raise
-        except Exception as exc:
-            raise GenserveError(
-                ErrorCode.ENCODING_FAILED, f"text encoding of the prompts failed: {exc}"
-            ) from exc
+    encoded = encode_texts(ctx, clip_name, "clip_model_name", [p for _, p in prompts], condition_images)
     for (label, _), (embeds, mask) in zip(prompts, encoded, strict=True):
         metadata = {
             "clip_model_name": clip_name,

@@ -33,6 +33,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from genserve.storage.sqlite import open_shared
+
 GENERATION_COUNT = "generation-count"
 
 _SCHEMA = """
@@ -145,25 +147,8 @@ class JobStore:
 
     def __init__(self, path: Path | str, *, busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            self.path, timeout=busy_timeout_s, check_same_thread=False, isolation_level=None
-        )
-        with self._lock:
-            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-            # Switching a new file to WAL takes an exclusive lock with no busy handler: retry it.
-            deadline = time.monotonic() + busy_timeout_s
-            while True:
-                try:
-                    self._db.execute("PRAGMA journal_mode=WAL")
-                    self._db.execute("PRAGMA synchronous=NORMAL")
-                    self._db.executescript(_SCHEMA)
-                    break
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.01)
+        self._db = open_shared(self.path, _SCHEMA, busy_timeout_s)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from genserve.storage.sqlite import open_shared
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -92,26 +93,8 @@ class ResponseStore:
 
     def __init__(self, path: Path | str, *, busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # one connection, used from the doors' worker threads in turn
-        self._db = sqlite3.connect(
-            self.path, timeout=busy_timeout_s, check_same_thread=False, isolation_level=None
-        )
-        with self._lock:
-            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-            # Switching a new file to WAL takes an exclusive lock that SQLite does not wait for
-            # (no busy handler there), so two workers opening one new file at once retry here.
-            deadline = time.monotonic() + busy_timeout_s
-            while True:
-                try:
-                    self._db.execute("PRAGMA journal_mode=WAL")
-                    self._db.execute("PRAGMA synchronous=NORMAL")
-                    self._db.executescript(_SCHEMA)
-                    break
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.01)
+        self._db = open_shared(self.path, _SCHEMA, busy_timeout_s)
 
     def get(self, scope: str, request_id: str) -> StoredResponse | None:
         with self._lock:

@@ -15,11 +15,9 @@ from typing import Any
 import torch
 
 from genserve.errors import ErrorCode, GenserveError
-from genserve.models.registry import ModelKind
 from genserve.services import samplers
-from genserve.services.imaging import dimensions_for_area, resize, vae_encode
 from genserve.services.sampling import MAX_SEED, sample_with_models
-from genserve.services.text_encoder import REFERENCE_MULTIPLE, Encoding, encode_prompts
+from genserve.services.text_encoder import Encoding, encode_references, encode_texts, sized_references
 from genserve.services.text_prompt import encode_text_prompts
 from genserve.workflows.inputs import Combo, Float, Int, Linked, String
 from genserve.workflows.nodes import NodeContext, NodeType
@@ -62,35 +60,10 @@ def _qwen_edit_plus(
     sources = [(name, tensor_to_images(t)[0]) for name, t in given]
     vision_area = d.vision_reference_megapixels * 1_000_000
     vae_area = d.vae_reference_megapixels * 1_000_000
-    vision = [
-        resize(img, dimensions_for_area(vision_area, *img.size, REFERENCE_MULTIPLE)) for _, img in sources
-    ]
-    for_vae = [
-        resize(img, dimensions_for_area(vae_area, *img.size, REFERENCE_MULTIPLE)) for _, img in sources
-    ]
-    references: list[torch.Tensor] = []
+    vision, for_vae = sized_references(sources, vision_area, vae_area)
     started = time.perf_counter()
-    if vae is not None and sources:
-        with rctx.use_model(ModelKind.VAE, vae.vae_name, "vae") as model:
-            for (name, _), image in zip(sources, for_vae, strict=True):
-                rctx.check_cancelled()
-                try:
-                    references.append(vae_encode(model, image))
-                except Exception as exc:
-                    raise GenserveError(
-                        ErrorCode.ENCODING_FAILED,
-                        f"VAE encoding of {name} for the reference latent failed: {exc}",
-                    ) from exc
-    with rctx.use_model(ModelKind.TEXT_ENCODER, clip.clip_name, "clip") as text_encoder:
-        rctx.check_cancelled()
-        try:
-            [(embeds, mask)] = encode_prompts(text_encoder, [prompt], vision)
-        except GenserveError:
-            raise
-        except Exception as exc:
-            raise GenserveError(
-                ErrorCode.ENCODING_FAILED, f"text encoding of the prompt failed: {exc}"
-            ) from exc
+    references = encode_references(rctx, vae.vae_name, "vae", sources, for_vae) if vae and sources else []
+    [(embeds, mask)] = encode_texts(rctx, clip.clip_name, "clip", [prompt], vision)
     metadata = {
         "clip_model_name": clip.clip_name,
         "vae_model_name": vae.vae_name if vae is not None else None,

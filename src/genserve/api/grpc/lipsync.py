@@ -8,6 +8,7 @@ a server shutting down (UNAVAILABLE), a deadline (DEADLINE_EXCEEDED), a cancelle
 from __future__ import annotations
 
 import asyncio
+from typing import TypeVar
 
 import grpc
 
@@ -21,6 +22,7 @@ from genserve.services import lipsync_admin as admin
 from genserve.services.lipsync import LipsyncRequest, LipsyncResponse
 
 Context = grpc.aio.ServicerContext
+M = TypeVar("M", pb.ModelInfo, pb.ModelStats)
 # Not the request's fault: the client should retry or stop, so these stay gRPC statuses.
 _TRANSPORT = {ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT, ErrorCode.CANCELLED}
 
@@ -77,40 +79,18 @@ class Monolithic(rpc.MonolithicServiceServicer):
         )
 
     async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> pb.ListModelsResponse:
-        rows = await asyncio.to_thread(admin.model_stats, self._parts.models, self._parts.catalog)
-        return pb.ListModelsResponse(
-            models=[
-                pb.ModelInfo(
-                    model_id=r.model_id,
-                    loaded=r.loaded,
-                    gpu_id=r.gpu_id,
-                    memory_mb=r.memory_mb,
-                    request_count=r.request_count,
-                    avg_inference_ms=r.avg_inference_ms,
-                )
-                for r in rows
-            ]
-        )
+        return pb.ListModelsResponse(models=await self._rows(pb.ModelInfo))
 
     async def GetModelStats(
         self, request: pb.GetModelStatsRequest, context: Context
     ) -> pb.GetModelStatsResponse:
+        return pb.GetModelStatsResponse(models=await self._rows(pb.ModelStats))
+
+    async def _rows(self, message: type[M]) -> list[M]:
+        """Every model's stats as ``message``: the fields it has, by name (ModelInfo is a subset)."""
         rows = await asyncio.to_thread(admin.model_stats, self._parts.models, self._parts.catalog)
-        return pb.GetModelStatsResponse(
-            models=[
-                pb.ModelStats(
-                    model_id=r.model_id,
-                    loaded=r.loaded,
-                    gpu_id=r.gpu_id,
-                    memory_mb=r.memory_mb,
-                    request_count=r.request_count,
-                    total_inference_ms=r.total_inference_ms,
-                    avg_inference_ms=r.avg_inference_ms,
-                    last_used_timestamp=r.last_used_timestamp,
-                )
-                for r in rows
-            ]
-        )
+        names = [f.name for f in message.DESCRIPTOR.fields]
+        return [message(**{name: getattr(r, name) for name in names}) for r in rows]
 
     async def LoadModel(self, request: pb.LoadModelRequest, context: Context) -> pb.LoadModelResponse:
         parts = self._parts
