@@ -69,6 +69,10 @@ def small_env(models_dir: Path, data_root: Path) -> dict[str, str]:
         "GENSERVE_PIPELINE__VISION_REFERENCE_MEGAPIXELS": str(VISION_MP),
         "GENSERVE_WORKFLOWS__INPUT_DIR": str(data_root / "inputs"),
         "GENSERVE_WORKFLOWS__OUTPUT_DIR": str(data_root / "outputs" / "workflows"),
+        "GENSERVE_BRIDGE__WORKFLOWS_DIR": str(data_root / "bridge" / "workflows"),
+        "GENSERVE_BRIDGE__ALIAS_FILE": str(data_root / "bridge" / "workflows" / "workflow_alias.json"),
+        "GENSERVE_BRIDGE__JOBS_DB": str(data_root / "bridge" / "jobs.sqlite3"),
+        "GENSERVE_BRIDGE__RESULTS_DIR": str(data_root / "bridge" / "results"),
         "GENSERVE_GRPC__PORTS": "[0]",  # a free port, never the default 50053
     }
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from genserve.config_bridge import BridgeSettings
 from genserve.config_lipsync import LipsyncSettings
 
 ENV_PREFIX = "GENSERVE_"
@@ -254,6 +255,7 @@ class Settings(_Section):
     files: FilesSettings = Field(default_factory=FilesSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     workflows: WorkflowsSettings = Field(default_factory=WorkflowsSettings)
+    bridge: BridgeSettings = Field(default_factory=BridgeSettings)
     lipsync: LipsyncSettings = Field(default_factory=LipsyncSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
