@@ -289,6 +289,16 @@ class JobStore:
             )
             return [_fetch(db, i) for i in ids]
 
+    def requeue(self, job_id: str) -> bool:
+        """One running job back to the queue at its old place (its backend was lost mid-run)."""
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET state = 'queued', backend = NULL, started_at = NULL "
+                "WHERE id = ? AND state = 'running'",
+                (job_id,),
+            )
+        return cursor.rowcount > 0
+
     def jobs_for_client(self, client_id: str, states: Iterable[JobState | str] | None = None) -> list[Job]:
         """A client's jobs in queue order, optionally only in some states."""
         wanted = _states(states)

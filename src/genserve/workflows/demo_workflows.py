@@ -211,3 +211,26 @@ def write_demo_workflows(folder: Path) -> list[Path]:
         path.write_text(json.dumps(demo_workflow(name), indent=2) + "\n")
         paths.append(path)
     return paths
+
+
+# The demo alias file: what /workflow-list and /workflow-info offer on a fresh machine.
+DEMO_ALIASES: dict[str, dict[str, Any]] = {
+    "text-to-image": {"file": "text-to-image.json", "inputs": ["6/text", "3/seed", "3/steps"]},
+    "image-edit": {
+        "file": "image-edit.json",
+        "inputs": ["111/prompt", "78/image", "106/image", "3/seed"],
+    },
+    "image-to-image": {
+        "file": "image-to-image.json",
+        "inputs": ["6/text", "78/image", "3/seed", "3/denoise"],
+    },
+}
+
+
+def write_demo_catalog(folder: Path, alias_file: Path) -> list[Path]:
+    """The demo workflows plus an alias file exposing their prompt, image and seed inputs."""
+    paths = write_demo_workflows(folder)
+    alias_file = Path(alias_file)
+    alias_file.parent.mkdir(parents=True, exist_ok=True)
+    alias_file.write_text(json.dumps(DEMO_ALIASES, indent=2) + "\n")
+    return [*paths, alias_file]

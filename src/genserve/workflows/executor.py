@@ -118,6 +118,12 @@ class WorkflowExecutor:
         if thread is not None:
             thread.join(timeout)
 
+    @property
+    def running(self) -> bool:
+        """Whether the worker is up and taking prompts."""
+        thread = self._thread
+        return thread is not None and thread.is_alive() and not self._stopping
+
     # Listeners ---------------------------------------------------------------------------------
 
     def add_listener(self, client_id: str | None, listener: Listener) -> Callable[[], None]:

@@ -7,7 +7,9 @@ IMAGE goes back to 8-bit PIL exactly, because every IMAGE here came from 8-bit p
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -174,6 +176,22 @@ def _fingerprint(input_dir: Path) -> Callable[..., Any]:
     return fingerprint
 
 
+def _delay(ctx: NodeContext, image: torch.Tensor, seconds: float) -> tuple[torch.Tensor]:
+    """Hold the image for ``seconds`` of simulated work, reporting progress and honouring interrupts.
+
+    For load tests and queue demonstrations: a job whose length is known in advance shows what the
+    queue, the balancer and the progress messages do under long work (no node may be time-capped).
+    """
+    ticks = max(1, math.ceil(seconds * 10))
+    started = time.monotonic()
+    for tick in range(1, ticks + 1):
+        ctx.check_cancelled()
+        time.sleep(max(0.0, started + seconds * tick / ticks - time.monotonic()))
+        ctx.progress(tick, ticks)
+    ctx.check_cancelled()
+    return (image,)
+
+
 def image_node_types(input_dir: Path | None) -> list[NodeType]:
     """The image node types; LoadImage lists and fingerprints files in ``input_dir`` when given.
 
@@ -186,6 +204,14 @@ def image_node_types(input_dir: Path | None) -> list[NodeType]:
         else String("", tooltip="image file in the input folder")
     )
     return [
+        NodeType(
+            "DelayImage",
+            _delay,
+            required={"image": Linked("IMAGE"), "seconds": Float(1.0, min=0.0, max=86400.0, step=0.1)},
+            return_types=("IMAGE",),
+            display_name="Delay (simulated work)",
+            category="image/testing",
+        ),
         NodeType(
             "LoadImage",
             _load_image,

@@ -19,6 +19,8 @@ from websockets.sync.client import ClientConnection, connect
 from genserve.workflows.demo_workflows import demo_workflow
 from tests.integration.conftest import LiveServer, wait_for
 
+# The whole ComfyUI API is under /comfy (at the root the bridge owns /ws, GET /history, /free, /interrupt).
+COMFY = "/comfy"
 FINAL = {"execution_success", "execution_error", "execution_interrupted"}
 
 
@@ -26,7 +28,7 @@ class Listener:
     """A WebSocket client collecting ComfyUI messages on a thread until its prompt finishes."""
 
     def __init__(self, server: LiveServer, client_id: str) -> None:
-        url = server.url.replace("http://", "ws://") + f"/ws?clientId={client_id}"
+        url = server.url.replace("http://", "ws://") + f"{COMFY}/ws?clientId={client_id}"
         self.ws: ClientConnection = connect(url, open_timeout=10)
         self.messages: list[dict[str, Any]] = []
         self.thread = threading.Thread(target=self._read, daemon=True)
@@ -54,6 +56,13 @@ class Listener:
     def close(self) -> None:
         self.ws.close()
         self.thread.join(5)
+
+
+@pytest.fixture
+def client(server: LiveServer) -> Iterator[httpx.Client]:
+    """A ComfyUI client: every path under the /comfy prefix."""
+    with httpx.Client(base_url=server.url + COMFY, timeout=60.0) as c:
+        yield c
 
 
 @pytest.fixture
@@ -182,3 +191,13 @@ def test_object_info_lists_ksampler_with_comfy_inputs(client: httpx.Client) -> N
     assert client.get("/object_info/KSampler").json().keys() == {"KSampler"}
     assert client.get("/object_info/NoSuchNode").json() == {}
     assert client.post("/free", json={"unload_models": True, "free_memory": True}).status_code == 200
+
+
+def test_root_serves_comfy_routes_the_bridge_does_not_use(server: LiveServer) -> None:
+    """/prompt, /queue, /object_info answer at the root as in ComfyUI; /ws there is the bridge's."""
+    with server.client() as root:
+        assert root.get("/queue").json() == {"queue_running": [], "queue_pending": []}
+        assert "KSampler" in root.get("/object_info/KSampler").json()
+        assert root.post("/prompt", json={"client_id": "x"}).status_code == 400
+        # GET /history at the root is the bridge's: it wants a clientId, in the bridge's error shape.
+        assert root.get("/history").json() == {"detail": "clientId is required (query ?clientId=...)"}

@@ -16,14 +16,15 @@ import mimetypes
 import os
 import re
 import uuid
-from email.parser import BytesParser
-from email.policy import HTTP
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
 from genserve.errors import ErrorCode, GenserveError
 from genserve.runtime import Runtime
@@ -96,23 +97,30 @@ def safe_upload_name(raw: str) -> str | None:
     return None if name in {"", ".", ".."} or name.startswith(".") else name
 
 
-def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
-    """Form fields by name -> (file name or None, content); the stdlib parser, no extra dependency."""
-    message = BytesParser(policy=HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
-    )
-    if not message.is_multipart():
-        return {}
+async def _form_fields(request: Request, max_part_size: int) -> dict[str, tuple[str | None, bytes]]:
+    """Form fields by name -> (file name or None, content); a repeated name keeps its last part.
+
+    Raises MultiPartException or Starlette's HTTPException (its wrapper inside an app) for a body
+    that is not valid multipart.
+    """
     fields: dict[str, tuple[str | None, bytes]] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if isinstance(name, str):
-            payload = part.get_payload(decode=True)
-            fields[name] = (part.get_filename(), payload if isinstance(payload, bytes) else b"")
+    async with request.form(max_part_size=max_part_size) as form:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                fields[name] = (value.filename, await value.read())
+            else:
+                fields[name] = (None, value.encode())
     return fields
 
 
-def comfy_router(executor: WorkflowExecutor, max_upload_bytes: int) -> APIRouter:
+# ComfyUI routes whose path the bridge's spec also uses (with another protocol).
+SHARED_PATHS = frozenset({"/ws", "/history", "/free", "/interrupt"})
+
+
+def comfy_router(
+    executor: WorkflowExecutor, max_upload_bytes: int, *, skip: frozenset[str] = frozenset()
+) -> APIRouter:
+    """ComfyUI's routes; ``skip`` leaves out paths another router serves (the bridge's, at the root)."""
     router = APIRouter(tags=["comfyui"])
     resources: PipelineResources = executor.resources
     folders = {
@@ -199,7 +207,11 @@ def comfy_router(executor: WorkflowExecutor, max_upload_bytes: int) -> APIRouter
         body = await request.body()
         if len(body) > max_upload_bytes:
             return Response(f"upload larger than {max_upload_bytes} bytes", status_code=413)
-        fields = _parse_multipart(content_type, body)
+        try:  # the form parser reads the body cached above, not the stream again
+            fields = await _form_fields(request, max_upload_bytes)
+        except (MultiPartException, HTTPException) as exc:
+            detail = exc.message if isinstance(exc, MultiPartException) else exc.detail
+            return Response(f"cannot read the multipart body: {detail}", status_code=400)
         if "image" not in fields or fields["image"][0] is None:
             return Response("no image part", status_code=400)
         raw_name, data = fields["image"]
@@ -273,7 +285,17 @@ def comfy_router(executor: WorkflowExecutor, max_upload_bytes: int) -> APIRouter
         finally:
             remove()
 
+    if skip:  # the bridge answers GET /history; ComfyUI's POST /history (delete) has no twin
+        router.routes[:] = [route for route in router.routes if not _shadowed(route, skip)]
     return router
+
+
+def _shadowed(route: Any, skip: frozenset[str]) -> bool:
+    path = getattr(route, "path", None)
+    if path not in skip:
+        return False
+    methods = getattr(route, "methods", None)
+    return path != "/history" or methods is None or "GET" in methods
 
 
 async def _pump(websocket: WebSocket, outbox: asyncio.Queue[dict[str, Any]]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -36,10 +37,13 @@ class RequestContextMiddleware:
         max_body_bytes: int,
         retry_after_s: int = 1,
         access_log: bool = True,
+        body_limits: Mapping[str, int] | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        # Paths with a limit of their own (uploads take files far larger than a JSON request).
+        self.body_limits = dict(body_limits or {})
         self.retry_after_s = retry_after_s
         self.access_log = access_log
 
@@ -65,9 +69,10 @@ class RequestContextMiddleware:
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
+        limit = self.body_limits.get(scope["path"], self.max_body_bytes)
         length = headers.get(b"content-length")
-        if problem is None and length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            problem = self._too_large()
+        if problem is None and length is not None and length.isdigit() and int(length) > limit:
+            problem = self._too_large(limit)
         received = 0
 
         async def bounded_receive() -> Message:
@@ -75,7 +80,7 @@ class RequestContextMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     raise _BodyTooLarge
             return message
 
@@ -87,7 +92,7 @@ class RequestContextMiddleware:
                 await self.app(scope, bounded_receive, send_with_id)
         except _BodyTooLarge:
             if not status["started"]:
-                await error_response(self._too_large(), request_id)(scope, receive, send_with_id)
+                await error_response(self._too_large(limit), request_id)(scope, receive, send_with_id)
         except Exception:
             log.exception("unhandled error (request_id=%s)", request_id, extra={"request_id": request_id})
             if not status["started"]:
@@ -100,11 +105,10 @@ class RequestContextMiddleware:
             if self.access_log:
                 self._log(scope, route, int(status["code"]), seconds, request_id)
 
-    def _too_large(self) -> GenserveError:
+    def _too_large(self, limit: int) -> GenserveError:
+        key = "server.max_body_bytes" if limit == self.max_body_bytes else "this route's upload limit"
         return GenserveError(
-            ErrorCode.PAYLOAD_TOO_LARGE,
-            f"request body larger than {self.max_body_bytes} bytes (server.max_body_bytes)",
-            limit_bytes=self.max_body_bytes,
+            ErrorCode.PAYLOAD_TOO_LARGE, f"request body larger than {limit} bytes ({key})", limit_bytes=limit
         )
 
     @staticmethod

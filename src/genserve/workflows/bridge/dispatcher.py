@@ -1,0 +1,289 @@
+"""The bridge's queue worker: durable jobs in, backends picked, progress out, results kept.
+
+Jobs live in the JobStore (SQLite) from ``submit`` until ``/history`` takes their results, so a
+restart loses nothing: ``start`` puts jobs that were running back in the queue. One dispatch loop
+hands queued jobs, oldest first, to the backend ``balancer.pick`` chooses (a job stays on that
+backend to its end); each handed-out job is one asyncio task that follows the backend's ComfyUI
+messages into the client's ``{"status", "details"}`` updates. A job has no time cap.
+
+Why a job's task stops decides what happens to the job (``_reasons``): ``cancelled`` (its client
+interrupted or left) ends it; ``lost`` (its backend went down) and ``BackendDown`` put it back in
+the queue for another backend; a shutdown leaves it ``running`` in the store, to be re-queued at
+the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from genserve.errors import ErrorCode, GenserveError
+from genserve.storage.artifacts import write_bytes
+from genserve.storage.jobs import Job, JobState, JobStore, Result, ResultFile
+from genserve.workflows.bridge.backends import Backend, BackendDown, JobFailed, Output
+from genserve.workflows.bridge.balancer import BackendState, Prober, pick
+from genserve.workflows.bridge.progress import ProgressTracker, models_of
+from genserve.workflows.bridge.sessions import DONE, Sessions, Status, Update
+
+log = logging.getLogger("genserve.workflows.bridge")
+
+INTERRUPTED = Update(Status.CLOSED, "Execution was interrupted")
+_ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+
+
+class Bridge:
+    """Submit, follow, interrupt and collect workflow jobs over a set of backends."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        backends: Sequence[Backend],
+        *,
+        results_dir: Path,
+        sessions: Sessions | None = None,
+        probe_interval_s: float = 2.0,
+        probe_timeout_s: float = 5.0,
+        affinity_weight: float = 1.0,
+        retention_s: float = 24 * 3600.0,
+    ) -> None:
+        self.store = store
+        self.states = [BackendState(b) for b in backends]
+        self.results_dir = results_dir
+        self.sessions = sessions or Sessions()
+        self.affinity_weight = affinity_weight
+        self.retention_s = retention_s
+        self._probers = [
+            Prober(s, probe_interval_s, probe_timeout_s, self._backend_changed) for s in self.states
+        ]
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._reasons: dict[str, str] = {}
+        self._background: list[asyncio.Task[Any]] = []
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # Lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        requeued = await asyncio.to_thread(self.store.requeue_running)
+        if requeued:
+            log.info("bridge: %d job(s) cut off by the last stop are queued again", len(requeued))
+        await asyncio.gather(*(p.probe_once() for p in self._probers))
+        self._background = [asyncio.create_task(p.run(), name=f"probe-{p.state.name}") for p in self._probers]
+        self._background.append(asyncio.create_task(self._dispatch_loop(), name="bridge-dispatch"))
+        self._background.append(asyncio.create_task(self._retention_loop(), name="bridge-retention"))
+
+    async def stop(self) -> None:
+        """Stop handing out work; running jobs stay ``running`` in the store for the next start."""
+        for task in self._background:
+            task.cancel()
+        for job_id, task in list(self._tasks.items()):
+            self._reasons[job_id] = "shutdown"
+            task.cancel()
+        await asyncio.gather(*self._background, *self._tasks.values(), return_exceptions=True)
+        self._background.clear()
+        for state in self.states:
+            with contextlib.suppress(Exception):
+                await state.backend.close()
+
+    def wake(self) -> None:
+        """Look at the queue again (thread-safe)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    # Client operations -------------------------------------------------------------------------
+
+    def available(self) -> bool:
+        return any(state.healthy for state in self.states)
+
+    def check_available(self) -> None:
+        """All backends down is a clear refusal at submit time, never a job that waits forever."""
+        if not self.available():
+            down = "; ".join(state.describe() for state in self.states)
+            raise GenserveError(ErrorCode.UNAVAILABLE, f"no backend is available ({down})")
+
+    def submit(self, client_id: str, alias: str, graph: dict[str, Any]) -> int:
+        """Queue one job (blocking: SQLite); returns the queue length including it."""
+        self.check_available()
+        self.store.enqueue(client_id, alias, graph)
+        self.wake()
+        return self.store.queue_length()
+
+    def active_jobs(self, client_id: str) -> list[Job]:
+        return self.store.jobs_for_client(client_id, _ACTIVE)
+
+    def cancel_client(self, client_id: str) -> list[Job]:
+        """End this client's queued and running jobs, and only theirs (run on the event loop)."""
+        jobs = self.store.cancel_client(client_id)
+        for job in jobs:
+            task = self._tasks.get(job.id)
+            if task is not None:
+                self._reasons[job.id] = "cancelled"
+                task.cancel()
+        if jobs:
+            self.sessions.publish(client_id, INTERRUPTED)
+        return jobs
+
+    async def free(self, client_id: str | None = None) -> list[str]:
+        """Free every healthy backend, or the one this client's latest job ran on; their names."""
+        if client_id is None:
+            targets = [s for s in self.states if s.healthy]
+        else:
+            jobs = await asyncio.to_thread(self.store.jobs_for_client, client_id)
+            if not jobs:
+                raise GenserveError(ErrorCode.INVALID_INPUT, f"unknown clientId {client_id!r}")
+            backend = next((j.backend for j in reversed(jobs) if j.backend), None)
+            targets = [s for s in self.states if s.name == backend and s.healthy]
+        for state in targets:
+            try:
+                await state.backend.free()
+            except BackendDown as exc:
+                log.warning("free on %s failed: %s", state.name, exc)
+                continue
+            state.warm.clear()
+        return [s.name for s in targets]
+
+    def execution_info(self, client_id: str) -> Update:
+        """The client's current state for ``/execution-info``; from the store after a restart."""
+        jobs = self.store.jobs_for_client(client_id)
+        if not jobs:
+            raise GenserveError(ErrorCode.INVALID_INPUT, f"unknown clientId {client_id!r}")
+        last = self.sessions.last(client_id)
+        active = [j for j in jobs if j.state in _ACTIVE]
+        if any(j.state is JobState.RUNNING for j in active):
+            if last is not None and not last.final:
+                return last
+            return Update(Status.CONNECTED, "server connected")
+        if active:
+            position = self.store.queue_position(active[0].id) or 0
+            return Update(Status.LISTENING, f"waiting in queue: position {position}")
+        job = jobs[-1]
+        if job.state is JobState.DONE:
+            return DONE
+        if job.state is JobState.FAILED:
+            return Update(Status.ERROR, job.error or "failed")
+        return INTERRUPTED
+
+    def take_history(self, client_id: str) -> list[tuple[Result, bytes]]:
+        """The client's stored results with their bytes, deleted here as they are read (blocking)."""
+        taken = []
+        for result in self.store.take_results(client_id):
+            try:
+                taken.append((result, result.read_bytes()))
+            except FileNotFoundError:
+                log.warning("result %s of job %s is gone from disk", result.name, result.job_id)
+            self._delete(result)
+        return taken
+
+    # Dispatch ----------------------------------------------------------------------------------
+
+    def _backend_changed(self, state: BackendState) -> None:
+        if not state.healthy:  # its jobs go back to the queue, for another backend
+            for job_id in list(state.inflight):
+                task = self._tasks.get(job_id)
+                if task is not None:
+                    self._reasons[job_id] = "lost"
+                    task.cancel()
+        self._wake.set()
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            self._wake.clear()
+            try:
+                await self._dispatch()
+            except Exception:
+                log.exception("bridge dispatch failed; trying again")
+
+    async def _dispatch(self) -> None:
+        if not any(state.has_room for state in self.states):
+            return
+        for job in await asyncio.to_thread(self.store.queued):
+            state = pick(self.states, models_of(job.graph), self.affinity_weight)
+            if state is None:
+                return
+            claimed = await asyncio.to_thread(self.store.claim, job.id, state.name)
+            if claimed is None:
+                continue
+            state.inflight.add(job.id)
+            self._tasks[job.id] = asyncio.create_task(self._run(claimed, state), name=f"job-{job.id}")
+
+    async def _run(self, job: Job, state: BackendState) -> None:
+        client = job.client_id
+        tracker = ProgressTracker(job.graph)
+        self.sessions.publish(client, Update(Status.PROGRESS, "0.00%"))
+
+        def on_message(message: dict[str, Any]) -> None:
+            if tracker.feed(message):
+                self.sessions.publish(client, Update(Status.PROGRESS, f"{tracker.percent:.2f}%"))
+
+        try:
+            outputs = await state.backend.run(job.graph, job.id, on_message)
+        except asyncio.CancelledError:
+            reason = self._reasons.pop(job.id, "shutdown")
+            if reason == "lost":
+                await asyncio.to_thread(self.store.requeue, job.id)
+                log.info("job %s goes back to the queue: backend %s was lost", job.id, state.name)
+        except BackendDown as exc:
+            state.healthy, state.error = False, str(exc)
+            await asyncio.to_thread(self.store.requeue, job.id)
+            log.warning("job %s goes back to the queue: %s", job.id, exc)
+        except JobFailed as exc:
+            await asyncio.to_thread(self.store.mark_failed, job.id, str(exc))
+            self.sessions.publish(client, Update(Status.ERROR, str(exc)))
+        except Exception as exc:
+            log.exception("job %s failed on %s", job.id, state.name)
+            await asyncio.to_thread(self.store.mark_failed, job.id, f"{type(exc).__name__}: {exc}")
+            self.sessions.publish(client, Update(Status.ERROR, f"internal error: {exc}"))
+        else:
+            stored = await asyncio.to_thread(self._keep, job, outputs)
+            state.warm |= models_of(job.graph)
+            if stored:
+                self.sessions.publish(client, DONE)
+        finally:
+            state.inflight.discard(job.id)
+            self._tasks.pop(job.id, None)
+            self._wake.set()
+
+    def _keep(self, job: Job, outputs: Sequence[Output]) -> bool:
+        """Write the outputs under results_dir/<job>/ and record them; False if the job was
+        interrupted meanwhile (then the files are removed again)."""
+        folder = self.results_dir / job.id
+        results = []
+        for index, output in enumerate(outputs):
+            path = folder / f"{index:02d}_{Path(output.filename).name}"
+            write_bytes(path, output.data, durable=True)
+            meta = {"node": output.node, "filename": output.filename, **dict(output.metadata)}
+            results.append(ResultFile(output.filename, output.content_type, path=str(path), metadata=meta))
+        stored = self.store.mark_done(job.id, results)
+        if not stored:
+            shutil.rmtree(folder, ignore_errors=True)
+        return stored
+
+    # Retention ---------------------------------------------------------------------------------
+
+    async def _retention_loop(self) -> None:
+        period = min(max(self.retention_s / 10, 1.0), 300.0)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                purged = await asyncio.to_thread(self.store.purge_older_than, self.retention_s)
+                for result in purged.results:
+                    self._delete(result)
+            except Exception:
+                log.exception("purging old bridge results failed")
+
+    def _delete(self, result: Result) -> None:
+        if result.path is None:
+            return
+        path = Path(result.path)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # the job's folder, once empty
