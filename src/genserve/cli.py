@@ -21,6 +21,7 @@ from rich.table import Table
 from genserve import cli_options as opt
 from genserve.cli_doors import register_door_commands
 from genserve.cli_progress import ProgressView, route_logs
+from genserve.cli_workflow import workflow_app
 from genserve.config import ConfigError, Settings, load_settings
 from genserve.errors import ERROR_TABLE, ErrorCode, GenserveError, as_genserve_error
 
@@ -34,6 +35,7 @@ app = typer.Typer(
 )
 models_app = typer.Typer(no_args_is_help=True, help="Models on disk: list them, build the demo set.")
 app.add_typer(models_app, name="models")
+app.add_typer(workflow_app, name="workflow")
 
 
 @app.callback()
