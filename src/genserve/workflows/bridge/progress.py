@@ -26,6 +26,9 @@ def prompt_of(message: Mapping[str, Any]) -> str | None:
     return data.get("prompt_id") if isinstance(data, Mapping) else None
 
 
+_NOT_MODELS = frozenset({"sampler_name", "scheduler_name", "filename_prefix"})
+
+
 def models_of(graph: Mapping[str, Any]) -> frozenset[str]:
     """The model files a workflow names (``unet_name``, ``vae_name``, ``lora_name``...): what a
     backend that ran it keeps loaded, hence what affinity compares."""
@@ -33,7 +36,7 @@ def models_of(graph: Mapping[str, Any]) -> frozenset[str]:
     for node in graph.values():
         inputs = node.get("inputs", {}) if isinstance(node, Mapping) else {}
         for key, value in inputs.items():
-            if key.endswith("_name") and isinstance(value, str):
+            if key.endswith("_name") and key not in _NOT_MODELS and isinstance(value, str):
                 found.add(value)
     return frozenset(found)
 
