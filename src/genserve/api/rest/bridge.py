@@ -67,7 +67,15 @@ def build_bridge(runtime: Runtime, executor: WorkflowExecutor | None) -> tuple[B
                 )
             backends.append(LocalBackend(entry.name, entry.max_inflight, executor))
         else:
-            backends.append(ComfyBackend(entry.name, entry.max_inflight, entry.url, input_dir=input_dir))
+            backends.append(
+                ComfyBackend(
+                    entry.name,
+                    entry.max_inflight,
+                    entry.url,
+                    input_dir=input_dir,
+                    cancel_timeout_s=settings.probe_timeout_s,
+                )
+            )
     settings.jobs_db.parent.mkdir(parents=True, exist_ok=True)
     bridge = Bridge(
         JobStore(settings.jobs_db),

@@ -34,6 +34,10 @@ class BackendDown(Exception):
     """The backend is unreachable or lost the job; someone else should run it."""
 
 
+class BackendBusy(BackendDown):
+    """The backend is alive but its queue is full; the job waits for room (here or elsewhere)."""
+
+
 class JobFailed(Exception):
     """The backend ran (or refused) the job and it failed; running it elsewhere would fail too."""
 
@@ -140,7 +144,7 @@ class LocalBackend(Backend):
                 raise JobFailed(f"{self.name} refused the workflow: {exc.message}") from None
             except GenserveError as exc:
                 if exc.code is ErrorCode.RESOURCE_EXHAUSTED:
-                    raise BackendDown(f"{self.name}: {exc.message}") from None
+                    raise BackendBusy(f"{self.name}: {exc.message}") from None
                 raise JobFailed(exc.message) from None
             final = await ended
         except asyncio.CancelledError:

@@ -25,7 +25,7 @@ from typing import Any
 from genserve.errors import ErrorCode, GenserveError
 from genserve.storage.artifacts import write_bytes
 from genserve.storage.jobs import Job, JobState, JobStore, Result, ResultFile
-from genserve.workflows.bridge.backends import Backend, BackendDown, JobFailed, Output
+from genserve.workflows.bridge.backends import Backend, BackendBusy, BackendDown, JobFailed, Output
 from genserve.workflows.bridge.balancer import BackendState, Prober, pick
 from genserve.workflows.bridge.progress import ProgressTracker, models_of
 from genserve.workflows.bridge.sessions import DONE, Sessions, Status, Update
@@ -182,6 +182,13 @@ class Bridge:
 
     # Dispatch ----------------------------------------------------------------------------------
 
+    def _mark_down(self, state: BackendState, error: str) -> None:
+        """A job found its backend dead: the same as a failed probe (logged, its jobs re-queued)."""
+        if state.healthy:
+            state.healthy, state.error = False, error
+            log.warning("backend %s is down: %s", state.name, error)
+            self._backend_changed(state)
+
     def _backend_changed(self, state: BackendState) -> None:
         if not state.healthy:  # its jobs go back to the queue, for another backend
             for job_id in list(state.inflight):
@@ -230,10 +237,15 @@ class Bridge:
             if reason == "lost":
                 await asyncio.to_thread(self.store.requeue, job.id)
                 log.info("job %s goes back to the queue: backend %s was lost", job.id, state.name)
+        except BackendBusy as exc:
+            # Full, not dead: count it as loaded until its next probe, so others are tried first.
+            state.queue_remaining = max(state.queue_remaining, state.load + state.backend.max_inflight)
+            await asyncio.to_thread(self.store.requeue, job.id)
+            log.info("job %s goes back to the queue: %s", job.id, exc)
         except BackendDown as exc:
-            state.healthy, state.error = False, str(exc)
             await asyncio.to_thread(self.store.requeue, job.id)
             log.warning("job %s goes back to the queue: %s", job.id, exc)
+            self._mark_down(state, str(exc))
         except JobFailed as exc:
             await asyncio.to_thread(self.store.mark_failed, job.id, str(exc))
             self.sessions.publish(client, Update(Status.ERROR, str(exc)))
@@ -242,13 +254,18 @@ class Bridge:
             await asyncio.to_thread(self.store.mark_failed, job.id, f"{type(exc).__name__}: {exc}")
             self.sessions.publish(client, Update(Status.ERROR, f"internal error: {exc}"))
         else:
-            stored = await asyncio.to_thread(self._keep, job, outputs)
+            # The backend is done with it: a backend lost from now on must not re-queue it, and a
+            # stop must not cut the store's write in half (the thread finishes either way).
+            state.inflight.discard(job.id)
             state.warm |= models_of(job.graph)
-            if stored:
-                self.sessions.publish(client, DONE)
+            with contextlib.suppress(asyncio.CancelledError):
+                if await asyncio.shield(asyncio.to_thread(self._keep, job, outputs)):
+                    self.sessions.publish(client, DONE)
         finally:
             state.inflight.discard(job.id)
-            self._tasks.pop(job.id, None)
+            self._reasons.pop(job.id, None)
+            if self._tasks.get(job.id) is asyncio.current_task():
+                del self._tasks[job.id]
             self._wake.set()
 
     def _keep(self, job: Job, outputs: Sequence[Output]) -> bool:

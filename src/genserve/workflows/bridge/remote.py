@@ -14,6 +14,7 @@ is the one running there (``/interrupt`` without a prompt id would stop another 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from websockets.exceptions import WebSocketException
 
 from genserve.workflows.bridge.backends import (
     Backend,
+    BackendBusy,
     BackendDown,
     JobFailed,
     MessageSink,
@@ -68,12 +70,21 @@ class ComfyBackend(Backend):
     """``url`` is the API's base: ``http://host:8188`` (ComfyUI), ``http://host:8000/comfy`` (genserve)."""
 
     def __init__(
-        self, name: str, max_inflight: int, url: str, *, input_dir: Path, timeout_s: float = 30.0
+        self,
+        name: str,
+        max_inflight: int,
+        url: str,
+        *,
+        input_dir: Path,
+        timeout_s: float = 30.0,
+        cancel_timeout_s: float = 5.0,
     ) -> None:
         super().__init__(name, max_inflight)
         self.url = url.rstrip("/")
         self.input_dir = input_dir
         self.timeout_s = timeout_s
+        # A backend being cancelled is often one that stopped answering: give up on it quickly.
+        self.cancel_timeout_s = cancel_timeout_s
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout_s)
 
     async def close(self) -> None:
@@ -84,6 +95,8 @@ class ComfyBackend(Backend):
             response = await self._http.request(method, path, **kwargs)
         except _NETWORK_ERRORS as exc:
             raise BackendDown(f"{self.name} ({self.url}): {type(exc).__name__}: {exc}") from None
+        if response.status_code == 503 and path == "/prompt":  # ComfyUI-API "queue full"
+            raise BackendBusy(f"{self.name}: its queue is full")
         if response.status_code >= 500:
             raise BackendDown(f"{self.name}: {method} {path} answered {response.status_code}")
         return response
@@ -105,7 +118,11 @@ class ComfyBackend(Backend):
         final: dict[str, Any] | None = None
         try:
             async with connect(
-                _ws_url(self.url, job_id), max_size=None, open_timeout=self.timeout_s, proxy=None
+                _ws_url(self.url, job_id),
+                max_size=None,
+                open_timeout=self.timeout_s,
+                close_timeout=self.cancel_timeout_s,
+                proxy=None,
             ) as ws:
                 response = await self._call("POST", "/prompt", json={"prompt": graph, "client_id": job_id})
                 if response.status_code != 200:
@@ -123,7 +140,8 @@ class ComfyBackend(Backend):
                         break
         except asyncio.CancelledError:
             if prompt_id is not None:
-                await asyncio.shield(self._cancel(prompt_id))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.shield(asyncio.wait_for(self._cancel(prompt_id), self.cancel_timeout_s))
             raise
         except _NETWORK_ERRORS as exc:
             if prompt_id is None:
@@ -189,4 +207,4 @@ class ComfyBackend(Backend):
                 await self._http.post("/interrupt", json={"prompt_id": prompt_id})
             await self._http.post("/history", json={"delete": [prompt_id]})
         except (*_NETWORK_ERRORS, ValueError) as exc:
-            log.info("%s: could not cancel %s: %s", self.name, prompt_id, exc)
+            log.info("%s: could not cancel %s: %s: %s", self.name, prompt_id, type(exc).__name__, exc)
