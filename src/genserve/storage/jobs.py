@@ -189,9 +189,11 @@ class JobStore:
         found = self._jobs("state = 'queued' ORDER BY seq LIMIT 1")
         return found[0] if found else None
 
-    def queued(self) -> list[Job]:
-        """Every queued job in queue order (what a dispatcher loads after a restart)."""
-        return self._jobs("state = 'queued' ORDER BY seq")
+    def queued(self, limit: int | None = None) -> list[Job]:
+        """Queued jobs in queue order: all of them, or the first ``limit`` (a dispatcher's free slots)."""
+        if limit is None:
+            return self._jobs("state = 'queued' ORDER BY seq")
+        return self._jobs("state = 'queued' ORDER BY seq LIMIT ?", (max(limit, 0),))
 
     def claim(self, job_id: str, backend: str) -> Job | None:
         """Queued -> running on ``backend``; None when the job is no longer queued (taken, cancelled)."""

@@ -209,9 +209,11 @@ class Bridge:
                 log.exception("bridge dispatch failed; trying again")
 
     async def _dispatch(self) -> None:
-        if not any(state.has_room for state in self.states):
+        free = sum(s.backend.max_inflight - len(s.inflight) for s in self.states if s.has_room)
+        if free <= 0:
             return
-        for job in await asyncio.to_thread(self.store.queued):
+        # Any backend with room can take any job, so the first ``free`` jobs are all it can hand out.
+        for job in await asyncio.to_thread(self.store.queued, free):
             state = pick(self.states, models_of(job.graph), self.affinity_weight)
             if state is None:
                 return
