@@ -4,7 +4,7 @@
    frames composited onto 640x360 backgrounds at JPEG quality 75: the response's own timings,
    ``(total_time_ms - inference_time_ms) / 25``, from one client sending one request at a time.
    Target: <= 1.5 ms per frame.
-2. Throughput with dynamic batching on and off: 8 closed-loop clients (threads, each with its own
+2. Throughput with dynamic batching on and off: 8 closed-loop clients (processes, each with its own
    channel) sending 8-frame requests to two servers that differ only in ``lipsync.batching``. The
    runs are split in halves in the order on, off, off, on, so a machine that slows down slows
    both. Target: batching >= 1.5x the requests/s.
@@ -18,13 +18,14 @@ own process as in production.
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import socket
 import statistics
 import subprocess
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import grpc
@@ -95,32 +96,46 @@ def per_frame(target: str, count: int) -> None:
     composite = [r.composite_time_ms / batch for r in replies]
     inference = [r.inference_time_ms / batch for r in replies]
     p50 = statistics.median
-    print(f"batch {batch}, 640x360, JPEG q75, {count} requests (p50 per frame):")
+    where = f"GPU {replies[-1].gpu_id}" if replies[-1].gpu_id >= 0 else "the CPU"
+    print(f"batch {batch}, 640x360, JPEG q75, {count} requests (p50 per frame), model on {where}:")
     figure = p50(outside)
     print(f"  outside inference   {figure:6.2f} ms/frame   (target <= 1.5; ratio {figure / 1.5:.2f})")
     print(f"    audio             {p50(audio):6.2f} ms/frame")
     print(f"    composite + JPEG  {p50(composite):6.2f} ms/frame")
     print(f"  ONNX inference      {p50(inference):6.2f} ms/frame")
-    print(f"  client wall         {p50(walls) / batch:6.2f} ms/frame (incl. sending 15 MB over gRPC)")
+    megabytes = batch * 6 * 320 * 320 * 4 / 1e6
+    wall = p50(walls) / batch
+    print(f"  client wall         {wall:6.2f} ms/frame (incl. sending {megabytes:.0f} MB of frames)")
 
 
-def rate(target: str, reqs: list[pb.CompositeBatchRequest], clients: int, total: int) -> float:
-    channels = [grpc.insecure_channel(target, options=OPTIONS) for _ in range(clients)]
-    stubs = [rpc.MonolithicServiceStub(c) for c in channels]
-    for stub in stubs:
-        call(stub, reqs[0])  # connected and warm before the clock starts
+def _client(target: str, seed: int, batch: int, count: int, ready: Barrier) -> None:
+    """One closed-loop client in its own process: a client-side GIL must not be what is measured."""
+    req = request(batch, seed)
+    with grpc.insecure_channel(target, options=OPTIONS) as channel:
+        stub = rpc.MonolithicServiceStub(channel)
+        call(stub, req)  # connected and warm before the clock starts
+        ready.wait()
+        for _ in range(count):
+            call(stub, req)
 
-    def client(i: int, count: int) -> None:
-        for k in range(count):
-            call(stubs[i], reqs[(i + k) % len(reqs)])
 
+def rate(target: str, batch: int, clients: int, total: int) -> float:
+    """Requests per second of ``clients`` processes sending ``total`` requests of ``batch`` frames."""
+    spawn = mp.get_context("spawn")  # grpc does not survive fork
+    ready = spawn.Barrier(clients + 1)
+    procs = [
+        spawn.Process(target=_client, args=(target, i, batch, count, ready))
+        for i, count in enumerate(shares(total, clients))
+    ]
+    for proc in procs:
+        proc.start()
+    ready.wait(timeout=300)
     started = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(client, range(clients), shares(total, clients)))
-    elapsed = time.perf_counter() - started
-    for channel in channels:
-        channel.close()
-    return total / elapsed
+    for proc in procs:
+        proc.join(600)
+        if proc.exitcode != 0:
+            raise RuntimeError(f"a client process failed (exit code {proc.exitcode})")
+    return total / (time.perf_counter() - started)
 
 
 def main() -> None:
@@ -142,12 +157,11 @@ def main() -> None:
         try:
             print(f"machine: {os.cpu_count()} cores")
             per_frame(on_target, args.requests)
-            reqs = [request(args.batch, s) for s in range(args.clients)]
             half = max(args.total // 2, 1)
-            a1 = rate(on_target, reqs, args.clients, half)
-            b1 = rate(off_target, reqs, args.clients, half)
-            b2 = rate(off_target, reqs, args.clients, half)
-            a2 = rate(on_target, reqs, args.clients, half)
+            a1 = rate(on_target, args.batch, args.clients, half)
+            b1 = rate(off_target, args.batch, args.clients, half)
+            b2 = rate(off_target, args.batch, args.clients, half)
+            a2 = rate(on_target, args.batch, args.clients, half)
             with_batching, without = 2 / (1 / a1 + 1 / a2), 2 / (1 / b1 + 1 / b2)
             print(f"{args.clients} clients, {args.batch}-frame requests, {2 * half} requests per side:")
             print(f"  batching on   {with_batching:6.2f} req/s  ({with_batching * args.batch:6.1f} frames/s)")

@@ -24,15 +24,15 @@ VISION_MP = 64 * 64 / 1_000_000
 
 
 def _builder_digest() -> str:
-    from genserve.models import lipsync_demo
+    from genserve.models import lipsync_demo, llm_demo
 
-    sources = Path(demo.__file__).read_bytes() + Path(lipsync_demo.__file__).read_bytes()
+    sources = b"".join(Path(m.__file__).read_bytes() for m in (demo, lipsync_demo, llm_demo))
     return hashlib.sha1(sources).hexdigest()[:12]
 
 
 @pytest.fixture(scope="session")
 def demo_models() -> Path:
-    """The demo models folder (built once; rebuilt when demo.py or lipsync_demo.py changes)."""
+    """The demo models folder (built once; rebuilt when demo.py, lipsync_demo.py or llm_demo.py changes)."""
     root = CACHE / f"demo-{_builder_digest()}"
     if not demo.demo_present(root / "models"):
         shutil.rmtree(root, ignore_errors=True)

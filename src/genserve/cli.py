@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from genserve import cli_options as opt
+from genserve.cli_cluster import register_cluster_commands
 from genserve.cli_doors import register_door_commands
 from genserve.cli_progress import ProgressView, route_logs
 from genserve.cli_workflow import workflow_app
@@ -315,6 +316,7 @@ def devices(ctx: typer.Context, as_json: opt.AsJson = False) -> None:
 
 
 register_door_commands(app, _settings, _fail)
+register_cluster_commands(app, _settings, _fail)
 
 
 def main() -> None:

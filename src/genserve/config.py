@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from genserve.config_bridge import BridgeSettings
+from genserve.config_cluster import ClusterSettings
 from genserve.config_lipsync import LipsyncSettings
 
 ENV_PREFIX = "GENSERVE_"
@@ -257,6 +258,7 @@ class Settings(_Section):
     workflows: WorkflowsSettings = Field(default_factory=WorkflowsSettings)
     bridge: BridgeSettings = Field(default_factory=BridgeSettings)
     lipsync: LipsyncSettings = Field(default_factory=LipsyncSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
 

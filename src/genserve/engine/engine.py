@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -24,13 +24,16 @@ from pydantic import BaseModel
 
 from genserve.config import PipelineSettings
 from genserve.engine.events import (
+    ChunkCallback,
     ProgressCallback,
     ProgressRelay,
     RunObserver,
     RunRecord,
     discard,
+    log_run,
 )
 from genserve.engine.lanes import DeviceLoad, Lane, ServiceLane
+from genserve.engine.streaming import stream_run
 from genserve.errors import ErrorCode, GenserveError, as_genserve_error
 from genserve.services.base import RunContext, Service, parse_request
 from genserve.storage.paths import Sandbox
@@ -173,18 +176,21 @@ class Engine:
         device: str | None = None,
         cancel: threading.Event | None = None,
         timeout: float | None = None,
+        chunks: ChunkCallback | None = None,
     ) -> BaseModel:
         """Run one request and return its response; every failure is a GenserveError.
 
         Cancelling the awaiting task (a client that disconnects) sets the run's cancel flag and
         re-raises CancelledError; a request still waiting in the queue then never starts.
+        ``chunks`` receives, on the caller's loop, each piece the service emits (``stream`` uses it).
         """
         rid = request_id or str(uuid.uuid4())
         service_name = service if isinstance(service, str) else service.name
         device_name = self._pick_lane(service, device)
         started = time.perf_counter()
         outcome = "ok"
-        relay: ProgressRelay | None = None
+        relay: ProgressRelay[Any] | None = None
+        chunk_relay: ProgressRelay[BaseModel] | None = None
         try:
             resolved = self.service(service) if isinstance(service, str) else service
             if resolved.lane is not None and resolved.lane not in self._lanes:
@@ -193,6 +199,8 @@ class Engine:
             lane = self._lane(device_name)
             if progress is not None:
                 relay = ProgressRelay(asyncio.get_running_loop(), progress, rid)
+            if chunks is not None:
+                chunk_relay = ProgressRelay(asyncio.get_running_loop(), chunks, rid)
             ctx = RunContext(
                 models=lane.models if lane.models is not None else self._models,
                 batcher=lane.batcher,
@@ -203,6 +211,8 @@ class Engine:
                 cancel_event=cancel if cancel is not None else threading.Event(),
                 device=device_name if lane.models is None else None,
             )
+            if chunk_relay is not None:
+                ctx.chunk_sink = chunk_relay
             work = self._admit(lane, device_name, resolved, parsed, ctx)
             return await self._wait(work, ctx, timeout)
         except GenserveError as exc:
@@ -212,26 +222,29 @@ class Engine:
             outcome = "cancelled"
             raise
         finally:
-            if relay is not None:
-                relay.open = False
-            duration_ms = (time.perf_counter() - started) * 1000
-            fields = {
-                "request_id": rid,
-                "service": service_name,
-                "device": device_name,
-                "duration_ms": round(duration_ms, 1),
-                "outcome": outcome,
-            }
-            self._notify(RunRecord(service_name, device_name, duration_ms / 1000, outcome))
-            logger.info(
-                "request_id=%s service=%s device=%s duration_ms=%.1f outcome=%s",
-                rid,
-                service_name,
-                device_name,
-                duration_ms,
-                outcome,
-                extra=fields,
-            )
+            for opened in (relay, chunk_relay):
+                if opened is not None:
+                    opened.open = False
+            record = RunRecord(service_name, device_name, time.perf_counter() - started, outcome)
+            self._notify(record)
+            log_run(record, rid)
+
+    def stream(
+        self,
+        service: Service[Any, Any] | str,
+        request: BaseModel | Mapping[str, Any],
+        *,
+        request_id: str | None = None,
+        device: str | None = None,
+        cancel: threading.Event | None = None,
+        timeout: float | None = None,
+    ) -> AsyncGenerator[BaseModel, None]:
+        """Run one request like ``submit``, yielding each chunk the service emits, then its response.
+
+        Admission, lanes, queue limits, logging and observers are ``submit``'s own. Closing the
+        iterator early (a client gone) sets the run's cancel flag, so it stops at its next step.
+        """
+        return stream_run(self.submit, service, request, request_id, device, cancel, timeout)
 
     def _notify(self, record: RunRecord) -> None:
         for observer in self.observers:

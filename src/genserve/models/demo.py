@@ -3,8 +3,8 @@
 No weights can be downloaded on a fresh machine, so every API must work on models genserve
 builds itself. They use the real classes and file layouts (diffusers folders with config.json +
 safetensors, a transformers folder with a tokenizer and image processor, a peft LoRA in
-safetensors, ONNX files for lip-sync), so the loading code that serves them serves real weights
-unchanged.
+safetensors, ONNX files for lip-sync, a transformers causal-LM folder for chat: llm_demo.py), so
+the loading code that serves them serves real weights unchanged.
 
 The tokenizer is a byte-level BPE trained here with Qwen2's pre-tokenizer; its vocabulary size
 is chosen so the edit prompt template's fixed prefix is exactly 64 tokens, as with the real
@@ -24,6 +24,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from genserve.models.lipsync_demo import build_lipsync_demo
+from genserve.models.llm_demo import DEMO_LLM, build_llm
 from genserve.models.loaders.text_encoder import EDIT_PROMPT_TEMPLATE, TEMPLATE_PREFIX_TOKENS
 from genserve.models.registry import ModelKind
 
@@ -243,6 +244,7 @@ def demo_targets(root: Path) -> dict[ModelKind, Path]:
         ModelKind.DIFFUSION: root / ModelKind.DIFFUSION.value / DEMO_TRANSFORMER,
         ModelKind.LORA: root / ModelKind.LORA.value / DEMO_LORA,
         ModelKind.LIPSYNC: root / ModelKind.LIPSYNC.value / DEMO_LIPSYNC,
+        ModelKind.LLM: root / ModelKind.LLM.value / DEMO_LLM,
     }
 
 
@@ -274,6 +276,8 @@ def build_demo(root: Path, images_dir: Path | None = None, seed: int = 0, force:
             build_transformer(path, seed)
         elif kind is ModelKind.LIPSYNC:
             build_lipsync_demo(path, seed=seed)
+        elif kind is ModelKind.LLM:
+            build_llm(path, seed)
         else:
             from diffusers import QwenImageTransformer2DModel
 

@@ -54,6 +54,14 @@ def _ignore(_: ProgressEvent) -> None:
     return None
 
 
+# Receives each piece a streaming service emits (tokens, frames); the engine sets one for streams.
+ChunkSink = Callable[[BaseModel], None]
+
+
+def _drop_chunk(_: BaseModel) -> None:
+    return None
+
+
 @dataclass
 class RunContext:
     models: ModelManager
@@ -66,6 +74,7 @@ class RunContext:
     device: str | None = None
     # Set for services that run on a lane with dynamic batching (Service.lane); None = run alone.
     batcher: DynamicBatcher | None = None
+    chunk_sink: ChunkSink = _drop_chunk
 
     @property
     def file_tag(self) -> str:
@@ -75,6 +84,11 @@ class RunContext:
 
     def progress(self, step: int, total: int, stage: str = "step", message: str = "") -> None:
         self.progress_sink(ProgressEvent(self.request_id, stage, step, total, message))
+
+    def emit(self, chunk: BaseModel) -> None:
+        """Hand one streamed piece to whoever streams this run; a plain ``submit`` drops it, so a
+        streaming service works unchanged behind doors that only want the final response."""
+        self.chunk_sink(chunk)
 
     def check_cancelled(self) -> None:
         if self.cancel_event.is_set():

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from genserve.services import decoding, edit, image_generation, latent_encoder, sampling, text_encoder
+from genserve.services import (
+    decoding,
+    edit,
+    image_generation,
+    latent_encoder,
+    sampling,
+    text_encoder,
+    text_generation,
+)
 from genserve.services.base import Service
 
 SERVICES: dict[str, Service[Any, Any]] = {
     module.SERVICE.name: module.SERVICE
-    for module in (latent_encoder, text_encoder, sampling, decoding, edit, image_generation)
+    for module in (latent_encoder, text_encoder, sampling, decoding, edit, image_generation, text_generation)
 }

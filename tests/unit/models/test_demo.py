@@ -34,7 +34,7 @@ def test_tokenizer_prefix_is_64_tokens(demo_models: Path) -> None:
 
 def test_build_is_seeded_and_keeps_existing(tmp_path: Path) -> None:
     first = demo.build_demo(tmp_path / "a", images_dir=tmp_path / "img")
-    assert len(first.built) == 5 and first.seconds < 60 and demo.demo_present(tmp_path / "a")
+    assert len(first.built) == 6 and first.seconds < 60 and demo.demo_present(tmp_path / "a")
     second = demo.build_demo(tmp_path / "b")
     for kind, name in [("vae", demo.DEMO_VAE), ("diffusion_models", demo.DEMO_TRANSFORMER)]:
         a = (tmp_path / "a" / kind / name / "diffusion_pytorch_model.safetensors").read_bytes()
@@ -43,5 +43,5 @@ def test_build_is_seeded_and_keeps_existing(tmp_path: Path) -> None:
     assert (tmp_path / "a" / lipsync).read_bytes() == (tmp_path / "b" / lipsync).read_bytes()
     assert second.images == []
     again = demo.build_demo(tmp_path / "a")
-    assert again.built == [] and len(again.skipped) == 5
+    assert again.built == [] and len(again.skipped) == 6
     assert {p.name for p in first.images} == {"person.png", "cloth.png"}

@@ -3,7 +3,7 @@
 The protos are compiled under the virtual path ``genserve/api/grpc/gen/``, so the generated
 modules import each other as ``genserve.api.grpc.gen.*`` while the protos themselves keep the
 spec's package lines (none for the pipeline, ``drawthings`` for image generation,
-``monolithic`` for lip-sync). The output is
+``monolithic`` for lip-sync, ``titancompute.v1`` for the LLM cluster). The output is
 checked in; a test regenerates it and fails when the checked-in copy is stale.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[4]
 PROTOS = REPO / "protos"
 PACKAGE_PATH = "genserve/api/grpc/gen"
-FILES = ("pipeline.proto", "image_generation.proto", "monolithic.proto")
+FILES = ("pipeline.proto", "image_generation.proto", "monolithic.proto", "titancompute.proto")
 
 
 def generate(out_root: Path) -> list[Path]:

@@ -20,6 +20,7 @@ from genserve.api.rest.errors import install_error_handlers
 from genserve.api.rest.metrics import ServerMetrics
 from genserve.api.rest.middleware import RequestContextMiddleware
 from genserve.api.rest.models import models_router
+from genserve.api.rest.openai_compat import openai_router
 from genserve.api.rest.operations import operations_router
 from genserve.api.rest.pipeline import pipeline_router
 from genserve.runtime import Runtime
@@ -37,6 +38,11 @@ TAGS = [
     {"name": "pipeline", "description": "The pipeline services, as the spec gives them."},
     {"name": "models", "description": "What is on disk and loaded; load and unload by hand."},
     {"name": "operations", "description": "Health checks and Prometheus metrics."},
+    {
+        "name": "openai",
+        "description": "OpenAI-compatible text generation over models/llm/: /v1/models, "
+        "/v1/chat/completions, /v1/completions (streaming as server-sent events); errors in OpenAI's shape.",
+    },
     {
         "name": "comfyui",
         "description": "ComfyUI's own server API: /prompt, /queue, /history, /view, /ws; complete "
@@ -89,6 +95,7 @@ def build_app(runtime: Runtime) -> FastAPI:
     app.include_router(pipeline_router(runtime.engine, settings.server))
     app.include_router(models_router(runtime.models, settings.pipeline))
     app.include_router(operations_router(runtime.engine, runtime.models, metrics))
+    app.include_router(openai_router(runtime.engine, runtime.models, settings.server))
     upload_limits: dict[str, int] = {}
     if executor is not None:
         upload_limit = max(settings.server.max_body_bytes, int(settings.bridge.max_upload_mb * 2**20) + 2**16)

@@ -7,6 +7,7 @@ from genserve.models.registry import ModelKind
 
 
 def default_loaders() -> dict[ModelKind, Loader]:
+    from genserve.models.loaders.llm import load_llm
     from genserve.models.loaders.lora import load_lora
     from genserve.models.loaders.text_encoder import load_text_encoder
     from genserve.models.loaders.transformer import load_transformer
@@ -17,6 +18,7 @@ def default_loaders() -> dict[ModelKind, Loader]:
         ModelKind.TEXT_ENCODER: load_text_encoder,
         ModelKind.DIFFUSION: load_transformer,
         ModelKind.LORA: load_lora,
+        ModelKind.LLM: load_llm,
     }
 
 

@@ -1,0 +1,6 @@
+"""The LLM cluster (spec 004, titancompute.v1): a coordinator that routes and signs, agents that stream.
+
+coordinator.py (CoordinatorService), agent.py (AgentService), agent_link.py (registration and the
+health stream), agent_runner.py (the agent process), auth.py (RS256 tokens), routing.py (the score),
+machine.py (RAM/VRAM/CPU figures), transport.py (gRPC servers, TLS, channels).
+"""

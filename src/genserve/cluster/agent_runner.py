@@ -1,0 +1,143 @@
+"""The running agent: its AgentService server (with health and reflection) and its coordinator link.
+
+Split from agent.py so that the servicer stays about RPCs; this module is about the process: which
+id and endpoint it advertises, what figures it registers with, and a clean stop on a signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable
+
+import grpc
+
+from genserve.api.grpc.gen import titancompute_pb2 as pb
+from genserve.api.grpc.gen import titancompute_pb2_grpc as rpc
+from genserve.cluster import machine
+from genserve.cluster.agent import SERVICE_NAME, AgentServicer
+from genserve.cluster.agent_link import CoordinatorLink
+from genserve.cluster.routing import LOADED_MODELS, TOKENS_PER_SECOND
+from genserve.cluster.transport import TlsFiles, build_server, mark_serving
+from genserve.config import Settings
+from genserve.runtime import Runtime
+
+log = logging.getLogger("genserve.cluster.agent")
+WILDCARDS = {"0.0.0.0", "::", "[::]", ""}
+
+
+class Agent:
+    def __init__(self, settings: Settings, runtime: Runtime, coordinator: str | None = None) -> None:
+        self.settings = settings
+        self.cluster = settings.cluster
+        self.runtime = runtime
+        self.target = coordinator or self.cluster.coordinator_address
+        self.server: grpc.aio.Server | None = None
+        self.servicer: AgentServicer | None = None
+        self.link: CoordinatorLink | None = None
+        self.agent_id = ""
+        self.endpoint = ""
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> str:
+        """Listen first (the bound port names the agent and its endpoint), then register."""
+        cluster = self.cluster
+        tls = TlsFiles(
+            cluster.agent_tls_cert_file, cluster.agent_tls_key_file, cluster.agent_tls_client_ca_file
+        )
+        self.server, health, port = build_server(
+            [SERVICE_NAME], cluster.agent_host, cluster.agent_port, tls, "agent"
+        )
+        self.agent_id = cluster.agent_id or f"{socket.gethostname()}-{port}"
+        host = socket.getfqdn() if cluster.agent_host in WILDCARDS else cluster.agent_host
+        self.endpoint = cluster.advertised_endpoint or f"{_bracket(host)}:{port}"
+        self.servicer = AgentServicer(cluster, self.runtime, self.agent_id)
+        rpc.add_AgentServiceServicer_to_server(self.servicer, self.server)
+        await self.server.start()
+        await mark_serving(health, [SERVICE_NAME])
+        machine.cpu_percent()  # primes psutil's counter, so the first update is not 0 by accident
+        self.link = CoordinatorLink(cluster, self.target, self.registration, self.health, self._on_key)
+        self.servicer.link = self.link.state
+        self._tasks = [asyncio.create_task(self.link.run())]
+        return self.endpoint
+
+    def _on_key(self, answer: pb.PublicKeyResponse) -> None:
+        assert self.servicer is not None
+        self.servicer.set_key(answer)
+
+    def registration(self) -> pb.AgentRegistration:
+        assert self.servicer is not None
+        figures = machine.memory(self.runtime.engine.devices)
+        capabilities = {
+            "device": ",".join(self.runtime.engine.devices),
+            LOADED_MODELS: ",".join(self.servicer.loaded_models()),
+            "software": "genserve",
+        }
+        if self.servicer.tokens_per_second > 0:
+            # Two significant digits: a new registration only when the speed really moved.
+            capabilities[TOKENS_PER_SECOND] = f"{float(f'{self.servicer.tokens_per_second:.2g}'):g}"
+        return pb.AgentRegistration(
+            agent_id=self.agent_id,
+            endpoint=self.endpoint,
+            total_vram_mb=figures.total_vram_mb,
+            total_ram_mb=figures.total_ram_mb,
+            max_jobs=self.cluster.max_jobs,
+            supported_models=self.servicer.models(),
+            capabilities=capabilities,
+        )
+
+    def health(self) -> pb.HealthUpdate:
+        assert self.servicer is not None
+        figures = machine.memory(self.runtime.engine.devices)
+        return pb.HealthUpdate(
+            agent_id=self.agent_id,
+            free_vram_mb=figures.free_vram_mb,
+            free_ram_mb=figures.free_ram_mb,
+            running_jobs=self.servicer.active_sessions,
+            queued_jobs=self.servicer.queued(),
+            cpu_percent=machine.cpu_percent(),
+        )
+
+    async def stop(self, grace: float = 5.0) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.server is not None:
+            await self.server.stop(grace)
+
+
+def run_agent(
+    settings: Settings, coordinator: str | None, announce: Callable[[str], None] | None = None
+) -> None:
+    """Build the runtime (loads no model yet), serve, and stay registered until SIGTERM or SIGINT."""
+    from genserve.runtime import build_runtime  # imports torch
+
+    async def main() -> None:
+        with build_runtime(settings) as runtime:
+            agent = Agent(settings, runtime, coordinator)
+            endpoint = await agent.start()
+            models = ", ".join(agent.servicer.models()) if agent.servicer else ""
+            line = f"agent {agent.agent_id} serving on {endpoint}; coordinator {agent.target}"
+            (announce or _stderr)(f"{line}; models: {models or 'none'}")
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+            await agent.stop()
+
+    asyncio.run(main())
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

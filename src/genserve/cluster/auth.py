@@ -1,0 +1,177 @@
+"""Session tokens: the coordinator signs one RS256 JWT per routed job; the chosen agent checks it.
+
+The original's defects are the design constraints here:
+- the key was regenerated at every start, orphaning agents and tokens: ``load_or_create_key``
+  keeps it in a 0600 file and reuses it;
+- an agent that could not fetch the key accepted any token: ``TokenVerifier`` has no key-less
+  mode, and the agent answers UNAUTHENTICATED until it has one;
+- a token could be replayed: ``ReplayGuard`` remembers every accepted jti until its exp.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from genserve.errors import ErrorCode, GenserveError
+
+ALGORITHM = "RS256"
+KEY_BITS = 2048
+REQUIRED_CLAIMS = ("agent_id", "client_id", "model", "jti", "iat", "nbf", "exp", "iss", "aud")
+
+
+def load_or_create_key(path: Path) -> rsa.RSAPrivateKey:
+    """The signing key from ``path``; on first start a new key is written there with mode 0600.
+
+    A key file readable by others is narrowed to 0600 rather than refused, so an operator who
+    copied it with the wrong mode does not orphan every agent.
+    """
+    path = Path(path)
+    if path.is_file():
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise GenserveError(ErrorCode.INVALID_INPUT, f"cluster.key_file: {path} is not an RSA key")
+        return key
+    key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+    os.replace(temp, path)  # atomic: a crash never leaves a half-written key
+    return key
+
+
+def public_pem(key: rsa.RSAPrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    jti: str
+    expires_at: int  # unix seconds
+
+
+class TokenIssuer:
+    """Signs session tokens at the coordinator."""
+
+    def __init__(self, key: rsa.RSAPrivateKey, issuer: str, lifetime_s: int) -> None:
+        self._key = key
+        self.issuer = issuer
+        self.lifetime_s = lifetime_s
+        self.public_key_pem = public_pem(key)
+
+    def issue(self, agent_id: str, client_id: str, model: str, now: float | None = None) -> IssuedToken:
+        issued = int(time.time() if now is None else now)
+        jti = uuid.uuid4().hex
+        claims = {
+            "agent_id": agent_id,
+            "client_id": client_id,
+            "model": model,
+            "jti": jti,
+            "iat": issued,
+            "nbf": issued,
+            "exp": issued + self.lifetime_s,
+            "iss": self.issuer,
+            "aud": agent_id,
+        }
+        return IssuedToken(jwt.encode(claims, self._key, algorithm=ALGORITHM), jti, issued + self.lifetime_s)
+
+
+class ReplayGuard:
+    """Every jti accepted so far, each kept until its token expires (then it could not verify anyway).
+
+    Memory is bounded by the tokens alive at once; expired entries are dropped on every call.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, float] = {}
+        self._expiry: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+
+    def claim(self, jti: str, expires_at: float, now: float | None = None) -> bool:
+        """True the first time a jti is presented; False for a replay."""
+        current = time.time() if now is None else now
+        with self._lock:
+            while self._expiry and self._expiry[0][0] < current:
+                _, old = heapq.heappop(self._expiry)
+                self._seen.pop(old, None)
+            if jti in self._seen:
+                return False
+            self._seen[jti] = expires_at
+            heapq.heappush(self._expiry, (expires_at, jti))
+            return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class TokenVerifier:
+    """Checks tokens at an agent: signature by the coordinator's key, RS256 only, issuer, audience =
+    this agent, time window, the model asked for, and single use."""
+
+    def __init__(self, public_key_pem: str, issuer: str, agent_id: str, leeway_s: float = 5.0) -> None:
+        try:
+            self._key = serialization.load_pem_public_key(public_key_pem.encode())
+        except ValueError as exc:
+            raise GenserveError(ErrorCode.UNAUTHENTICATED, f"coordinator public key unusable: {exc}") from exc
+        self.issuer = issuer
+        self.agent_id = agent_id
+        self.leeway_s = leeway_s
+
+    def verify(self, token: str, model: str, replay: ReplayGuard | None = None) -> dict[str, Any]:
+        """The token's claims, or GenserveError: UNAUTHENTICATED for a token that is not a valid
+        session for this agent, PERMISSION_DENIED for a valid one that names another model."""
+        if not token:
+            raise GenserveError(ErrorCode.UNAUTHENTICATED, "session_token is required", field="session_token")
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,  # type: ignore[arg-type]
+                algorithms=[ALGORITHM],
+                audience=self.agent_id,
+                issuer=self.issuer,
+                leeway=self.leeway_s,
+                options={"require": list(REQUIRED_CLAIMS)},
+            )
+        except jwt.ExpiredSignatureError:
+            raise GenserveError(ErrorCode.UNAUTHENTICATED, "session_token has expired") from None
+        except jwt.InvalidAudienceError:
+            raise GenserveError(
+                ErrorCode.UNAUTHENTICATED, f"session_token was issued for another agent, not {self.agent_id}"
+            ) from None
+        except jwt.InvalidIssuerError:
+            raise GenserveError(ErrorCode.UNAUTHENTICATED, "session_token has the wrong issuer") from None
+        except jwt.PyJWTError as exc:
+            raise GenserveError(ErrorCode.UNAUTHENTICATED, f"session_token is not valid: {exc}") from None
+        if claims.get("agent_id") != self.agent_id:
+            raise GenserveError(ErrorCode.UNAUTHENTICATED, "session_token names another agent_id")
+        if claims.get("model") != model:
+            raise GenserveError(
+                ErrorCode.PERMISSION_DENIED,
+                f"model: the session_token is for {claims.get('model')!r}, not {model!r}",
+                field="model",
+            )
+        if replay is not None and not replay.claim(str(claims["jti"]), float(claims["exp"]) + self.leeway_s):
+            raise GenserveError(ErrorCode.UNAUTHENTICATED, "session_token was already used (jti replayed)")
+        return claims
