@@ -20,7 +20,7 @@ import grpc
 
 from genserve.api.grpc.gen import titancompute_pb2 as pb
 from genserve.api.grpc.gen import titancompute_pb2_grpc as rpc
-from genserve.cluster.transport import client_channel
+from genserve.cluster.transport import channel_credentials, client_channel
 from genserve.config_cluster import ClusterSettings
 
 log = logging.getLogger("genserve.cluster.agent")
@@ -55,16 +55,22 @@ class CoordinatorLink:
         self._on_key = on_key
         self.state = LinkState(interval_s=float(settings.heartbeat_interval_s))
         self._sent_caps: dict[str, str] | None = None
+        self._credentials()  # a missing or bad TLS file stops the agent at start, not its link later
+
+    def _credentials(self) -> grpc.ChannelCredentials | None:
+        s = self.settings
+        return channel_credentials(s.coordinator_ca_file, s.agent_tls_cert_file, s.agent_tls_key_file)
 
     async def run(self) -> None:
         backoff = self.settings.reconnect_initial_s
         while True:
-            channel = client_channel(
-                self.target,
-                self.settings.coordinator_ca_file,
-                self.settings.agent_tls_cert_file,
-                self.settings.agent_tls_key_file,
-            )
+            try:
+                channel = client_channel(self.target, self._credentials())
+            except OSError as exc:  # a TLS file gone or replaced by a bad one since the start
+                log.warning("coordinator %s: %s; retrying in %.1f s", self.target, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.reconnect_max_s)
+                continue
             try:
                 stub = rpc.CoordinatorServiceStub(channel)
                 while True:  # a new registration on the same channel after "unknown_agent"

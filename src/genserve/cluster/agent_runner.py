@@ -57,11 +57,12 @@ class Agent:
         self.endpoint = cluster.advertised_endpoint or f"{_bracket(host)}:{port}"
         self.servicer = AgentServicer(cluster, self.runtime, self.agent_id)
         rpc.add_AgentServiceServicer_to_server(self.servicer, self.server)
+        # Before serving: the link reads the TLS files for the coordinator, and a bad one stops us.
+        self.link = CoordinatorLink(cluster, self.target, self.registration, self.health, self._on_key)
+        self.servicer.link = self.link.state
         await self.server.start()
         await mark_serving(health, [SERVICE_NAME])
         machine.cpu_percent()  # primes psutil's counter, so the first update is not 0 by accident
-        self.link = CoordinatorLink(cluster, self.target, self.registration, self.health, self._on_key)
-        self.servicer.link = self.link.state
         self._tasks = [asyncio.create_task(self.link.run())]
         return self.endpoint
 

@@ -4,6 +4,7 @@ coordinator. Kept apart so that coordinator.py and agent.py hold only their serv
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -51,17 +52,33 @@ def _read(path: Path, key: str) -> bytes:
         raise OSError(f"cannot read {key} {path}: {exc.strerror}") from None
 
 
+def _check_pem(cert_file: Path | None, key_file: Path | None, ca_file: Path | None, keys: str) -> None:
+    """gRPC only says "cannot listen" (server) or fails every handshake (channel) on a bad file:
+    load the files with ``ssl`` first, so that the error names the settings at fault."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.set_ciphers("ALL:@SECLEVEL=0")  # judge the files, not their strength: gRPC decides that
+    try:
+        if cert_file is not None and key_file is not None:
+            context.load_cert_chain(cert_file, key_file, password="")  # no passphrase prompt
+        if ca_file is not None:
+            context.load_verify_locations(cafile=ca_file)
+    except (ssl.SSLError, ValueError) as exc:
+        raise OSError(f"{keys}: not a PEM certificate with its matching key, or a PEM CA ({exc})") from None
+
+
 def server_credentials(tls: TlsFiles, prefix: str) -> grpc.ServerCredentials | None:
     """None for plaintext; ``prefix`` names the settings keys in error messages."""
     if tls.cert_file is None or tls.key_file is None:
         return None
+    keys = f"cluster.{prefix}tls_cert_file, {prefix}tls_key_file, {prefix}tls_client_ca_file"
     pair = (
         _read(tls.key_file, f"cluster.{prefix}tls_key_file"),
         _read(tls.cert_file, f"cluster.{prefix}tls_cert_file"),
     )
-    if tls.client_ca_file is None:
+    ca = _read(tls.client_ca_file, f"cluster.{prefix}tls_client_ca_file") if tls.client_ca_file else None
+    _check_pem(tls.cert_file, tls.key_file, tls.client_ca_file, keys)
+    if ca is None:
         return grpc.ssl_server_credentials([pair])
-    ca = _read(tls.client_ca_file, f"cluster.{prefix}tls_client_ca_file")
     return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=True)
 
 
@@ -100,16 +117,27 @@ async def mark_serving(health: HealthServicer, names: list[str]) -> None:
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
-def client_channel(
-    target: str, ca_file: Path | None, cert_file: Path | None = None, key_file: Path | None = None
-) -> grpc.aio.Channel:
-    """A channel to ``target``: TLS when a CA is given (with a client certificate when one is)."""
+def channel_credentials(
+    ca_file: Path | None, cert_file: Path | None = None, key_file: Path | None = None
+) -> grpc.ChannelCredentials | None:
+    """TLS when a CA is given (with a client certificate when one is), None for plaintext.
+
+    The agent calls it once at start, so that a missing or bad file stops it there, and again for
+    every connection, so that renewed files are used when it reconnects.
+    """
     if ca_file is None:
-        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        return None
     ca = _read(ca_file, "cluster.coordinator_ca_file")
     key = _read(key_file, "cluster.agent_tls_key_file") if key_file else None
     cert = _read(cert_file, "cluster.agent_tls_cert_file") if cert_file else None
-    credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+    keys = "cluster.coordinator_ca_file, agent_tls_cert_file, agent_tls_key_file"
+    _check_pem(cert_file, key_file, ca_file, keys)
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+def client_channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
     return grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
 
 
