@@ -97,6 +97,7 @@ class RestServer(uvicorn.Server):
             log.info("API docs   %s/docs  (OpenAPI: %s/openapi.json)", self.url, self.url)
             log.info("health     %s/health/live  %s/health/ready", self.url, self.url)
             log.info("metrics    %s/metrics", self.url)
+            log.info("OpenAI     %s/v1  (chat/completions, completions, models)", self.url)
             if self.grpc is not None:
                 services = ", ".join(n.rpartition(".")[2] or n for n in self.grpc.service_names)
                 log.info("gRPC       %s  (%s, health, reflection)", "  ".join(self.grpc.addresses), services)
