@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # docstrings are hard-wrapped: re-flow their paragraphs
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 models_app = typer.Typer(no_args_is_help=True, help="Models on disk: list them, build the demo set.")

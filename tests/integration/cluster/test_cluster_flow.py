@@ -81,7 +81,8 @@ def test_agents_register_with_real_figures_and_status_is_on_request(cluster: Clu
     assert [a.agent_id for a in full.agents] == ["agent-a", "agent-b"]
     assert full.uptime.startswith("0h") and all(a.last_heartbeat > time.time() - 10 for a in full.agents)
     # Above 90 % CPU is degraded (two agents starting on a small machine may be): counted apart.
-    assert plain.healthy_agents == sum(a.status == "healthy" for a in full.agents)
+    # (judged within one answer: an agent near the CPU limit may change between two calls)
+    assert full.healthy_agents == sum(a.status == "healthy" for a in full.agents)
     assert {a.status for a in full.agents} <= {"healthy", "degraded"}
     answer = agent_stub(cluster.agents["agent-a"]).GetStatus(pb.AgentStatusRequest(), timeout=10)
     assert answer.agent_id == "agent-a" and answer.status in ("healthy", "degraded")
