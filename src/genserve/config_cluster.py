@@ -73,6 +73,11 @@ class ClusterSettings(BaseModel):
         "name when listening on 0.0.0.0) and the bound port.",
     )
     max_jobs: int = Field(4, ge=1, le=4096, description="Streams this agent runs at once.")
+    preload: list[str] = Field(
+        default_factory=list,
+        description="LLMs (names under models/llm/) an agent loads before it registers, so that its first "
+        "stream does not wait for a load and the coordinator prefers it for them; ['*'] = every one.",
+    )
     reconnect_initial_s: float = Field(
         0.5, gt=0, le=60, description="First wait before re-registering after the coordinator is lost."
     )

@@ -24,6 +24,7 @@ from genserve.cluster.agent_link import CoordinatorLink
 from genserve.cluster.routing import LOADED_MODELS, TOKENS_PER_SECOND
 from genserve.cluster.transport import TlsFiles, build_server, mark_serving
 from genserve.config import Settings
+from genserve.models.registry import ModelKind
 from genserve.runtime import Runtime
 
 log = logging.getLogger("genserve.cluster.agent")
@@ -121,6 +122,7 @@ def run_agent(
 
     async def main() -> None:
         with build_runtime(settings) as runtime:
+            await asyncio.to_thread(preload, runtime, settings.cluster.preload)
             agent = Agent(settings, runtime, coordinator)
             endpoint = await agent.start()
             models = ", ".join(agent.servicer.models()) if agent.servicer else ""
@@ -134,6 +136,18 @@ def run_agent(
             await agent.stop()
 
     asyncio.run(main())
+
+
+def preload(runtime: Runtime, names: list[str]) -> None:
+    """Load ``cluster.preload`` before registering: a name not under models/llm/ stops the agent
+    here, naming it, rather than at the first client's stream."""
+    registry = runtime.models.registry
+    wanted = registry.available(ModelKind.LLM) if "*" in names else names
+    device = runtime.engine.devices[0]
+    for name in wanted:
+        registry.resolve(ModelKind.LLM, name, "cluster.preload")
+        stats = runtime.models.load(ModelKind.LLM, name, device)
+        log.info("preloaded llm/%s on %s", name, stats.device)
 
 
 def _stderr(line: str) -> None:
