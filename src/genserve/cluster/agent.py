@@ -34,6 +34,7 @@ from genserve.api.grpc.gen import titancompute_pb2_grpc as rpc
 from genserve.cluster import machine
 from genserve.cluster.agent_link import LinkState
 from genserve.cluster.auth import ReplayGuard, TokenVerifier
+from genserve.cluster.routing import DEGRADED_SHARE
 from genserve.cluster.transport import abort
 from genserve.config_cluster import ClusterSettings
 from genserve.errors import ErrorCode, GenserveError, as_genserve_error
@@ -84,7 +85,8 @@ class AgentServicer(rpc.AgentServiceServicer):
             if figures.total_vram_mb
             else (figures.total_ram_mb, figures.free_ram_mb)
         )
-        return "degraded" if total and free / total < 0.10 else "healthy"
+        # Memory only: reading the CPU share here would reset the interval the health stream reports.
+        return "degraded" if total and free / total < DEGRADED_SHARE else "healthy"
 
     # -- RPCs --------------------------------------------------------------------------------------
 
