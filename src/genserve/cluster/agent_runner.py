@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
-import sys
 from collections.abc import Callable
 
 import grpc
@@ -22,7 +20,7 @@ from genserve.cluster import machine
 from genserve.cluster.agent import SERVICE_NAME, AgentServicer
 from genserve.cluster.agent_link import CoordinatorLink
 from genserve.cluster.routing import LOADED_MODELS, TOKENS_PER_SECOND
-from genserve.cluster.transport import TlsFiles, build_server, mark_serving
+from genserve.cluster.transport import TlsFiles, announce_stderr, build_server, mark_serving, until_signalled
 from genserve.config import Settings
 from genserve.models.registry import ModelKind
 from genserve.runtime import Runtime
@@ -127,12 +125,8 @@ def run_agent(
             endpoint = await agent.start()
             models = ", ".join(agent.servicer.models()) if agent.servicer else ""
             line = f"agent {agent.agent_id} serving on {endpoint}; coordinator {agent.target}"
-            (announce or _stderr)(f"{line}; models: {models or 'none'}")
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
+            (announce or announce_stderr)(f"{line}; models: {models or 'none'}")
+            await until_signalled()
             await agent.stop()
 
     asyncio.run(main())
@@ -148,10 +142,6 @@ def preload(runtime: Runtime, names: list[str]) -> None:
         registry.resolve(ModelKind.LLM, name, "cluster.preload")
         stats = runtime.models.load(ModelKind.LLM, name, device)
         log.info("preloaded llm/%s on %s", name, stats.device)
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def _bracket(host: str) -> str:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -24,7 +22,14 @@ from genserve.api.grpc.gen import titancompute_pb2 as pb
 from genserve.api.grpc.gen import titancompute_pb2_grpc as rpc
 from genserve.cluster.auth import ALGORITHM, TokenIssuer, load_or_create_key
 from genserve.cluster.routing import AgentRecord, choose
-from genserve.cluster.transport import TlsFiles, abort, build_server, mark_serving
+from genserve.cluster.transport import (
+    TlsFiles,
+    abort,
+    announce_stderr,
+    build_server,
+    mark_serving,
+    until_signalled,
+)
 from genserve.config_cluster import ClusterSettings
 from genserve.errors import ErrorCode, GenserveError
 
@@ -288,16 +293,9 @@ def run_coordinator(settings: ClusterSettings, announce: Callable[[str], None] |
         coordinator = Coordinator(settings)
         address = await coordinator.start()
         scheme = "TLS" if settings.tls_cert_file else "plaintext"
-        (announce or _stderr)(f"coordinator listening on {address} ({scheme}); key {settings.key_file}")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        line = f"coordinator listening on {address} ({scheme}); key {settings.key_file}"
+        (announce or announce_stderr)(line)
+        await until_signalled()
         await coordinator.stop()
 
     asyncio.run(main())
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)

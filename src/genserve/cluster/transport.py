@@ -4,7 +4,10 @@ coordinator. Kept apart so that coordinator.py and agent.py hold only their serv
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import ssl
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -151,3 +154,16 @@ async def abort(context: grpc.aio.ServicerContext, err: GenserveError) -> NoRetu
     status = grpc.StatusCode[err.mapping.grpc_status]
     await context.abort(status, err.message, trailing_metadata=((ERROR_CODE_KEY, err.code.value),))
     raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
+
+
+async def until_signalled() -> None:
+    """Return on SIGTERM or SIGINT: both cluster processes then stop their servers gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def announce_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
