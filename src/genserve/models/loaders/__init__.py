@@ -7,12 +7,17 @@ from genserve.models.registry import ModelKind
 
 
 def default_loaders() -> dict[ModelKind, Loader]:
+    from transformers.utils import logging as transformers_logging
+
     from genserve.models.loaders.llm import load_llm
     from genserve.models.loaders.lora import load_lora
     from genserve.models.loaders.text_encoder import load_text_encoder
     from genserve.models.loaders.transformer import load_transformer
     from genserve.models.loaders.vae import load_vae
 
+    # The manager logs every load with its time; transformers' per-load "Loading weights" bar would
+    # only add carriage-return noise to the server's log.
+    transformers_logging.disable_progress_bar()
     return {
         ModelKind.VAE: load_vae,
         ModelKind.TEXT_ENCODER: load_text_encoder,
