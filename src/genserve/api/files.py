@@ -25,7 +25,7 @@ from genserve.api.request_ids import checked_request_id
 from genserve.config import Settings
 from genserve.errors import ErrorCode, GenserveError, as_genserve_error
 from genserve.runtime import Runtime, build_runtime
-from genserve.storage.artifacts import write_json
+from genserve.storage.artifacts import file_tag, write_json
 
 log = logging.getLogger("genserve.files")
 
@@ -103,11 +103,11 @@ class FileDoor:
             service, body = self._read(claimed)
             response = await self._run(service, body, request_id)
         except GenserveError as err:
-            self._finish(claimed, request_id or _safe_id(raw_id), err.to_dict(request_id), failed=True)
+            self._finish(claimed, request_id or raw_id, err.to_dict(request_id), failed=True)
         except Exception as exc:  # the worker must outlive any one file
             log.exception("drop-folder request %s failed unexpectedly", claimed.name)
             err = as_genserve_error(exc)
-            self._finish(claimed, request_id or _safe_id(raw_id), err.to_dict(request_id), failed=True)
+            self._finish(claimed, request_id or raw_id, err.to_dict(request_id), failed=True)
         else:
             self._finish(claimed, request_id, response, failed=False)
 
@@ -154,7 +154,7 @@ class FileDoor:
             return result.model_dump(mode="json")
 
     def _finish(self, claimed: Path, request_id: str, response: dict[str, Any], *, failed: bool) -> None:
-        tag = _safe_id(request_id)
+        tag = file_tag(request_id)
         try:
             write_json(self.output_dir / f"response_{tag}.json", response)
             metadata = response.get("metadata", response.get("sampling_metadata"))
@@ -168,10 +168,6 @@ class FileDoor:
             return
         outcome = response.get("error_code", "ok")
         log.info("drop-folder request %s: %s", request_id, outcome, extra={"request_id": request_id})
-
-
-def _safe_id(raw: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", raw)[:128] or "unnamed"
 
 
 def run_file_worker(settings: Settings) -> None:

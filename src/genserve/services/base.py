@@ -9,7 +9,6 @@ a progress sink and a cancel flag. It knows nothing about protocols.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from genserve.config import PipelineSettings
 from genserve.errors import ErrorCode, GenserveError
+from genserve.storage.artifacts import file_tag
 from genserve.storage.paths import Sandbox
 
 if TYPE_CHECKING:
@@ -78,9 +78,8 @@ class RunContext:
 
     @property
     def file_tag(self) -> str:
-        """The request id made safe for file names (ids from the wire may hold anything)."""
-        tag = re.sub(r"[^A-Za-z0-9_-]", "", self.request_id)[:64]
-        return tag or uuid.uuid5(uuid.NAMESPACE_OID, self.request_id).hex
+        """The request id as output file names carry it (ids from the wire may hold anything)."""
+        return file_tag(self.request_id)
 
     def progress(self, step: int, total: int, stage: str = "step", message: str = "") -> None:
         self.progress_sink(ProgressEvent(self.request_id, stage, step, total, message))

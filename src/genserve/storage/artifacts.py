@@ -7,9 +7,11 @@ the target folder and is renamed into place, so a reader never sees half a file.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,22 @@ from PIL import Image
 from genserve.errors import ErrorCode, GenserveError
 
 IMAGE_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+_PLAIN_TAG = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def file_tag(request_id: str) -> str:
+    """The request id as it appears in output file names, one tag per id.
+
+    An id that is already plain is kept as it is (every name puts a prefix before it, so even a
+    leading dot is harmless). Any other (``/``, ``:``, over 64 characters) keeps its plain
+    characters and gains a digest of the whole id, so two ids that differ only in characters a
+    file name cannot hold never share output files. A tag is plain, so tagging twice changes nothing.
+    """
+    if _PLAIN_TAG.fullmatch(request_id):
+        return request_id
+    plain = re.sub(r"[^A-Za-z0-9._-]", "", request_id)[:48]
+    digest = hashlib.sha256(request_id.encode()).hexdigest()[:12]
+    return f"{plain}-{digest}" if plain else digest
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None], durable: bool = False) -> Path:

@@ -78,13 +78,14 @@ def test_every_service_through_the_drop_folder(runtime: Runtime, data_root: Path
     inputs = data_root / "inputs"
 
     async def scenario(drop: Drop) -> None:
-        drop.put("lat1", {"service": "latent_encoder", "input": {"image_path": str(inputs / "person.png")}})
-        latent = await drop.response("lat1")
-        assert latent["status"] == "success" and latent["request_id"] == "lat1"
-        assert Path(latent["latent_file_path"]) == drop.output / "latent_lat1.pt"
-        metadata = json.loads((drop.output / "metadata_lat1.json").read_text())
+        # A dot in the id: the outputs and the metadata file carry the same id, whole.
+        drop.put("lat.1", {"service": "latent_encoder", "input": {"image_path": str(inputs / "person.png")}})
+        latent = await drop.response("lat.1")
+        assert latent["status"] == "success" and latent["request_id"] == "lat.1"
+        assert Path(latent["latent_file_path"]) == drop.output / "latent_lat.1.pt"
+        metadata = json.loads((drop.output / "metadata_lat.1.json").read_text())
         assert metadata == latent["metadata"]
-        await drop.settled("lat1", "done")
+        await drop.settled("lat.1", "done")
 
         pair = {
             "image1_path": str(inputs / "person.png"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import httpx
 import pytest
@@ -59,6 +60,16 @@ def test_request_id_is_taken_echoed_and_logged(
     assert {r.name for r in records} >= {"genserve.http", "genserve.engine"}
     http = next(r for r in records if r.name == "genserve.http")
     assert (http.method, http.route, http.status) == ("POST", "/api/v1/latent/encode", 200)
+
+
+def test_ids_that_differ_only_in_symbols_get_their_own_output_files(client: httpx.Client) -> None:
+    paths = {
+        client.post(
+            "/api/v1/latent/encode", json={"image_path": "inputs/person.png"}, headers={"X-Request-ID": given}
+        ).json()["latent_file_path"]
+        for given in ("job.1", "job1", "job/1", "job:1")
+    }
+    assert len(paths) == 4 and all(Path(path).is_file() for path in paths)
 
 
 def test_metrics_count_requests_latency_and_models(client: httpx.Client) -> None:

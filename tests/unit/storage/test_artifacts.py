@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from genserve.errors import ErrorCode, GenserveError
-from genserve.storage.artifacts import atomic_write, load_tensors, open_image, save_tensors
+from genserve.storage.artifacts import atomic_write, file_tag, load_tensors, open_image, save_tensors
 
 
 def test_tensor_round_trip(tmp_path: Path) -> None:
@@ -44,3 +44,15 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
 def test_open_image_converts_to_rgb(tmp_path: Path) -> None:
     Image.new("RGBA", (4, 4)).save(tmp_path / "a.png")
     assert open_image(tmp_path / "a.png", "image_path").mode == "RGB"
+
+
+def test_file_tag_keeps_plain_ids_and_separates_the_rest() -> None:
+    assert file_tag("job.1") == "job.1"
+    assert file_tag("req-7_a") == "req-7_a"
+    ids = ["job.1", "job1", "job/1", "job:1", "a" * 64, "a" * 65, "a" * 64 + "b", "//", ":"]
+    tags = [file_tag(request_id) for request_id in ids]
+    assert len(set(tags)) == len(ids)  # no two ids share output files
+    for tag in tags:
+        assert len(tag) <= 64 and "/" not in tag and ":" not in tag
+        assert file_tag(tag) == tag  # a tag is already plain
+    assert file_tag("job/1").startswith("job1-")
