@@ -18,6 +18,8 @@ from genserve.errors import ErrorCode, GenserveError
 
 PROBE_TTL_S = 10.0  # a folder that took a write recently is not probed again
 PROBE_CACHE_ENTRIES = 1024
+# 255 bytes less "_", a request id tag of up to 64 characters, "." and the longest extension
+MAX_OUTPUT_NAME_BYTES = 185
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -108,9 +110,17 @@ class Sandbox:
         return path
 
     def output_name(self, name: str, field: str) -> str:
-        """A bare file name for an output: no separators, no parent references."""
+        """A bare file name for an output: no separators, no parent references, and short enough
+        that the request id and extension appended to it still fit a file system's 255 bytes."""
         if not name or name in {".", ".."} or "/" in name or "\\" in name or "\x00" in name:
             raise GenserveError(
                 ErrorCode.INVALID_INPUT, f"{field}: {name!r} must be a plain file name", field=field
+            )
+        if len(name.encode()) > MAX_OUTPUT_NAME_BYTES:
+            raise GenserveError(
+                ErrorCode.INVALID_INPUT,
+                f"{field}: {len(name.encode())} bytes in UTF-8; at most {MAX_OUTPUT_NAME_BYTES}, so that "
+                "the request id and extension added to it fit a 255-byte file name",
+                field=field,
             )
         return name

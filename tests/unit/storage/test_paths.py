@@ -70,3 +70,13 @@ def test_output_names_are_plain(sandbox: Sandbox, name: str) -> None:
     with pytest.raises(GenserveError) as info:
         sandbox.output_name(name, "output_filename")
     assert info.value.code is ErrorCode.INVALID_INPUT
+
+
+def test_output_names_leave_room_for_the_request_id(sandbox: Sandbox, tmp_path: Path) -> None:
+    longest = "é" * 92 + "a"  # 185 bytes in UTF-8
+    assert sandbox.output_name(longest, "output_filename") == longest
+    (tmp_path / f"{longest}_{'r' * 64}.webp").write_bytes(b"")  # the whole name still fits
+    with pytest.raises(GenserveError) as info:
+        sandbox.output_name("é" * 93, "output_filename")
+    assert info.value.code is ErrorCode.INVALID_INPUT and info.value.details["field"] == "output_filename"
+    assert "186 bytes" in info.value.message
