@@ -76,6 +76,19 @@ class ModelRegistry:
         kinds = [kind] if kind else list(ModelKind)
         return [ModelEntry(k, name, self.folder(k) / name) for k in kinds for name in self.available(k)]
 
+    def find(self, kind: ModelKind, name: str) -> Path | None:
+        """What ``name`` means in the kind's folder: the file or folder of that name, else the
+        diffusers folder a weights file name stands for (``qwen_image_vae.safetensors`` ->
+        ``qwen_image_vae/``). One rule for loading, ``FilesExist`` and uploads alike."""
+        folder = self.folder(kind)
+        if (folder / name).exists():
+            return folder / name
+        for suffix in WEIGHT_SUFFIXES:
+            stem = name.removesuffix(suffix)
+            if stem != name and (folder / stem).is_dir():
+                return folder / stem
+        return None
+
     def resolve(self, kind: ModelKind | str, name: str, field: str = "model_name") -> ModelEntry:
         kind = ModelKind(kind)
         if not name or name.startswith(".") or "/" in name or "\\" in name or "\x00" in name:
@@ -84,13 +97,9 @@ class ModelRegistry:
                 f"{field}: {name!r} is not a model name (a file or folder name)",
                 field=field,
             )
-        folder = self.folder(kind)
-        if (folder / name).exists():
-            return ModelEntry(kind, name, folder / name)
-        for suffix in WEIGHT_SUFFIXES:
-            stem = name.removesuffix(suffix)
-            if stem != name and (folder / stem).is_dir():
-                return ModelEntry(kind, stem, folder / stem)
+        found = self.find(kind, name)
+        if found is not None:
+            return ModelEntry(kind, found.name, found)
         names = self.available(kind)
         label = kind.label[0].upper() + kind.label[1:]
         raise GenserveError(

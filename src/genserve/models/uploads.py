@@ -51,12 +51,8 @@ class ModelUpload:
     def __init__(self, registry: ModelRegistry, raw_name: str, max_bytes: int) -> None:
         self.kind, self.target = model_file_target(registry, raw_name)
         self.name = raw_name
-        if self.target.exists():
-            raise GenserveError(
-                ErrorCode.ALREADY_EXISTS,
-                f"filename: {raw_name} already exists in the models folder; remove it first to replace it",
-                field="filename",
-            )
+        self._registry = registry
+        self._refuse_if_taken()
         self.max_bytes = max_bytes
         self.size = 0
         self.target.parent.mkdir(parents=True, exist_ok=True)
@@ -81,13 +77,26 @@ class ModelUpload:
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
-        if self.target.exists():  # someone else finished the same name first
+        try:
+            self._refuse_if_taken()  # someone else finished the same name first
+        except GenserveError:
             self._temp.unlink(missing_ok=True)
-            raise GenserveError(
-                ErrorCode.ALREADY_EXISTS, f"filename: {self.name} already exists", field="filename"
-            )
+            raise
         os.replace(self._temp, self.target)
         return self.target
+
+    def _refuse_if_taken(self) -> None:
+        """A name the server already answers to is taken, whether by a file of that name or by
+        the model folder it stands for: a new file would silently replace what loads today."""
+        found = self._registry.find(self.kind, self.target.name)
+        if found is None:
+            return
+        held = "" if found == self.target else f" (as the folder {self.kind.value}/{found.name}/)"
+        raise GenserveError(
+            ErrorCode.ALREADY_EXISTS,
+            f"filename: {self.name} already exists in the models folder{held}; remove it first to replace it",
+            field="filename",
+        )
 
     def abort(self) -> None:
         if self._file is not None:
@@ -104,10 +113,10 @@ def file_status(registry: ModelRegistry, raw: str) -> tuple[bool, str | None]:
     """
     if "/" in raw:
         try:
-            _, target = model_file_target(registry, raw, "files")
+            kind, target = model_file_target(registry, raw, "files")
         except GenserveError as exc:
             return False, f"{raw}: {exc.message}"
-        return target.exists(), None
+        return registry.find(kind, target.name) is not None, None
     if not _FILE_NAME.fullmatch(raw) or ".." in raw:
         return False, f"{raw}: not a plain file name; it must stay inside the models folder"
-    return any((registry.folder(kind) / raw).exists() for kind in ModelKind), None
+    return any(registry.find(kind, raw) is not None for kind in ModelKind), None

@@ -25,6 +25,7 @@ def test_files_exist_answers_each_name_and_refuses_tricks_without_failing(channe
         "vae/qwen_image_vae",
         "qwen_image_vae",
         "Qwen-Image-Lightning-4steps-V2.0.safetensors",
+        "vae/qwen_image_vae.safetensors",  # the config's default name: it loads the folder
         "loras/absent.safetensors",
         "../secrets.txt",
         "/etc/passwd",
@@ -33,9 +34,9 @@ def test_files_exist_answers_each_name_and_refuses_tricks_without_failing(channe
     ]
     answer = rpc.ImageGenerationServiceStub(channel).FilesExist(pb.FilesExistRequest(files=names))
     assert list(answer.files) == names
-    assert list(answer.exists) == [True, True, True, False, False, False, False, False]
+    assert list(answer.exists) == [True, True, True, True, False, False, False, False, False]
     assert len(answer.errors) == 4
-    for bad, error in zip(names[4:], answer.errors, strict=True):
+    for bad, error in zip(names[5:], answer.errors, strict=True):
         assert error.startswith(bad)
 
 
@@ -59,6 +60,17 @@ def test_upload_writes_the_whole_file_atomically(channel: grpc.Channel, server: 
         rpc.ImageGenerationServiceStub(channel).UploadFile(chunks("loras/uploaded.safetensors", b"x"))
     assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS and error_code(info.value) == "ALREADY_EXISTS"  # type: ignore[attr-defined]
     assert target.read_bytes() == data
+
+
+def test_an_upload_may_not_shadow_the_model_folder_a_name_stands_for(
+    channel: grpc.Channel, server: LiveServer
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        rpc.ImageGenerationServiceStub(channel).UploadFile(chunks("vae/qwen_image_vae.safetensors", b"x"))
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS  # type: ignore[attr-defined]
+    assert "as the folder vae/qwen_image_vae/" in info.value.details()  # type: ignore[attr-defined]
+    assert not (server.runtime.models.registry.root / "vae" / "qwen_image_vae.safetensors").exists()
+    assert leftovers(server) == []
 
 
 def test_a_broken_stream_leaves_no_file(channel: grpc.Channel, server: LiveServer) -> None:
