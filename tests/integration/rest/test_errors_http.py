@@ -153,6 +153,16 @@ def test_routing_errors_keep_the_format(client: httpx.Client) -> None:
     big = {"latent_file": "x" * 5000}
     fails(client.post("/api/v1/decoding/decode", json=big), ErrorCode.PAYLOAD_TOO_LARGE, "4096")
 
+    def chunked() -> Iterator[bytes]:  # no Content-Length: the limit is found while reading
+        yield b'{"latent_file": "'
+        for _ in range(5):
+            yield b"x" * 1000
+        yield b'"}'
+
+    response = client.post("/api/v1/decoding/decode", content=chunked())
+    assert "content-length" not in response.request.headers
+    fails(response, ErrorCode.PAYLOAD_TOO_LARGE, "4096")
+
 
 def test_unknown_kind_and_model_in_admin(client: httpx.Client) -> None:
     fails(client.post("/api/v1/models/gpus/x/load"), ErrorCode.INVALID_INPUT, "kind")

@@ -61,8 +61,13 @@ class RequestContextMiddleware:
             request_id, problem = new_request_id(), exc
         scope.setdefault("state", {})["request_id"] = request_id
         status = {"code": 500, "started": False}
+        over_limit = False
 
         async def send_with_id(message: Message) -> None:
+            if over_limit and not status["started"]:
+                # A route that caught the size error while parsing (FastAPI turns any failure to
+                # read a body into 400) answers a body it never got: the 413 below replaces it.
+                return
             if message["type"] == "http.response.start":
                 status["code"], status["started"] = message["status"], True
                 message.setdefault("headers", [])
@@ -76,11 +81,12 @@ class RequestContextMiddleware:
         received = 0
 
         async def bounded_receive() -> Message:
-            nonlocal received
+            nonlocal received, over_limit
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    over_limit = True
                     raise _BodyTooLarge
             return message
 
@@ -91,14 +97,16 @@ class RequestContextMiddleware:
             else:
                 await self.app(scope, bounded_receive, send_with_id)
         except _BodyTooLarge:
-            if not status["started"]:
-                await error_response(self._too_large(limit), request_id)(scope, receive, send_with_id)
+            pass  # answered below
         except Exception:
             log.exception("unhandled error (request_id=%s)", request_id, extra={"request_id": request_id})
             if not status["started"]:
                 err = GenserveError(ErrorCode.INTERNAL, "internal error; the server log has the details")
                 await error_response(err, request_id)(scope, receive, send_with_id)
         finally:
+            if over_limit and not status["started"]:
+                over_limit = False  # let the 413 itself through
+                await error_response(self._too_large(limit), request_id)(scope, receive, send_with_id)
             seconds = time.perf_counter() - started
             route = _route_template(scope)
             self.metrics.http_finished(scope["method"], route, int(status["code"]), seconds)
