@@ -204,6 +204,13 @@ class WorkflowsSettings(_Section):
     )
 
 
+# The names the sampling code accepts, kept here (torch-free) so that a bad default in the config
+# stops start-up; tests/unit/test_config.py checks they match services/samplers.py.
+SamplerName = Literal["euler", "euler_ancestral", "heun", "dpmpp_2m"]
+SchedulerName = Literal["simple", "normal", "sgm_uniform", "karras", "exponential"]
+UpscaleMethod = Literal["nearest", "bilinear", "bicubic", "area", "lanczos"]
+
+
 class PipelineSettings(_Section):
     """Defaults of the Qwen-Image-Edit pipeline, as in the original ComfyUI graph."""
 
@@ -229,13 +236,13 @@ class PipelineSettings(_Section):
     )
     steps: int = Field(4, ge=1, le=1000)
     cfg: float = Field(1.0, ge=0)
-    sampler_name: str = "euler"
-    scheduler: str = "simple"
+    sampler_name: SamplerName = "euler"
+    scheduler: SchedulerName = "simple"
     denoise: float = Field(1.0, gt=0, le=1)
     shift: float = Field(3.0, gt=0)
     cfg_norm_strength: float = Field(1.0, ge=0)
     lora_strength: float = 1.0
-    upscale_method: str = "lanczos"
+    upscale_method: UpscaleMethod = "lanczos"
     megapixels: float = Field(1.0, gt=0, le=16)
     output_format: Literal["jpg", "png", "webp"] = "jpg"
     jpeg_quality: int = Field(95, ge=1, le=100, description="Quality for jpg and webp outputs.")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
@@ -45,6 +46,9 @@ def test_config_env_names_the_file(tmp_path: Path) -> None:
         ("", {"GENSERVE_ENGINE__QUEUE_SIZE": "0"}, "engine.queue_size"),
         ("", {"GENSERVE_PIPELINE__NOPE": "1"}, "pipeline.nope: unknown key"),
         ("", {"GENSERVE_STEPS": "1"}, "GENSERVE_STEPS"),
+        ("", {"GENSERVE_PIPELINE__UPSCALE_METHOD": "Lanczos"}, "pipeline.upscale_method"),
+        ("", {"GENSERVE_PIPELINE__SAMPLER_NAME": "foo"}, "pipeline.sampler_name"),
+        ("pipeline:\n  scheduler: linear\n", {}, "pipeline.scheduler"),
         ("- a list\n", {}, "top level must be a mapping"),
         ("pipeline: [\n", {}, "not valid YAML"),
     ],
@@ -57,6 +61,16 @@ def test_bad_keys_and_values_name_the_key(
     with pytest.raises(ConfigError) as info:
         load_settings(file, environ=env)
     assert needle in str(info.value)
+
+
+def test_the_configs_sampling_names_are_the_samplers_own() -> None:
+    from genserve.config import SamplerName, SchedulerName, UpscaleMethod
+    from genserve.services import samplers
+    from genserve.services.imaging import RESAMPLE
+
+    assert set(get_args(SamplerName)) == set(samplers.SAMPLERS)
+    assert set(get_args(SchedulerName)) == set(samplers.SCHEDULERS)
+    assert set(get_args(UpscaleMethod)) == set(RESAMPLE)
 
 
 def test_missing_file_is_an_error(tmp_path: Path) -> None:

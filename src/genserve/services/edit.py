@@ -12,9 +12,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from genserve.config import UpscaleMethod
 from genserve.services.base import RunContext, Service, ServiceModel
 from genserve.services.decoding import DecodeRequest, OutputFormat, decode_latent, write_image
-from genserve.services.latent_encoder import LatentEncodeRequest, UpscaleMethod, encode_image_file
+from genserve.services.latent_encoder import LatentEncodeRequest, encode_image_file
 from genserve.services.sampling import (
     ModelTransformParams,
     SampleRequest,

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from PIL import Image
 from pydantic import Field
 
+from genserve.config import UpscaleMethod
 from genserve.errors import ErrorCode, GenserveError
 from genserve.models.registry import ModelKind
 from genserve.services.base import RunContext, Service, ServiceModel
@@ -15,7 +16,6 @@ from genserve.services.imaging import LATENT_MULTIPLE, dimensions_for_area, resi
 from genserve.storage.artifacts import open_image, save_tensors
 
 LATENT_FORMAT = "genserve.latent/1"
-UpscaleMethod = Literal["nearest", "bilinear", "bicubic", "area", "lanczos"]
 
 
 class LatentEncodeRequest(ServiceModel):
