@@ -119,7 +119,7 @@ def load_reference_images(request: TextEncodeRequest, ctx: RunContext) -> list[t
     fields.append(("image3_path", request.image3_path))
     images = []
     for field, value in fields:
-        if value is None or value == "":
+        if value is None or (value == "" and field != "image1_path"):  # "" is gRPC's unset
             continue
         path = ctx.sandbox.readable_file(value, field, ErrorCode.IMAGE_NOT_FOUND)
         images.append((field, open_image(path, field)))

@@ -143,6 +143,17 @@ def test_errors_are_status_codes_with_the_spec_code(
     assert "Traceback" not in info.value.details()  # type: ignore[attr-defined]
 
 
+def test_an_empty_prompt_is_a_prompt_and_a_missing_path_is_named(channel: grpc.Channel) -> None:
+    # proto3 sends "" as nothing; a required field takes the wire's value, as REST takes "".
+    stub = rpc.TextEncoderStub(channel)
+    encoded = stub.EncodeText(pb.TextEncodeRequest(image1_path="inputs/person.png", prompt=""))
+    assert encoded.status == "success" and Path(encoded.positive_encoding_file).is_file()
+    with pytest.raises(grpc.RpcError) as info:
+        stub.EncodeText(pb.TextEncodeRequest(prompt="x"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert "image1_path" in info.value.details()  # type: ignore[attr-defined]
+
+
 def test_bad_nested_field_is_named(channel: grpc.Channel) -> None:
     request = pb.SampleRequest(
         positive_encoding_file="a.pt",

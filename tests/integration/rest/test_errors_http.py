@@ -173,3 +173,8 @@ def test_unknown_kind_and_model_in_admin(client: httpx.Client) -> None:
     fails(
         client.post("/api/v1/models/vae/qwen_image_vae/load", json={"devise": "cpu"}), ErrorCode.INVALID_INPUT
     )
+
+
+def test_an_empty_first_image_is_refused_not_skipped(client: httpx.Client) -> None:
+    body = {"image1_path": "", "prompt": "x"}
+    fails(client.post("/api/v1/text/encode", json=body), ErrorCode.INVALID_INPUT, "image1_path")

@@ -28,10 +28,21 @@ ERROR_CODE_KEY = "error-code"
 M = TypeVar("M", bound=Message)
 
 
-def message_to_dict(message: Message) -> dict[str, Any]:
-    """Fields the client set (proto3 defaults left out, so config defaults apply), by proto name."""
+def message_to_dict(message: Message, model: type[BaseModel] | None = None) -> dict[str, Any]:
+    """Fields the client set (proto3 defaults left out, so config defaults apply), by proto name.
+
+    proto3 cannot tell an empty string or a zero from an unset field. Where ``model`` requires a
+    field (``prompt``), there is no default to fall back on, so the wire's value is the client's
+    value: an empty prompt arrives as ``""``, as it does over REST, not as a missing field.
+    """
     data = json_format.MessageToDict(message, preserving_proto_field_name=True)
     data.pop("request_id", None)
+    if model is not None:
+        for name, field in model.model_fields.items():
+            descriptor = message.DESCRIPTOR.fields_by_name.get(name)
+            wire_default = descriptor is not None and not descriptor.has_presence
+            if field.is_required() and name not in data and wire_default:
+                data[name] = getattr(message, name)
     return data
 
 
@@ -96,7 +107,7 @@ class ServiceCall:
             await abort(context, err, None)
 
         async def work() -> M:
-            body = message_to_dict(request)
+            body = message_to_dict(request, self._engine.service(service).request_model)
             limit = deadline(context, self._timeout)
             result = await self._engine.submit(service, body, request_id=request_id, timeout=limit)
             context.set_trailing_metadata(((REQUEST_ID_KEY, str(request_id)),))
