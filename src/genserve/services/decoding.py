@@ -39,6 +39,13 @@ class DecodeResponse(ServiceModel):
 
 def decode_latent(latent, vae_name: str, ctx: RunContext) -> tuple[Image.Image, float]:  # shared with edit
     started = time.perf_counter()
+    if latent.shape[0] != 1:
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT,
+            f"latent_file: a batch of {latent.shape[0]} latents; a decode writes one image, so send "
+            "one [1, C, 1, H, W] latent per request",
+            field="latent_file",
+        )
     with ctx.use_model(ModelKind.VAE, vae_name, "vae_model_name") as vae:
         ctx.check_cancelled()
         if latent.shape[1] != vae.config.z_dim:

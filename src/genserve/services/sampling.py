@@ -148,6 +148,14 @@ def sample(
     """The denoising loop on a loaded ``DiffusionModel``; returns the normalised 5-D latent on CPU."""
     transformer, device, dtype = model.transformer, model.device, model.dtype
     batch, channels, _, height, width = latent.shape
+    takes = transformer.config.in_channels // 4  # 2x2 patches of the latent's channels
+    if channels != takes:
+        name = settings.get("unet_model_name") or "the diffusion model"
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT,
+            f"latent_file: {channels} latent channels, but {name} takes {takes}",
+            field="latent_file",
+        )
     guided = settings["cfg"] != 1.0
     sigmas = samplers.sigma_schedule(
         settings["scheduler"], settings["steps"], settings["shift"], settings["denoise"]

@@ -178,3 +178,29 @@ def test_unknown_kind_and_model_in_admin(client: httpx.Client) -> None:
 def test_an_empty_first_image_is_refused_not_skipped(client: httpx.Client) -> None:
     body = {"image1_path": "", "prompt": "x"}
     fails(client.post("/api/v1/text/encode", json=body), ErrorCode.INVALID_INPUT, "image1_path")
+
+
+def test_latents_of_the_wrong_batch_or_width_are_named_not_dropped(
+    client: httpx.Client, server: LiveServer
+) -> None:
+    inputs = server.data / "inputs"
+    latent = client.post("/api/v1/latent/encode", json={"image_path": str(inputs / "person.png")}).json()
+    pair = torch.load(latent["latent_file_path"], weights_only=True)
+    pair["latent"] = pair["latent"].repeat(2, 1, 1, 1, 1)  # two images in one file
+    batched = server.data / "outputs/batched.pt"
+    torch.save(pair, batched)
+    body = {"latent_file": str(batched)}
+    fails(
+        client.post("/api/v1/decoding/decode", json=body),
+        ErrorCode.INVALID_INPUT,
+        "latent_file",
+        "batch of 2",
+    )
+
+    narrow = server.data / "outputs/narrow.pt"
+    torch.save({"latent": torch.zeros(1, 4, 1, 8, 8)}, narrow)
+    enc = client.post("/api/v1/text/encode", json={"image1_path": str(inputs / "person.png"), "prompt": "x"})
+    body = {"positive_encoding_file": enc.json()["positive_encoding_file"], "latent_file": str(narrow)}
+    fails(
+        client.post("/api/v1/sampling/sample", json=body), ErrorCode.INVALID_INPUT, "latent_file", "4 latent"
+    )
