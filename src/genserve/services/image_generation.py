@@ -189,6 +189,13 @@ def resolve_plan(request: ImageGenerationRequest, ctx: RunContext) -> Plan:
     _in_range("batch_size", batch_size, 1, MAX_BATCH_SIZE)
     batch_count = 1 if request.batch_count is None else request.batch_count
     _in_range("batch_count", batch_count, 1, MAX_BATCH_COUNT)
+    images = batch_size * batch_count
+    if request.seed != -1 and request.seed + images - 1 > MAX_SEED:
+        raise _invalid(
+            "seed",
+            f"{images} images use seeds {request.seed}..{request.seed + images - 1}, past 2**63-1; "
+            f"at most {MAX_SEED - images + 1} for this many images",
+        )
     scale = HR_SCALE**2 if request.enable_hr else 1
     if batch_size * width * height * scale > MAX_BATCH_PIXELS:
         fields = ["width", "height", "batch_size"] + (["enable_hr"] if request.enable_hr else [])

@@ -48,6 +48,18 @@ def test_batches_seeds_info_and_events(channel: grpc.Channel) -> None:
     assert list(again.images) == list(response.images)  # same seed, same bytes
 
 
+def test_success_carries_the_request_id_and_seeds_stay_in_int64(channel: grpc.Channel) -> None:
+    stub = rpc.ImageGenerationServiceStub(channel)
+    request = pb.ImageGenerationRequest(prompt="x", width=64, height=64, steps=1)
+    _, call = stub.GenerateImage.with_call(request, metadata=(("x-request-id", "gen-7"),))
+    assert dict(call.trailing_metadata())["x-request-id"] == "gen-7"
+    with pytest.raises(grpc.RpcError) as info:
+        generate(channel, seed=2**63 - 1, batch_size=2)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert "seed" in info.value.details() and str(2**63 - 2) in info.value.details()  # type: ignore[attr-defined]
+    assert json.loads(generate(channel, seed=2**63 - 2, batch_size=2).info)["seeds"] == [2**63 - 2, 2**63 - 1]
+
+
 def test_random_seed_is_reported_and_reproducible(channel: grpc.Channel) -> None:
     first = generate(channel, seed=-1)
     seed = json.loads(first.info)["seed"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from genserve.api.grpc.calls import abort, deadline, guarded, request_id_of
+from genserve.api.grpc.calls import REQUEST_ID_KEY, abort, deadline, guarded, request_id_of
 from genserve.api.grpc.gen import image_generation_pb2 as pb
 from genserve.api.grpc.gen import image_generation_pb2_grpc as rpc
 from genserve.engine.engine import Engine
@@ -25,6 +25,7 @@ from genserve.models.uploads import ModelUpload, file_status
 
 Context = grpc.aio.ServicerContext
 MAX_FILES = 1000
+MIB = 1024 * 1024
 _ZERO_IS_DEFAULT = (
     "width",
     "height",
@@ -55,12 +56,18 @@ def generation_request(request: pb.ImageGenerationRequest) -> dict[str, Any]:
 
 class ImageGeneration(rpc.ImageGenerationServiceServicer):
     def __init__(
-        self, engine: Engine, registry: ModelRegistry, upload_max_bytes: int, timeout_s: float
+        self,
+        engine: Engine,
+        registry: ModelRegistry,
+        upload_max_bytes: int,
+        timeout_s: float,
+        reply_max_bytes: int | None = None,
     ) -> None:
         self._engine = engine
         self._registry = registry
         self._upload_max = upload_max_bytes
         self._timeout = timeout_s
+        self._reply_max = reply_max_bytes
 
     async def Echo(self, request: pb.EchoRequest, context: Context) -> pb.EchoResponse:
         return pb.EchoResponse(message="HELLO")
@@ -95,11 +102,26 @@ class ImageGeneration(rpc.ImageGenerationServiceServicer):
                 timeout=deadline(context, self._timeout),
             )
             info = result.info if isinstance(result.info, str) else json.dumps(result.info)
-            return pb.ImageGenerationResponse(
+            reply = pb.ImageGenerationResponse(
                 images=list(result.images), info=info, events=list(result.events)
             )
+            self._check_reply_size(reply)
+            context.set_trailing_metadata(((REQUEST_ID_KEY, str(request_id)),))
+            return reply
 
         return await guarded(context, request_id, work)
+
+    def _check_reply_size(self, reply: pb.ImageGenerationResponse) -> None:
+        """PNG sizes are known only once encoded. Past the send limit gRPC itself would fail the
+        call with a bare RESOURCE_EXHAUSTED; this one says why and what to change."""
+        size = reply.ByteSize()
+        if self._reply_max is not None and size > self._reply_max:
+            raise GenserveError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"batch_size, batch_count: {len(reply.images)} images make a {size / MIB:.1f} MB reply, over "
+                f"grpc.max_message_mb ({self._reply_max / MIB:g} MB); ask for fewer or smaller images",
+                field="batch_size",
+            )
 
     async def UploadFile(
         self, request_iterator: AsyncIterator[pb.UploadFileRequest], context: Context

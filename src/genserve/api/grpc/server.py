@@ -56,7 +56,13 @@ class GrpcDoor:
         timeout = runtime.settings.server.request_timeout_s
         names = add_pipeline_services(server, ServiceCall(runtime.engine, timeout))
         image_generation_pb2_grpc.add_ImageGenerationServiceServicer_to_server(
-            ImageGeneration(runtime.engine, runtime.models.registry, settings.upload_max_mb * MIB, timeout),
+            ImageGeneration(
+                runtime.engine,
+                runtime.models.registry,
+                settings.upload_max_mb * MIB,
+                timeout,
+                reply_max_bytes=limit,
+            ),
             server,
         )
         names.append(image_generation_pb2.DESCRIPTOR.services_by_name["ImageGenerationService"].full_name)
