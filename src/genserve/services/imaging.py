@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from genserve.errors import ErrorCode, GenserveError
 from genserve.models.loaders.vae import Vae
 
 RESAMPLE = {
@@ -38,6 +39,21 @@ def dimensions_for_area(area: float, width: int, height: int, multiple: int) -> 
         max(multiple, round(new_width / multiple) * multiple),
         max(multiple, round(new_height / multiple) * multiple),
     )
+
+
+def fitted_dimensions(area: float, image: Image.Image, multiple: int, field: str) -> tuple[int, int]:
+    """``dimensions_for_area``, refusing an image so elongated that the ``multiple``-pixel floor on
+    its short side would more than double the area asked for (an 8000x1 strip at 0.02 MP would
+    come out 12640x32): the result would no longer honour the megapixels setting."""
+    width, height = dimensions_for_area(area, image.width, image.height, multiple)
+    if width * height > 2 * area:
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT,
+            f"{field}: a {image.width}x{image.height} image is too elongated to scale to "
+            f"{area / 1e6:.3g} MP with sides a multiple of {multiple} (it would be {width}x{height})",
+            field=field,
+        )
+    return width, height
 
 
 def resize(image: Image.Image, size: tuple[int, int], method: str = "lanczos") -> Image.Image:

@@ -12,7 +12,7 @@ from genserve.config import UpscaleMethod
 from genserve.errors import ErrorCode, GenserveError
 from genserve.models.registry import ModelKind
 from genserve.services.base import RunContext, Service, ServiceModel
-from genserve.services.imaging import LATENT_MULTIPLE, dimensions_for_area, resize, vae_encode
+from genserve.services.imaging import LATENT_MULTIPLE, fitted_dimensions, resize, vae_encode
 from genserve.storage.artifacts import open_image, save_tensors
 
 LATENT_FORMAT = "genserve.latent/1"
@@ -36,7 +36,7 @@ class LatentEncodeResponse(ServiceModel):
 
 def scale_to_megapixels(image: Image.Image, megapixels: float, method: str) -> Image.Image:
     """Scale to about ``megapixels`` keeping the aspect ratio, sides a multiple of 32 pixels."""
-    size = dimensions_for_area(megapixels * 1_000_000, image.width, image.height, LATENT_MULTIPLE)
+    size = fitted_dimensions(megapixels * 1_000_000, image, LATENT_MULTIPLE, "image_path")
     return resize(image, size, method)
 
 

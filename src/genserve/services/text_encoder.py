@@ -21,7 +21,7 @@ from genserve.errors import ErrorCode, GenserveError
 from genserve.models.loaders.text_encoder import EDIT_PROMPT_TEMPLATE, TEMPLATE_PREFIX_TOKENS
 from genserve.models.registry import ModelKind
 from genserve.services.base import RunContext, Service, ServiceModel
-from genserve.services.imaging import dimensions_for_area, resize, vae_encode
+from genserve.services.imaging import fitted_dimensions, resize, vae_encode
 from genserve.storage.artifacts import open_image, save_tensors
 
 ENCODING_FORMAT = "genserve.encoding/1"
@@ -133,8 +133,7 @@ def sized_references(
 
     def at(area: float) -> list[Image.Image]:
         return [
-            resize(img, dimensions_for_area(area, img.width, img.height, REFERENCE_MULTIPLE))
-            for _, img in sources
+            resize(img, fitted_dimensions(area, img, REFERENCE_MULTIPLE, field)) for field, img in sources
         ]
 
     return at(vision_area), at(vae_area)

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from genserve.errors import ErrorCode
 from tests.unit.services.conftest import load_latent
@@ -76,6 +77,10 @@ def test_errors_name_field_and_value(fails, data_root: Path, tmp_path: Path) -> 
     not_image.write_text("not an image")
     err = fails(ErrorCode.INVALID_INPUT, "latent_encoder", {"image_path": str(not_image)})
     assert "image_path" in err.message
+    strip = data_root / "inputs/strip.png"
+    Image.new("RGB", (8000, 1)).save(strip)  # at 0.02 MP its short side would floor at 32 px
+    err = fails(ErrorCode.INVALID_INPUT, "latent_encoder", {"image_path": str(strip), "megapixels": 0.02})
+    assert "image_path" in err.message and "8000x1" in err.message and "elongated" in err.message
 
 
 def test_sandbox_refuses_paths_outside_roots(fails, data_root: Path, tmp_path: Path) -> None:
