@@ -42,8 +42,21 @@ class LipsyncSettings(_Section):
     eviction_policy: Literal["lru", "lfu"] = Field(
         "lru", description="Which idle model makes room: least recently or least frequently used."
     )
+    capacity_wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="How long a request for a model that is not loaded waits, when every max_models "
+        "slot (or the memory budget) is held by models in use, for one to become free; also bounded "
+        "by the request's deadline. 0 = refuse at once.",
+    )
     idle_timeout_minutes: float = Field(
         0, ge=0, description="Unload a model unused this long; 0 = keep until evicted."
+    )
+    max_audio_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest raw_audio accepted, in seconds at its sample_rate (the spec sends 0.64 s); "
+        "longer audio is refused before it is decoded.",
     )
     jpeg_quality: int = Field(75, ge=1, le=100, description="Quality of the composited JPEG frames.")
     composite_workers: int = Field(0, ge=0, description="Threads compositing frames; 0 = one per core.")

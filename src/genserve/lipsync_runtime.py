@@ -28,7 +28,9 @@ from genserve.models.registry import ModelKind
 from genserve.services.base import Service
 from genserve.services.lipsync import make_service
 from genserve.services.lipsync_audio import EMBED_DIM, audio_features
+from genserve.services.lipsync_capacity import CapacityWaiter
 from genserve.services.lipsync_composite import Compositor
+from genserve.services.lipsync_devices import configured_device
 
 log = logging.getLogger("genserve.lipsync")
 GIB = 1024**3
@@ -43,6 +45,8 @@ class LipsyncParts:
     batcher: DynamicBatcher
     compositor: Compositor
     service: Service  # type: ignore[type-arg]
+    # Wakes requests waiting for a free lipsync.max_models slot; shared by the service and LoadModel.
+    waiter: CapacityWaiter = field(default_factory=lambda: CapacityWaiter(0.0))
     _stop: threading.Event = field(default_factory=threading.Event)
     _reaper: threading.Thread | None = None
     # (id, load count) -> when unload_idle first saw that load: the idle clock of a model loaded
@@ -62,9 +66,10 @@ class LipsyncParts:
             files = self.catalog.files(model_id)
             if not files.preload:
                 continue
-            device = f"cuda:{files.preferred_gpu}" if files.preferred_gpu >= 0 else None
             try:
-                self.models.load(ModelKind.LIPSYNC, model_id, device)
+                self.catalog.check_available(model_id)
+                # The request path's rule: a configured GPU that is not here is warned about, not fatal.
+                self.models.load(ModelKind.LIPSYNC, model_id, configured_device(self.catalog, model_id))
             except GenserveError as exc:
                 log.error("preloading lip-sync model %s failed: %s", model_id, exc.message)
 
@@ -99,6 +104,7 @@ class LipsyncParts:
                 if self.models.unload(ModelKind.LIPSYNC, s.name, timeout=0):
                     log.info("unloaded lip-sync model %s: idle for %.0f s", s.name, now - last)
                     gone.append(s.name)
+                    self.waiter.released()
             except GenserveError:
                 pass  # picked up by a request meanwhile: it stays
         return gone
@@ -111,6 +117,10 @@ class LipsyncParts:
 
 def build_lipsync(settings: LipsyncSettings, models_dir: Path, default_device: str) -> LipsyncParts:
     catalog = LipsyncCatalog(models_dir, settings.models)
+    for model_id in catalog.ids():
+        missing = catalog.missing(model_id)
+        if missing is not None:  # Health reports it too; this names it where operators look first
+            log.warning("lip-sync model %s is unavailable: %s", model_id, missing)
     budget = {}
     if settings.max_memory_gb is not None:
         # The budget is per device, as in the original server (one figure for each GPU).
@@ -130,8 +140,16 @@ def build_lipsync(settings: LipsyncSettings, models_dir: Path, default_device: s
     # only compete with them (measured: 1 OpenCV thread per call is quickest). Process-wide.
     cv2.setNumThreads(1)
     compositor = Compositor(settings.composite_workers or os.cpu_count() or 1, settings.jpeg_quality)
-    service = make_service(catalog, compositor, LANE, batch_on_cpu=settings.batching == "on")
-    return LipsyncParts(settings, models, catalog, batcher, compositor, service)
+    waiter = CapacityWaiter(settings.capacity_wait_s)
+    service = make_service(
+        catalog,
+        compositor,
+        LANE,
+        batch_on_cpu=settings.batching == "on",
+        waiter=waiter,
+        max_audio_s=settings.max_audio_s,
+    )
+    return LipsyncParts(settings, models, catalog, batcher, compositor, service, waiter)
 
 
 def _cuda_names() -> list[str]:

@@ -15,6 +15,7 @@ from genserve.config_lipsync import LipsyncModelSettings, LipsyncSettings
 from genserve.lipsync_runtime import GIB, LipsyncParts, build_lipsync
 from genserve.models.lipsync_demo import build_lipsync_demo
 from genserve.models.registry import ModelKind
+from genserve.services.lipsync_devices import gpu_ids
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -140,3 +141,31 @@ def test_a_model_loaded_ahead_of_requests_is_not_idle_from_the_start(make_parts:
     assert parts.unload_idle(0.2) == ["a"]  # a: idle since it was seen loaded, 0.3 s ago
     assert loaded(parts) == {"b"}  # b: last used 0.3 s ago, but loaded again just now
     assert parts.unload_idle(0) == ["b"]
+
+
+@pytest.mark.skipif(bool(gpu_ids()), reason="a host without GPUs")
+def test_preload_falls_back_from_a_configured_gpu_that_is_not_here(make_parts: MakeParts) -> None:
+    parts = make_parts(models={"a": LipsyncModelSettings(preload=True, preferred_gpu=0)})
+    parts.preload()
+    [stats] = parts.models.loaded()
+    assert (stats.name, stats.device) == ("a", "cpu")
+
+
+def test_settings_reach_the_waiter_and_the_service(
+    make_parts: MakeParts, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="genserve.lipsync"):
+        parts = make_parts(capacity_wait_s=7, max_audio_s=3, models={"ghost": LipsyncModelSettings()})
+    assert parts.waiter.wait_s == 7
+    assert parts.service.run.keywords["max_audio_s"] == 3  # type: ignore[attr-defined]
+    assert parts.service.run.keywords["waiter"] is parts.waiter  # type: ignore[attr-defined]
+    assert "lip-sync model ghost is unavailable: model file" in caplog.text
+
+
+def test_an_idle_unload_wakes_waiting_requests(make_parts: MakeParts) -> None:
+    parts = make_parts()
+    parts.models.load(LIPSYNC, "a")
+    woken = threading.Event()
+    parts.waiter.released = woken.set  # type: ignore[method-assign]
+    assert parts.unload_idle(0) == ["a"]
+    assert woken.is_set()

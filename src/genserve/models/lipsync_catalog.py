@@ -76,6 +76,41 @@ class LipsyncCatalog:
             preferred_gpu=settings.preferred_gpu,
         )
 
+    def missing(self, model_id: str) -> str | None:
+        """What keeps a known id from loading (the first of its files that is not there), or None.
+
+        A configured id is known whether or not its folder exists, so without this check it was
+        listed as fine and failed only inside the loader with a message naming neither the model
+        nor the setting. Checked by Health, ListModels, LoadModel and before a request loads it.
+        """
+        try:
+            files = self.files(model_id)
+        except GenserveError as exc:  # a path outside the models folder
+            return exc.message
+        parts = (
+            ("model file", "model_path", files.model, False),
+            ("audio encoder", "audio_encoder_path", files.audio_encoder, False),
+            ("background folder", "background_dir", files.backgrounds, True),
+            ("crop rects", "crop_rects_path", files.crop_rects, False),
+        )
+        for what, key, path, folder in parts:
+            if path.is_dir() if folder else path.is_file():
+                continue
+            shown = self.models_dir / path.relative_to(self.models_dir.resolve())
+            setting = f" (lipsync.models.{model_id}.{key})" if model_id in self._configured else ""
+            return f"{what} {shown} is missing{setting}"
+        return None
+
+    def check_available(self, model_id: str) -> None:
+        """Raises the spec's ``Model 'X' not found``, completed with the missing file, if it cannot load."""
+        if not self.is_known(model_id):
+            raise not_found(model_id)
+        problem = self.missing(model_id)
+        if problem is not None:
+            raise GenserveError(
+                ErrorCode.MODEL_NOT_FOUND, f"Model '{model_id}' not found: {problem}", field="model_id"
+            )
+
     def resolve(self, kind: ModelKind | str, name: str, field: str = "model_id") -> ModelEntry:
         """The ModelManager's registry call: an id becomes an entry whose path is the model's folder."""
         if ModelKind(kind) is not ModelKind.LIPSYNC:

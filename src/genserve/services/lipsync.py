@@ -13,7 +13,7 @@ with the numbers that explain them appended, so clients matching on the document
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -26,8 +26,10 @@ from genserve.models.lipsync_catalog import LipsyncCatalog, not_found
 from genserve.models.loaders.lipsync import AUDIO_SHAPE, IMAGE_SIZE, VISUAL_CHANNELS, LipsyncModel
 from genserve.models.registry import ModelKind
 from genserve.services.base import RunContext, Service, ServiceModel
-from genserve.services.lipsync_audio import audio_features, precomputed_features
+from genserve.services.lipsync_audio import audio_features, check_duration, precomputed_features
+from genserve.services.lipsync_capacity import CapacityWaiter, no_wait
 from genserve.services.lipsync_composite import Compositor
+from genserve.services.lipsync_devices import configured_device
 
 MAX_BATCH = 32
 FRAME_VALUES = VISUAL_CHANNELS * IMAGE_SIZE * IMAGE_SIZE
@@ -60,8 +62,14 @@ def _invalid(message: str, field: str) -> GenserveError:
     return GenserveError(ErrorCode.INVALID_INPUT, message, field=field)
 
 
-def validate(request: LipsyncRequest, catalog: LipsyncCatalog) -> np.ndarray:
-    """Checks in the spec's order; returns the visual frames as a zero-copy ``[B,6,320,320]`` view."""
+def validate(
+    request: LipsyncRequest, catalog: LipsyncCatalog, max_audio_s: float | None = None
+) -> np.ndarray:
+    """Checks in the spec's order; returns the visual frames as a zero-copy ``[B,6,320,320]`` view.
+
+    ``max_audio_s`` (``lipsync.max_audio_s``) bounds ``raw_audio`` by its size, before any of it
+    is decoded: the whole buffer would otherwise be resampled, transformed and encoded.
+    """
     if not request.model_id:
         raise _invalid("model_id is required", "model_id")
     batch = request.batch_size
@@ -80,6 +88,8 @@ def validate(request: LipsyncRequest, catalog: LipsyncCatalog) -> np.ndarray:
         raise _invalid("give raw_audio or the deprecated audio_features, not both", "audio_features")
     if not request.raw_audio and not request.audio_features:
         raise _invalid("raw_audio is required (float32 PCM, 16 kHz, 640 ms)", "raw_audio")
+    if request.raw_audio and max_audio_s is not None:
+        check_duration(len(request.raw_audio), request.sample_rate, max_audio_s)
     if not catalog.is_known(request.model_id):
         raise not_found(request.model_id)
     visual = np.frombuffer(request.visual_frames, dtype="<f4").reshape(
@@ -126,43 +136,53 @@ def run(
     catalog: LipsyncCatalog,
     compositor: Compositor,
     batch_on_cpu: bool = True,
+    waiter: CapacityWaiter | None = None,
+    max_audio_s: float | None = None,
 ) -> LipsyncResponse:
     started = time.perf_counter()
-    visual = validate(request, catalog)
+    visual = validate(request, catalog, max_audio_s)
     batch, model_id = request.batch_size, request.model_id
     loads: list[float] = []
-    preferred = catalog.files(model_id).preferred_gpu
-    device = (
-        f"cuda:{preferred}"
-        if preferred >= 0 and not ctx.models.is_loaded(ModelKind.LIPSYNC, model_id)
-        else None
-    )
+    device = None
+    if not ctx.models.is_loaded(ModelKind.LIPSYNC, model_id):
+        catalog.check_available(model_id)  # names the missing file instead of the loader's bare name
+        device = configured_device(catalog, model_id)
+    waiter = waiter if waiter is not None else no_wait()
     ticket_scope: Any = ctx.batcher.ticket(model_id) if ctx.batcher is not None else nullcontext(None)
-    with (
-        ticket_scope as ticket,
-        ctx.models.use(ModelKind.LIPSYNC, model_id, device, on_load=loads.append, count=False) as model,
-    ):
-        backgrounds, boxes = model.frames(request.start_frame_idx, batch)
-        ctx.check_cancelled()
-        audio_started = time.perf_counter()
-        if request.raw_audio:
-            features = audio_features(request.raw_audio, request.sample_rate, batch, model.encode_audio)
-        else:
-            features = precomputed_features(request.audio_features, batch)
-        audio_ms = (time.perf_counter() - audio_started) * 1000
-        ctx.check_cancelled()
-        item = _Item(model, visual, np.ascontiguousarray(features.reshape(batch, *AUDIO_SHAPE), np.float32))
-        if ticket is not None and (model.gpu_id >= 0 or batch_on_cpu):
-            outputs, inference_ms = ticket.run(batch, item, _run_merged)
-        else:
-            outputs, inference_ms = _run_merged([item])[0]
-        ctx.check_cancelled()
-        composite_started = time.perf_counter()
-        frames = compositor.composite(outputs, backgrounds, boxes)
-        composite_ms = (time.perf_counter() - composite_started) * 1000
-        gpu_id = model.gpu_id
-        # Counted before the model is let go, so an unload that waited for this request sees it.
-        ctx.models.record(ModelKind.LIPSYNC, model_id, inference_ms)
+    try:
+        with ExitStack() as stack:
+            ticket = stack.enter_context(ticket_scope)
+            model: LipsyncModel = waiter.retry(
+                lambda: stack.enter_context(
+                    ctx.models.use(ModelKind.LIPSYNC, model_id, device, on_load=loads.append, count=False)
+                ),
+                model_id,
+                ctx.check_cancelled,
+            )
+            backgrounds, boxes = model.frames(request.start_frame_idx, batch)
+            ctx.check_cancelled()
+            audio_started = time.perf_counter()
+            if request.raw_audio:
+                features = audio_features(request.raw_audio, request.sample_rate, batch, model.encode_audio)
+            else:
+                features = precomputed_features(request.audio_features, batch)
+            audio_ms = (time.perf_counter() - audio_started) * 1000
+            ctx.check_cancelled()
+            audio = np.ascontiguousarray(features.reshape(batch, *AUDIO_SHAPE), np.float32)
+            item = _Item(model, visual, audio)
+            if ticket is not None and (model.gpu_id >= 0 or batch_on_cpu):
+                outputs, inference_ms = ticket.run(batch, item, _run_merged)
+            else:
+                outputs, inference_ms = _run_merged([item])[0]
+            ctx.check_cancelled()
+            composite_started = time.perf_counter()
+            frames = compositor.composite(outputs, backgrounds, boxes)
+            composite_ms = (time.perf_counter() - composite_started) * 1000
+            gpu_id = model.gpu_id
+            # Counted before the model is let go, so an unload that waited for this request sees it.
+            ctx.models.record(ModelKind.LIPSYNC, model_id, inference_ms)
+    finally:
+        waiter.released()  # this request's model (or its failed load) may make room for a waiting one
     return LipsyncResponse(
         composited_frames=frames,
         inference_time_ms=inference_ms,
@@ -176,14 +196,27 @@ def run(
 
 
 def make_service(
-    catalog: LipsyncCatalog, compositor: Compositor, lane: str = "lipsync", *, batch_on_cpu: bool = True
+    catalog: LipsyncCatalog,
+    compositor: Compositor,
+    lane: str = "lipsync",
+    *,
+    batch_on_cpu: bool = True,
+    waiter: CapacityWaiter | None = None,
+    max_audio_s: float | None = None,
 ) -> Service[Any, Any]:
-    """The service is built per server: it closes over that server's catalog and compositing pool."""
+    """The service is built per server: it closes over that server's catalog, pool and capacity waiter."""
     return Service(
         name="lipsync",
         request_model=LipsyncRequest,
         response_model=LipsyncResponse,
-        run=partial(run, catalog=catalog, compositor=compositor, batch_on_cpu=batch_on_cpu),
+        run=partial(
+            run,
+            catalog=catalog,
+            compositor=compositor,
+            batch_on_cpu=batch_on_cpu,
+            waiter=waiter,
+            max_audio_s=max_audio_s,
+        ),
         description="Lip-sync inference + compositing (monolithic.MonolithicService/InferBatchComposite).",
         lane=lane,
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import onnxruntime as ort
 import torch
 
 from genserve.errors import ErrorCode, GenserveError
@@ -18,6 +17,8 @@ from genserve.models.lipsync_catalog import LipsyncCatalog, not_found
 from genserve.models.manager import ModelManager
 from genserve.models.registry import ModelKind
 from genserve.models.slots import ModelStats
+from genserve.services.lipsync_capacity import CapacityWaiter, no_wait
+from genserve.services.lipsync_devices import gpu_ids, requested_device
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -45,13 +46,8 @@ class LipsyncModelStats:
     last_used_timestamp: int
     load_count: int
     evictions: int
-
-
-def gpu_ids() -> list[int]:
-    """GPUs the lip-sync models can run on: CUDA devices, if onnxruntime here has a CUDA provider."""
-    if not torch.cuda.is_available() or "CUDAExecutionProvider" not in ort.get_available_providers():
-        return []
-    return list(range(torch.cuda.device_count()))
+    # False when the model is not loaded and cannot be (a file missing): ListModels leaves it out.
+    available: bool = True
 
 
 def health(models: ModelManager, catalog: LipsyncCatalog, accepting: bool) -> LipsyncHealth:
@@ -65,6 +61,10 @@ def health(models: ModelManager, catalog: LipsyncCatalog, accepting: bool) -> Li
         problems.append("the server is shutting down")
     if not catalog.ids():
         problems.append(f"no lip-sync models configured or found in {catalog.root}")
+    for model_id in catalog.ids():
+        missing = catalog.missing(model_id)
+        if missing is not None and not models.is_loaded(ModelKind.LIPSYNC, model_id):
+            problems.append(f"lip-sync model '{model_id}' is unavailable: {missing}")
     loaded = [s for s in models.loaded() if s.kind == ModelKind.LIPSYNC.value]
     return LipsyncHealth(not problems, len(loaded), models.max_loaded, ids, used, problems)
 
@@ -76,17 +76,18 @@ def _gpu_of(stats: ModelStats | None) -> int:
 
 
 def model_stats(models: ModelManager, catalog: LipsyncCatalog) -> list[LipsyncModelStats]:
-    """Every model id, loaded or not (the original listed only loaded ones)."""
+    """Every model id, loaded or not (the original listed only loaded ones), and whether it can load."""
     known = {s.name: s for s in models.stats() if s.kind == ModelKind.LIPSYNC.value}
     rows = []
     for model_id in sorted({*catalog.ids(), *known}):
         s = known.get(model_id)
         count = s.request_count if s else 0
         total = s.total_inference_ms if s else 0.0
+        loaded = bool(s and s.loaded)
         rows.append(
             LipsyncModelStats(
                 model_id=model_id,
-                loaded=bool(s and s.loaded),
+                loaded=loaded,
                 gpu_id=_gpu_of(s),
                 memory_mb=math.ceil(s.memory_bytes / MIB) if s and s.loaded else 0,
                 request_count=count,
@@ -95,38 +96,49 @@ def model_stats(models: ModelManager, catalog: LipsyncCatalog) -> list[LipsyncMo
                 last_used_timestamp=int(s.last_used) if s and s.last_used else 0,
                 load_count=s.load_count if s else 0,
                 evictions=s.evictions if s else 0,
+                available=loaded or (catalog.is_known(model_id) and catalog.missing(model_id) is None),
             )
         )
     return rows
 
 
 def load_model(
-    models: ModelManager, catalog: LipsyncCatalog, model_id: str, preferred_gpu: int
+    models: ModelManager,
+    catalog: LipsyncCatalog,
+    model_id: str,
+    preferred_gpu: int,
+    waiter: CapacityWaiter | None = None,
+    wait_s: float | None = None,
 ) -> tuple[int, float]:
-    """Returns (gpu id, load ms); the ms are 0 when the model was already loaded."""
+    """Returns (gpu id, load ms); the ms are 0 when the model was already loaded.
+
+    The device follows the same rule as requests (``lipsync_devices``). When every slot holds a
+    model in use, it waits for room like a request does, at most ``wait_s`` (the client's deadline).
+    """
     if not model_id:
         raise GenserveError(ErrorCode.INVALID_INPUT, "model_id is required", field="model_id")
     if not catalog.is_known(model_id):
         raise not_found(model_id)
-    ids = gpu_ids()
-    if preferred_gpu != -1 and preferred_gpu not in ids:
-        available = ", ".join(map(str, ids)) or "none (CPU only)"
-        raise GenserveError(
-            ErrorCode.INVALID_INPUT,
-            f"Invalid GPU id {preferred_gpu}: available GPUs: {available}; -1 picks automatically",
-            field="preferred_gpu",
-        )
-    if preferred_gpu == -1:
-        configured = catalog.files(model_id).preferred_gpu
-        device = f"cuda:{configured}" if configured in ids else None
-    else:
-        device = f"cuda:{preferred_gpu}"
+    device = requested_device(catalog, model_id, preferred_gpu)
+    if not models.is_loaded(ModelKind.LIPSYNC, model_id):
+        catalog.check_available(model_id)
     loads: list[float] = []
-    stats = models.load(ModelKind.LIPSYNC, model_id, device, on_load=loads.append)
+    waiter = waiter if waiter is not None else no_wait()
+    stats = waiter.retry(
+        lambda: models.load(ModelKind.LIPSYNC, model_id, device, on_load=loads.append),
+        model_id,
+        wait_s=wait_s,
+    )
     return _gpu_of(stats), loads[0] if loads else 0.0
 
 
-def unload_model(models: ModelManager, catalog: LipsyncCatalog, model_id: str, timeout: float | None) -> None:
+def unload_model(
+    models: ModelManager,
+    catalog: LipsyncCatalog,
+    model_id: str,
+    timeout: float | None,
+    waiter: CapacityWaiter | None = None,
+) -> None:
     """Waits for the requests using the model (up to ``timeout`` s), then frees it."""
     if not model_id:
         raise GenserveError(ErrorCode.INVALID_INPUT, "model_id is required", field="model_id")
@@ -134,3 +146,5 @@ def unload_model(models: ModelManager, catalog: LipsyncCatalog, model_id: str, t
         raise not_found(model_id)
     if not models.unload(ModelKind.LIPSYNC, model_id, timeout):
         raise GenserveError(ErrorCode.NOT_FOUND, f"Model '{model_id}' is not loaded", field="model_id")
+    if waiter is not None:
+        waiter.released()  # room for a request waiting on lipsync.max_models

@@ -77,21 +77,47 @@ def decode_pcm(data: bytes) -> np.ndarray:
     return samples.astype(np.float32, copy=False)
 
 
-def resample(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Bring ``audio`` to 16 kHz; ``sample_rate`` 0 is the proto's unset default, meaning 16 kHz.
-
-    The original ignored ``sample_rate`` (a defect): audio at 48 kHz was treated as 16 kHz and came
-    out three times too slow. Here it is resampled with soxr (high quality, band-limited).
-    """
-    if sample_rate == 0 or sample_rate == SAMPLE_RATE:
-        return audio
+def check_sample_rate(sample_rate: int) -> int:
+    """The rate ``raw_audio`` is at (0, the proto's unset default, means 16 kHz); refuses odd ones."""
+    if sample_rate == 0:
+        return SAMPLE_RATE
     if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
         raise _invalid(
             "sample_rate",
             f"{sample_rate} Hz is not supported; "
             f"use 0 (default {SAMPLE_RATE}) or {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}",
         )
-    return soxr.resample(audio, sample_rate, SAMPLE_RATE).astype(np.float32, copy=False)
+    return sample_rate
+
+
+def check_duration(nbytes: int, sample_rate: int, limit_s: float) -> None:
+    """Refuse ``raw_audio`` longer than ``limit_s`` from its size alone, before any decoding.
+
+    Every sample is resampled, mel-transformed and encoded (a window is needed every 40 ms), so an
+    unbounded buffer cost seconds and about 10x its size in memory although a batch uses only the
+    audio around its frames; the limit is ``lipsync.max_audio_s``.
+    """
+    rate = check_sample_rate(sample_rate)
+    samples = nbytes // _FLOAT32_LE.itemsize
+    duration = samples / rate
+    if duration > limit_s:
+        raise _invalid(
+            "raw_audio",
+            f"{duration:.2f} s of audio ({samples} samples at {rate} Hz) is longer than the "
+            f"{limit_s:g} s limit (lipsync.max_audio_s)",
+        )
+
+
+def resample(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Bring ``audio`` to 16 kHz; ``sample_rate`` 0 is the proto's unset default, meaning 16 kHz.
+
+    The original ignored ``sample_rate`` (a defect): audio at 48 kHz was treated as 16 kHz and came
+    out three times too slow. Here it is resampled with soxr (high quality, band-limited).
+    """
+    rate = check_sample_rate(sample_rate)
+    if rate == SAMPLE_RATE:
+        return audio
+    return soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32, copy=False)
 
 
 @lru_cache(maxsize=1)

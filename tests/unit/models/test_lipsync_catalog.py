@@ -123,3 +123,37 @@ def test_resolve_gives_the_manager_an_entry_for_the_model_folder(models: Path) -
     with pytest.raises(GenserveError) as info:
         catalog.resolve(ModelKind.VAE, "alice")
     assert info.value.code is ErrorCode.INVALID_INPUT
+
+
+def complete(folder: Path) -> None:
+    (folder / "audio_encoder.onnx").write_bytes(b"onnx")
+    (folder / "frames").mkdir()
+    (folder / "crop_rects.json").write_text("[]")
+
+
+def test_missing_names_the_first_file_a_model_lacks(models: Path) -> None:
+    complete(models / "lipsync" / "alice")
+    catalog = LipsyncCatalog(models, {"ghost": LipsyncModelSettings(), "alice": LipsyncModelSettings()})
+    assert catalog.missing("alice") is None
+    catalog.check_available("alice")
+    assert catalog.missing("ghost") == (
+        f"model file {models / 'lipsync/ghost/model.onnx'} is missing (lipsync.models.ghost.model_path)"
+    )
+    # bob is found by its folder, not configured: no setting to name
+    assert catalog.missing("bob") == f"audio encoder {models / 'lipsync/bob/audio_encoder.onnx'} is missing"
+    (models / "lipsync" / "alice" / "frames").rmdir()
+    assert catalog.missing("alice") == (
+        f"background folder {models / 'lipsync/alice/frames'} is missing "
+        "(lipsync.models.alice.background_dir)"
+    )
+
+
+def test_check_available_raises_the_spec_message_with_the_missing_file(models: Path) -> None:
+    catalog = LipsyncCatalog(models, {"ghost": LipsyncModelSettings()})
+    with pytest.raises(GenserveError) as info:
+        catalog.check_available("ghost")
+    assert info.value.code is ErrorCode.MODEL_NOT_FOUND
+    assert info.value.message.startswith("Model 'ghost' not found: model file ")
+    with pytest.raises(GenserveError) as info:
+        catalog.check_available("nobody")
+    assert info.value.message == "Model 'nobody' not found"

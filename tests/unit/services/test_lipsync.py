@@ -34,9 +34,14 @@ def request(**fields: Any) -> LipsyncRequest:
     return LipsyncRequest(**values)
 
 
-def refused(req: LipsyncRequest, catalog: LipsyncCatalog, code: ErrorCode = ErrorCode.INVALID_INPUT) -> str:
+def refused(
+    req: LipsyncRequest,
+    catalog: LipsyncCatalog,
+    code: ErrorCode = ErrorCode.INVALID_INPUT,
+    max_audio_s: float | None = None,
+) -> str:
     with pytest.raises(GenserveError) as info:
-        validate(req, catalog)
+        validate(req, catalog, max_audio_s)
     assert info.value.code is code, info.value
     return info.value.message
 
@@ -104,3 +109,12 @@ def test_checks_come_in_the_spec_order(catalog: LipsyncCatalog) -> None:
     assert refused(everything_wrong, catalog) == "model_id is required"
     unknown_model_bad_batch = request(model_id="x", batch_size=40)
     assert refused(unknown_model_bad_batch, catalog).startswith("batch_size must be 1-32")
+
+
+def test_raw_audio_longer_than_the_limit_is_refused_before_decoding(catalog: LipsyncCatalog) -> None:
+    three_seconds_of_nan = np.full(48_000, np.nan, np.float32).tobytes()  # never decoded: no NaN error
+    message = refused(request(raw_audio=three_seconds_of_nan), catalog, max_audio_s=2.0)
+    assert message.startswith("raw_audio: 3.00 s of audio (48000 samples at 16000 Hz)")
+    assert "2 s limit (lipsync.max_audio_s)" in message
+    assert validate(request(raw_audio=three_seconds_of_nan, sample_rate=48_000), catalog, 2.0).shape[0] == 2
+    assert validate(request(raw_audio=three_seconds_of_nan), catalog).shape[0] == 2  # no limit given

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -144,3 +145,67 @@ def test_unload_model(make_parts: MakeParts) -> None:
     assert not parts.models.is_loaded(LIPSYNC, "a")
     [row] = [r for r in model_stats(parts.models, parts.catalog) if r.model_id == "a"]
     assert (row.loaded, row.load_count, row.evictions) == (False, 1, 0)
+
+
+def test_a_model_that_cannot_load_is_unavailable_and_unhealthy(make_parts: MakeParts) -> None:
+    parts = make_parts(models={"ghost": LipsyncModelSettings()})
+    rows = {row.model_id: row.available for row in model_stats(parts.models, parts.catalog)}
+    assert rows == {"a": True, "b": True, "ghost": False}
+    status = health(parts.models, parts.catalog, accepting=True)
+    assert not status.healthy
+    [problem] = status.problems
+    assert problem.startswith("lip-sync model 'ghost' is unavailable: model file ")
+    assert problem.endswith("is missing (lipsync.models.ghost.model_path)")
+    error = fails(ErrorCode.MODEL_NOT_FOUND, lambda: load_model(parts.models, parts.catalog, "ghost", -1))
+    assert error.message.startswith("Model 'ghost' not found: model file ")
+
+
+def test_a_loaded_model_whose_files_went_stays_available(make_parts: MakeParts) -> None:
+    parts = make_parts()
+    parts.models.load(LIPSYNC, "b")
+    (parts.catalog.root / "b" / "audio_encoder.onnx").unlink()
+    rows = {row.model_id: row.available for row in model_stats(parts.models, parts.catalog)}
+    assert rows == {"a": True, "b": True}  # still serving from memory
+    assert health(parts.models, parts.catalog, accepting=True).problems == []
+    assert load_model(parts.models, parts.catalog, "b", -1)[1] == 0.0
+    unload_model(parts.models, parts.catalog, "b", timeout=5)
+    rows = {row.model_id: row.available for row in model_stats(parts.models, parts.catalog)}
+    assert rows == {"a": True, "b": False}
+
+
+@cpu_only
+def test_load_model_with_preferred_gpu_0_on_a_cpu_host_is_automatic(make_parts: MakeParts) -> None:
+    parts = make_parts()
+    gpu, load_ms = load_model(parts.models, parts.catalog, "a", 0)  # 0: what an unset field sends
+    assert gpu == -1 and load_ms > 0
+
+
+def test_load_model_waits_for_a_slot_in_use(make_parts: MakeParts) -> None:
+    parts = make_parts(max_models=1, capacity_wait_s=30)
+    holding = threading.Event()
+
+    def hold_a() -> None:
+        with parts.models.use(LIPSYNC, "a"):
+            holding.set()
+            time.sleep(0.3)
+        parts.waiter.released()  # as the service does when a request lets its model go
+
+    holder = threading.Thread(target=hold_a, daemon=True)
+    holder.start()
+    assert holding.wait(10)
+    started = time.monotonic()
+    gpu, load_ms = load_model(parts.models, parts.catalog, "b", -1, parts.waiter)
+    holder.join(10)
+    assert gpu == -1 and load_ms > 0 and time.monotonic() - started >= 0.2
+    assert {s.name for s in parts.models.loaded()} == {"b"}
+
+
+def test_load_model_refuses_naming_max_models_when_the_slot_stays_busy(make_parts: MakeParts) -> None:
+    parts = make_parts(max_models=1, capacity_wait_s=0.2)
+    with parts.models.use(LIPSYNC, "a"):
+        error = fails(
+            ErrorCode.RESOURCE_EXHAUSTED,
+            lambda: load_model(parts.models, parts.catalog, "b", -1, parts.waiter),
+        )
+    assert error.message.startswith("Model 'b' cannot be loaded: all lipsync.max_models=1 loaded models")
+    assert error.details["setting"] == "lipsync.max_models"

@@ -187,3 +187,22 @@ def test_precomputed_features_accept_exactly_one_batch() -> None:
     with pytest.raises(GenserveError) as error:
         audio.precomputed_features(values.tobytes()[:-1], 3)
     assert_invalid(error, "batch_size x 32 x 16 x 16 float32")
+
+
+@pytest.mark.parametrize(("seconds", "rate"), [(10.0, 16_000), (10.0, 0), (10.0, 48_000), (0.64, 8_000)])
+def test_audio_up_to_the_limit_is_accepted(seconds: float, rate: int) -> None:
+    samples = round(seconds * (rate or audio.SAMPLE_RATE))
+    audio.check_duration(4 * samples, rate, 10.0)
+
+
+def test_audio_beyond_the_limit_is_refused_by_its_size() -> None:
+    with pytest.raises(GenserveError) as error:
+        audio.check_duration(4 * 160_016, 0, 10.0)  # one sample-pair past 10 s at 16 kHz
+    assert_invalid(error, "raw_audio")
+    assert error.value.message == (
+        "raw_audio: 10.00 s of audio (160016 samples at 16000 Hz) is longer than the 10 s limit "
+        "(lipsync.max_audio_s)"
+    )
+    with pytest.raises(GenserveError) as error:
+        audio.check_duration(4 * 10_240, 7, 10.0)  # a bad rate is named as such, not as a long audio
+    assert_invalid(error, "sample_rate")

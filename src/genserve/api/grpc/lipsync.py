@@ -27,6 +27,12 @@ M = TypeVar("M", pb.ModelInfo, pb.ModelStats)
 _TRANSPORT = {ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT, ErrorCode.CANCELLED}
 
 
+def _is_transport(err: GenserveError) -> bool:
+    """A refusal naming a lip-sync setting (a model that cannot get a lipsync.max_models slot) is
+    the server's answer to this request, like a missing model: it goes in the response."""
+    return err.code in _TRANSPORT and "setting" not in err.details
+
+
 class Monolithic(rpc.MonolithicServiceServicer):
     def __init__(
         self, engine: Engine, parts: LipsyncParts, timeout_s: float, unload_timeout_s: float
@@ -58,7 +64,7 @@ class Monolithic(rpc.MonolithicServiceServicer):
                 "lipsync", body, request_id=request_id, timeout=deadline(context, self._timeout)
             )
         except GenserveError as err:
-            if err.code in _TRANSPORT:
+            if _is_transport(err):
                 await abort(context, err, request_id)
             return pb.CompositeBatchResponse(success=False, error=err.message, gpu_id=-1)
         except Exception as exc:  # the last line of defence: a message, never a traceback
@@ -79,24 +85,36 @@ class Monolithic(rpc.MonolithicServiceServicer):
         )
 
     async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=await self._rows(pb.ModelInfo))
+        # Discovery: a model that cannot load (a file missing) is left out; Health names it, and
+        # GetModelStats keeps its row for its history.
+        return pb.ListModelsResponse(models=await self._rows(pb.ModelInfo, only_available=True))
 
     async def GetModelStats(
         self, request: pb.GetModelStatsRequest, context: Context
     ) -> pb.GetModelStatsResponse:
         return pb.GetModelStatsResponse(models=await self._rows(pb.ModelStats))
 
-    async def _rows(self, message: type[M]) -> list[M]:
+    async def _rows(self, message: type[M], only_available: bool = False) -> list[M]:
         """Every model's stats as ``message``: the fields it has, by name (ModelInfo is a subset)."""
         rows = await asyncio.to_thread(admin.model_stats, self._parts.models, self._parts.catalog)
         names = [f.name for f in message.DESCRIPTOR.fields]
-        return [message(**{name: getattr(r, name) for name in names}) for r in rows]
+        return [
+            message(**{name: getattr(r, name) for name in names})
+            for r in rows
+            if r.available or not only_available
+        ]
 
     async def LoadModel(self, request: pb.LoadModelRequest, context: Context) -> pb.LoadModelResponse:
         parts = self._parts
         try:
             gpu_id, load_ms = await asyncio.to_thread(
-                admin.load_model, parts.models, parts.catalog, request.model_id, request.preferred_gpu
+                admin.load_model,
+                parts.models,
+                parts.catalog,
+                request.model_id,
+                request.preferred_gpu,
+                parts.waiter,
+                deadline(context, self._timeout),
             )
         except Exception as exc:
             return pb.LoadModelResponse(success=False, error=as_genserve_error(exc).message, gpu_id=-1)
@@ -106,7 +124,12 @@ class Monolithic(rpc.MonolithicServiceServicer):
         parts = self._parts
         try:
             await asyncio.to_thread(
-                admin.unload_model, parts.models, parts.catalog, request.model_id, self._unload_timeout
+                admin.unload_model,
+                parts.models,
+                parts.catalog,
+                request.model_id,
+                self._unload_timeout,
+                parts.waiter,
             )
         except Exception as exc:
             return pb.UnloadModelResponse(success=False, error=as_genserve_error(exc).message)
