@@ -43,7 +43,8 @@ class ClusterSettings(BaseModel):
         ge=0,
         le=100,
         description="An agent above this CPU use is degraded: chosen only when no healthy agent has room. "
-        "100 = never for CPU (CPU-only agents run near 100 % while generating).",
+        "100 = never for CPU (CPU-only agents run near 100 % while generating). Agents apply it too, "
+        "in GetStatus, so set it alike on both roles.",
     )
     tls_cert_file: Path | None = Field(
         None, description="Coordinator server certificate (PEM); null = plaintext."
@@ -77,6 +78,11 @@ class ClusterSettings(BaseModel):
         default_factory=list,
         description="LLMs (names under models/llm/) an agent loads before it registers, so that its first "
         "stream does not wait for a load and the coordinator prefers it for them; ['*'] = every one.",
+    )
+    agent_state_dir: Path = Field(
+        Path("data/cluster/agent"),
+        description="Where an agent keeps the ids of session tokens it has served (used_tokens.sqlite3), "
+        "until they expire, so a token cannot be replayed after the agent restarts. Keep it across restarts.",
     )
     reconnect_initial_s: float = Field(
         0.5, gt=0, le=60, description="First wait before re-registering after the coordinator is lost."

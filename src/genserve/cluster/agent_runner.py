@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import logging
 import socket
+import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 
@@ -19,6 +21,7 @@ from genserve.api.grpc.gen import titancompute_pb2_grpc as rpc
 from genserve.cluster import machine
 from genserve.cluster.agent import SERVICE_NAME, AgentServicer
 from genserve.cluster.agent_link import CoordinatorLink
+from genserve.cluster.auth import ReplayGuard
 from genserve.cluster.routing import LOADED_MODELS, TOKENS_PER_SECOND
 from genserve.cluster.transport import TlsFiles, announce_stderr, build_server, mark_serving, until_signalled
 from genserve.config import Settings
@@ -27,6 +30,7 @@ from genserve.runtime import Runtime
 
 log = logging.getLogger("genserve.cluster.agent")
 WILDCARDS = {"0.0.0.0", "::", "[::]", ""}
+USED_TOKENS_FILE = "used_tokens.sqlite3"
 
 
 class Agent:
@@ -54,7 +58,9 @@ class Agent:
         self.agent_id = cluster.agent_id or f"{socket.gethostname()}-{port}"
         host = socket.getfqdn() if cluster.agent_host in WILDCARDS else cluster.agent_host
         self.endpoint = cluster.advertised_endpoint or f"{_bracket(host)}:{port}"
-        self.servicer = AgentServicer(cluster, self.runtime, self.agent_id)
+        self.servicer = AgentServicer(
+            cluster, self.runtime, self.agent_id, open_used_tokens(cluster.agent_state_dir)
+        )
         rpc.add_AgentServiceServicer_to_server(self.servicer, self.server)
         # Before serving: the link reads the TLS files for the coordinator, and a bad one stops us.
         self.link = CoordinatorLink(cluster, self.target, self.registration, self.health, self._on_key)
@@ -93,13 +99,15 @@ class Agent:
     def health(self) -> pb.HealthUpdate:
         assert self.servicer is not None
         figures = machine.memory(self.runtime.engine.devices)
+        running, queued = self.servicer.job_counts()
+        self.servicer.cpu_percent = machine.cpu_percent()
         return pb.HealthUpdate(
             agent_id=self.agent_id,
             free_vram_mb=figures.free_vram_mb,
             free_ram_mb=figures.free_ram_mb,
-            running_jobs=self.servicer.active_sessions,
-            queued_jobs=self.servicer.queued(),
-            cpu_percent=machine.cpu_percent(),
+            running_jobs=running,
+            queued_jobs=queued,
+            cpu_percent=self.servicer.cpu_percent,
         )
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -110,6 +118,8 @@ class Agent:
                 await task
         if self.server is not None:
             await self.server.stop(grace)
+        if self.servicer is not None:
+            self.servicer.replay.close()
 
 
 def run_agent(
@@ -142,6 +152,16 @@ def preload(runtime: Runtime, names: list[str]) -> None:
         registry.resolve(ModelKind.LLM, name, "cluster.preload")
         stats = runtime.models.load(ModelKind.LLM, name, device)
         log.info("preloaded llm/%s on %s", name, stats.device)
+
+
+def open_used_tokens(state_dir: Path) -> ReplayGuard:
+    """The agent's persisted record of used tokens; a folder it cannot write stops it at start,
+    naming the setting, rather than at the first client's stream."""
+    path = Path(state_dir) / USED_TOKENS_FILE
+    try:
+        return ReplayGuard(path)
+    except (OSError, sqlite3.Error) as exc:
+        raise OSError(f"cluster.agent_state_dir: cannot keep used session tokens in {path}: {exc}") from None
 
 
 def _bracket(host: str) -> str:

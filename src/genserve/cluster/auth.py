@@ -5,13 +5,14 @@ The original's defects are the design constraints here:
   keeps it in a 0600 file and reuses it;
 - an agent that could not fetch the key accepted any token: ``TokenVerifier`` has no key-less
   mode, and the agent answers UNAUTHENTICATED until it has one;
-- a token could be replayed: ``ReplayGuard`` remembers every accepted jti until its exp.
+- a token could be replayed: ``ReplayGuard`` remembers every accepted jti until its exp, in a
+  SQLite file that outlives the agent's process, so a restart does not reopen the window.
 """
 
 from __future__ import annotations
 
-import heapq
 import os
+import sqlite3
 import threading
 import time
 import uuid
@@ -101,29 +102,46 @@ class TokenIssuer:
 class ReplayGuard:
     """Every jti accepted so far, each kept until its token expires (then it could not verify anyway).
 
-    Memory is bounded by the tokens alive at once; expired entries are dropped on every call.
+    Kept in SQLite at ``path`` (the agent's ``cluster.agent_state_dir``), not in memory: tokens live
+    ``token_lifetime_s`` (300 s), and an agent restarted within that time must still refuse the
+    ones it already served. The alternative, refusing tokens whose iat predates the agent's
+    registration, was rejected: it compares the coordinator's clock with the agent's (the proto
+    carries no coordinator time to learn the offset from, and iat has one-second steps), and it
+    would also refuse tokens issued before a restart that were never used. A persisted jti is
+    exact and needs no clock. Each claim is one committed transaction (synchronous=FULL), so a
+    token served just before a crash or power loss is still known afterwards. ``path`` None keeps
+    the ids in memory (tests). Several agents may share the file: jtis are random and unique.
     """
 
-    def __init__(self) -> None:
-        self._seen: dict[str, float] = {}
-        self._expiry: list[tuple[float, str]] = []
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        target = ":memory:"
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            target = str(path)
+        self._db = sqlite3.connect(target, timeout=10, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS used (jti TEXT PRIMARY KEY, expires_at REAL NOT NULL)")
         self._lock = threading.Lock()
 
     def claim(self, jti: str, expires_at: float, now: float | None = None) -> bool:
-        """True the first time a jti is presented; False for a replay."""
+        """True the first time a jti is presented; False for a replay. Expired ids are dropped."""
         current = time.time() if now is None else now
-        with self._lock:
-            while self._expiry and self._expiry[0][0] < current:
-                _, old = heapq.heappop(self._expiry)
-                self._seen.pop(old, None)
-            if jti in self._seen:
-                return False
-            self._seen[jti] = expires_at
-            heapq.heappush(self._expiry, (expires_at, jti))
-            return True
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")  # another agent process may share the file
+            self._db.execute("DELETE FROM used WHERE expires_at < ?", (current,))
+            inserted = self._db.execute(
+                "INSERT OR IGNORE INTO used (jti, expires_at) VALUES (?, ?)", (jti, expires_at)
+            )
+            return inserted.rowcount == 1
 
     def __len__(self) -> int:
-        return len(self._seen)
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM used").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
 
 
 class TokenVerifier:

@@ -6,6 +6,13 @@ and returns its endpoint with a session token signed by the coordinator's persis
 Agents silent for longer than the heartbeat timeout are dropped. All state lives on the event loop
 thread, so the agent table needs no lock. The coordinator does not import torch: it starts in a
 fraction of a second on a host without models.
+
+An agent id is held by the endpoint that registered it while its record is live (a health stream
+bound to it is open, or its last health is within the heartbeat timeout): a RegisterAgent for that
+id from another endpoint is ALREADY_EXISTS, so nobody can redirect a live agent's clients; the same
+endpoint registering again (a restart, new capabilities) is accepted. A health stream binds, at its
+first accepted update, to the endpoint that then holds the id, and never refreshes a record that
+another endpoint registered later.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -47,14 +55,30 @@ class AgentTable:
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self.agents: dict[str, AgentRecord] = {}
+        self.streams: Counter[tuple[str, str]] = Counter()  # open health streams by (agent id, endpoint)
+
+    def live(self, record: AgentRecord, now: float | None = None) -> bool:
+        """A health stream bound to the record is open, or its last health is within the timeout."""
+        current = time.monotonic() if now is None else now
+        return self.streams[(record.agent_id, record.endpoint)] > 0 or record.alive(current, self.timeout_s)
 
     def register(self, reg: pb.AgentRegistration) -> bool:
         """Add or replace an agent; True when it was already known (a re-registration).
 
         A re-registration from the same endpoint keeps the latest health, so an agent that only
         updates its capabilities (a model loaded, a new speed) is not treated as idle meanwhile.
+        Another endpoint may take the id only once the record holding it is no longer live:
+        before, anyone could re-register a live agent's id and send its clients elsewhere.
         """
         old = self.agents.get(reg.agent_id)
+        if old is not None and old.endpoint != reg.endpoint and self.live(old):
+            raise GenserveError(
+                ErrorCode.ALREADY_EXISTS,
+                f"agent_id: agent {reg.agent_id} is registered from endpoint {old.endpoint} and still "
+                f"live; another endpoint may take the id once it has sent no health for "
+                f"{self.timeout_s:g} s",
+                field="agent_id",
+            )
         record = AgentRecord(
             agent_id=reg.agent_id,
             endpoint=reg.endpoint,
@@ -74,6 +98,14 @@ class AgentTable:
             )
         self.agents[reg.agent_id] = record
         return old is not None
+
+    def bind(self, agent_id: str, endpoint: str) -> None:
+        self.streams[(agent_id, endpoint)] += 1
+
+    def unbind(self, agent_id: str, endpoint: str) -> None:
+        self.streams[(agent_id, endpoint)] -= 1
+        if self.streams[(agent_id, endpoint)] <= 0:
+            del self.streams[(agent_id, endpoint)]
 
     def health(self, update: pb.HealthUpdate) -> AgentRecord | None:
         record = self.agents.get(update.agent_id)
@@ -115,9 +147,9 @@ class CoordinatorServicer(rpc.CoordinatorServiceServicer):
     ) -> pb.RegistrationResponse:
         try:
             _check_registration(request)
+            again = self.table.register(request)
         except GenserveError as err:
             await abort(context, err)
-        again = self.table.register(request)
         models = ", ".join(request.supported_models) or "no models"
         log.info(
             "agent %s %s at %s (%s)",
@@ -137,18 +169,41 @@ class CoordinatorServicer(rpc.CoordinatorServiceServicer):
     ) -> AsyncIterator[pb.HealthAck]:
         """One ack per update, on the one stream the agent keeps open. An unknown agent (the
         coordinator restarted, or dropped it) is told so, and re-registers on the same stream's
-        next round; agents that open a stream per update (the original's) work too."""
-        async for update in request_iterator:
-            if not update.agent_id:
-                yield pb.HealthAck(status="error", message="agent_id is required")
-            elif self.table.health(update) is None:
-                yield pb.HealthAck(
-                    agent_id=update.agent_id,
-                    status="unknown_agent",
-                    message="not registered: call RegisterAgent",
-                )
-            else:
-                yield pb.HealthAck(agent_id=update.agent_id, status="ok", message="")
+        next round; agents that open a stream per update (the original's) work too.
+
+        The stream binds each agent id to the endpoint holding it at its first accepted update,
+        and counts as that record's open stream until it ends (see ``AgentTable.live``). Should
+        the id later be held by another endpoint, this stream's updates are answered
+        "unknown_agent" and refresh nothing: the record is someone else's registration.
+        """
+        bound: dict[str, str] = {}  # agent id -> the endpoint this stream's updates are for
+        try:
+            async for update in request_iterator:
+                agent_id = update.agent_id
+                record = self.table.agents.get(agent_id) if agent_id else None
+                if record is None:
+                    yield pb.HealthAck(
+                        agent_id=agent_id,
+                        status="unknown_agent" if agent_id else "error",
+                        message="not registered: call RegisterAgent" if agent_id else "agent_id is required",
+                    )
+                    continue
+                if agent_id not in bound:
+                    bound[agent_id] = record.endpoint
+                    self.table.bind(agent_id, record.endpoint)
+                if bound[agent_id] != record.endpoint:
+                    yield pb.HealthAck(
+                        agent_id=agent_id,
+                        status="unknown_agent",
+                        message=f"agent {agent_id} is now registered from {record.endpoint}, not "
+                        f"{bound[agent_id]}: this stream no longer reports for it",
+                    )
+                    continue
+                self.table.health(update)
+                yield pb.HealthAck(agent_id=agent_id, status="ok", message="")
+        finally:
+            for agent_id, endpoint in bound.items():
+                self.table.unbind(agent_id, endpoint)
 
     async def RequestInference(
         self, request: pb.InferenceRequest, context: grpc.aio.ServicerContext
@@ -244,7 +299,7 @@ def _check_inference(request: pb.InferenceRequest) -> None:
     if request.max_tokens < 0:
         raise _invalid("max_tokens", f"must not be negative (got {request.max_tokens})")
     if not math.isfinite(request.temperature) or request.temperature < 0:
-        raise _invalid("temperature", f"must be 0 (greedy) or more (got {request.temperature})")
+        raise _invalid("temperature", f"must be 0 (the default, 0.7) or more (got {request.temperature})")
 
 
 def _duration(seconds: float) -> str:

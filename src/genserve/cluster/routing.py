@@ -8,12 +8,14 @@ among agents that are alive (health within the timeout), serve the model and hav
 - the load term counts running and queued jobs and the jobs just routed to the agent
   (reservations), so a burst between two heartbeats spreads over the agents instead of piling on
   one. A health update clears the reservations older than RESERVATION_GRACE_S: by then the client
-  has connected and the update's running count holds the job. Room (running + queued < max_jobs)
-  is judged on the reported counts only: a reservation may belong to a job already finished, and
-  an idle agent must not be refused for it (the agent itself refuses a stream beyond max_jobs);
+  has connected and the update's running count holds the job. Room (running + queued +
+  reservations < max_jobs) counts the reservations too: judged on reported counts alone, a burst
+  between two heartbeats was all routed to one idle agent past its max_jobs. The price is that a
+  job that finished before the next update still holds its slot until that update;
 - within TIE_MARGIN of the best score, an agent that already holds the model loaded wins (no
   load time); then the higher score; then the agent id, so the choice is reproducible;
-- degraded agents (above 90 % memory or CPU) are chosen only when no healthy one has room.
+- degraded agents (above 90 % memory or CPU) are chosen only when no healthy one has room;
+  ``is_degraded`` is the one rule, which the agent's own GetStatus applies too.
 Speed is the agent's measured tokens per second (its ``tokens_per_second`` capability) as a share
 of the fastest candidate's, so it ranks agents without a machine-specific scale.
 """
@@ -37,6 +39,20 @@ DEGRADED_SHARE = 0.10  # less than 10 % memory free = above 90 % used
 DEGRADED_CPU = 90.0
 LOADED_MODELS = "loaded_models"  # capability: comma-separated models held in memory
 TOKENS_PER_SECOND = "tokens_per_second"  # capability: measured generation speed
+
+
+def free_share(total_mb: int, free_mb: int | None) -> float:
+    """Free share of the memory models run in; 1.0 before the first figures (an idle agent just
+    started), 0.0 for a memory the agent does not have."""
+    if free_mb is None:
+        return 1.0
+    return max(0.0, min(free_mb / total_mb, 1.0)) if total_mb > 0 else 0.0
+
+
+def is_degraded(memory_share: float, cpu_percent: float, cpu_limit: float = DEGRADED_CPU) -> bool:
+    """Under 10 % memory free or above ``cpu_limit`` CPU. Shared by the coordinator's routing and
+    status and the agent's GetStatus, so that both sides call the same agent the same thing."""
+    return memory_share < DEGRADED_SHARE or cpu_percent > cpu_limit
 
 
 @dataclass
@@ -66,14 +82,9 @@ class AgentRecord:
 
     def memory_share(self) -> float:
         """Free share of the memory models run in: VRAM on a GPU agent, RAM on a CPU-only one."""
-        total, free = (
-            (self.total_ram_mb, self.free_ram_mb)
-            if self.cpu_only
-            else (self.total_vram_mb, self.free_vram_mb)
-        )
-        if free is None:
-            return 1.0  # registered, no health yet: an idle agent that just started
-        return max(0.0, min(free / total, 1.0)) if total > 0 else 0.0
+        if self.cpu_only:
+            return free_share(self.total_ram_mb, self.free_ram_mb)
+        return free_share(self.total_vram_mb, self.free_vram_mb)
 
     @property
     def busy(self) -> int:
@@ -87,10 +98,11 @@ class AgentRecord:
         self.reservations = [r for r in self.reservations if now - r < RESERVATION_GRACE_S]
 
     def has_room(self) -> bool:
-        return self.running_jobs + self.queued_jobs < self.max_jobs
+        """Jobs routed since the last update count: the agent has not reported them yet."""
+        return self.busy < self.max_jobs
 
     def degraded(self, cpu_limit: float = DEGRADED_CPU) -> bool:
-        return self.memory_share() < DEGRADED_SHARE or self.cpu_percent > cpu_limit
+        return is_degraded(self.memory_share(), self.cpu_percent, cpu_limit)
 
     def status(self, cpu_limit: float = DEGRADED_CPU) -> str:
         return "degraded" if self.degraded(cpu_limit) else "healthy"

@@ -4,6 +4,7 @@ loopback ports, each its own process, as a user starts them; their banners give 
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
 import subprocess
@@ -22,6 +23,10 @@ from genserve.api.grpc.gen import titancompute_pb2_grpc as rpc
 COORDINATOR = re.compile(r"coordinator listening on (\S+:\d+)")
 AGENT = re.compile(r"agent (\S+) serving on (\S+:\d+)")
 MODEL = "tiny-chat"
+# A stream that keeps the engine busy for seconds: the demo LLM continues this prompt greedily
+# for all 4096 tokens (about 14 s on one CPU thread); short prompts end at EOS within a second.
+LONG_PROMPT = "Once upon a time " * 1500
+LONG_OPTIONS = {"greedy": "true"}
 
 
 def genserve() -> str:
@@ -88,14 +93,17 @@ def start_coordinator(tmp: Path, port: int = 0, **env: str) -> Process:
     return Process(["coordinator", "--port", str(port)], base_env(settings), tmp, COORDINATOR)
 
 
-def start_agent(tmp: Path, coordinator: str, agent_id: str, models: Path, **env: str) -> Process:
+def start_agent(
+    tmp: Path, coordinator: str, agent_id: str, models: Path, port: int = 0, **env: str
+) -> Process:
     settings = {
         "GENSERVE_MODELS__DIR": str(models),
         "GENSERVE_CLUSTER__RECONNECT_INITIAL_S": "0.2",
         "GENSERVE_CLUSTER__RECONNECT_MAX_S": "1",
+        "GENSERVE_CLUSTER__AGENT_STATE_DIR": str(tmp / "agent-state" / agent_id),
         **env,
     }
-    args = ["agent", "--coordinator", coordinator, "--port", "0", "--agent-id", agent_id]
+    args = ["agent", "--coordinator", coordinator, "--port", str(port), "--agent-id", agent_id]
     return Process(args, base_env(settings), tmp, AGENT)
 
 
@@ -146,6 +154,64 @@ def stream(
 
 
 def ask(
-    stub: rpc.CoordinatorServiceStub, model: str = MODEL, client: str = "test-client"
+    stub: rpc.CoordinatorServiceStub, model: str = MODEL, client: str = "test-client", wait_s: float = 5.0
 ) -> pb.InferenceResponse:
-    return stub.RequestInference(pb.InferenceRequest(client_id=client, model=model, prompt="hi"), timeout=10)
+    """RequestInference; while every agent is at max_jobs, asked again for up to ``wait_s``.
+
+    A routed job holds its agent's slot until the agent's next health update (one second here),
+    so tests that route one job after another wait for a slot as a client would; tests of the
+    refusal itself pass ``wait_s=0``.
+    """
+    request = pb.InferenceRequest(client_id=client, model=model, prompt="hi")
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return stub.RequestInference(request, timeout=10)
+        except grpc.RpcError as exc:
+            full = exc.code() == grpc.StatusCode.UNAVAILABLE and "at max_jobs" in str(exc.details())
+            if not full or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+
+
+def long_request(token: str) -> pb.StreamRequest:
+    return pb.StreamRequest(
+        session_token=token,
+        model=MODEL,
+        prompt=LONG_PROMPT,
+        max_tokens=4096,
+        stream=True,
+        options=LONG_OPTIONS,
+    )
+
+
+class Reader:
+    """Reads a server stream on a thread: its pieces (or its RpcError) arrive in ``items``."""
+
+    def __init__(self, call: Iterator[pb.StreamResponse]) -> None:
+        self.call = call
+        self.items: queue.Queue[pb.StreamResponse | grpc.RpcError] = queue.Queue()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for piece in self.call:
+                self.items.put(piece)
+        except grpc.RpcError as exc:
+            self.items.put(exc)
+
+    def cancel(self) -> None:
+        self.call.cancel()  # type: ignore[attr-defined]
+        self.thread.join(10)
+
+
+def agent_key_token(key_file: Path, agent_id: str, model: str = MODEL, **kwargs: float) -> str:
+    """A token signed with the coordinator's own key file, as the coordinator would issue it."""
+    from genserve.cluster.auth import TokenIssuer, load_or_create_key
+
+    return (
+        TokenIssuer(load_or_create_key(key_file), "genserve-coordinator", 60)
+        .issue(agent_id, "test-client", model, **kwargs)
+        .token
+    )

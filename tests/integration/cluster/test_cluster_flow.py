@@ -99,7 +99,8 @@ def test_request_then_stream_from_the_chosen_agent(cluster: Cluster) -> None:
     assert claims["aud"] == claims["agent_id"] == route.agent_id and claims["jti"] == route.job_id
     assert claims["model"] == MODEL and claims["client_id"] == "test-client"
     assert route.expires_at == claims["exp"] > time.time()
-    replies = stream(route.agent_endpoint, route.session_token, max_tokens=8)
+    # Greedy: a sampled token may decode to no new text, and then pieces and tokens differ.
+    replies = stream(route.agent_endpoint, route.session_token, max_tokens=8, options={"greedy": "true"})
     *pieces, last = replies
     assert pieces and not any(p.done for p in pieces) and last.done
     assert "".join(p.token for p in pieces) == last.content
@@ -114,14 +115,23 @@ def test_max_tokens_and_temperature_change_the_output(cluster: Cluster) -> None:
         route = ask(cluster.stub)
         return stream(route.agent_endpoint, route.session_token, **fields)[-1]
 
-    short, longer = run(max_tokens=3), run(max_tokens=12)
+    greedy_option = {"greedy": "true"}  # no EOS by chance before max_tokens
+    short, longer = run(max_tokens=3, options=greedy_option), run(max_tokens=12, options=greedy_option)
     assert short.metadata["completion_tokens"] == "3" and longer.metadata["completion_tokens"] == "12"
-    greedy = run(max_tokens=12, temperature=0.0)
-    assert run(max_tokens=12, temperature=0.0).content == greedy.content  # 0 = greedy: deterministic
+    greedy = run(max_tokens=12, options={"greedy": "true"})
+    assert greedy.metadata["seed"] == ""  # greedy: no sampling, so no seed
+    assert run(max_tokens=12, options={"greedy": "true"}).content == greedy.content  # deterministic
+    # temperature 0 on the wire is the spec's default 0.7: sampled, and the same seed gives the
+    # same text as an explicit 0.7.
+    default = run(max_tokens=12, options={"seed": "7"})
+    assert default.metadata["seed"] == "7"
+    assert run(max_tokens=12, temperature=0.7, options={"seed": "7"}).content == default.content
     hot = [run(max_tokens=12, temperature=1.5, options={"seed": str(seed)}).content for seed in (1, 2)]
     assert hot[0] != hot[1] and greedy.content not in hot
     route = ask(cluster.stub)
-    final_only = stream(route.agent_endpoint, route.session_token, max_tokens=4, stream=False)
+    final_only = stream(
+        route.agent_endpoint, route.session_token, max_tokens=4, stream=False, options=greedy_option
+    )
     assert len(final_only) == 1 and final_only[0].done and final_only[0].metadata["completion_tokens"] == "4"
 
 
@@ -135,8 +145,12 @@ def test_routing_follows_load_room_and_models(cluster: Cluster) -> None:
     wait_until(idle, 10, "idle agents")
     time.sleep(1.2)  # one more update: reservations of earlier requests are past their grace
     wait_until(idle, 10, "idle agents")
-    routes = [ask(cluster.stub) for _ in range(4)]
+    routes = [ask(cluster.stub, wait_s=0) for _ in range(4)]
     assert Counter(r.agent_id for r in routes) == {"agent-a": 2, "agent-b": 2}
+    # Both agents are now full (max_jobs 2) until their next health update: a fifth is refused.
+    with pytest.raises(grpc.RpcError) as info:
+        ask(cluster.stub, wait_s=0)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "at max_jobs" in info.value.details()
     assert {ask(cluster.stub, "tiny-b").agent_id for _ in range(2)} == {"agent-b"}
     with pytest.raises(grpc.RpcError) as info:
         ask(cluster.stub, "no-such-model")
@@ -160,11 +174,29 @@ def test_bad_requests_name_the_field(cluster: Cluster) -> None:
         )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "endpoint" in info.value.details()
     route = ask(cluster.stub)
+    agent = agent_stub(route.agent_endpoint)
+    processed = agent.GetStatus(pb.AgentStatusRequest(), timeout=10).total_requests_processed
+    # Refused by the limits text_generation applies, checked before the token is claimed.
+    for fields, field in (
+        ({"options": {"nucleus": "0.5"}}, "nucleus"),
+        ({"max_tokens": 5000}, "max_tokens"),
+        ({"temperature": 5.0}, "temperature"),
+        ({"options": {"top_p": "2"}}, "top_p"),
+        ({"options": {"greedy": "maybe"}}, "greedy"),
+        ({"options": {"greedy": "true"}, "temperature": 1.0}, "greedy"),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            stream(route.agent_endpoint, route.session_token, **fields)  # type: ignore[arg-type]
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+        assert field in info.value.details(), info.value.details()
+    # A token for a model this agent does not have is refused before it is used, naming the model.
     with pytest.raises(grpc.RpcError) as info:
-        stream(route.agent_endpoint, route.session_token, options={"nucleus": "0.5"})
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "nucleus" in info.value.details()
-    # The refused request did not use up the token: corrected, it streams.
+        stream(route.agent_endpoint, cluster.token(route.agent_id, "no-such-llm"), model="no-such-llm")
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND and "no-such-llm" in info.value.details()
+    # The refused requests did not use up the token, nor count as processed: corrected, it streams.
+    assert agent.GetStatus(pb.AgentStatusRequest(), timeout=10).total_requests_processed == processed
     assert stream(route.agent_endpoint, route.session_token, max_tokens=2)[-1].done
+    assert agent.GetStatus(pb.AgentStatusRequest(), timeout=10).total_requests_processed == processed + 1
 
 
 def test_forged_expired_wrong_agent_wrong_model_and_replayed_tokens_are_refused(cluster: Cluster) -> None:

@@ -100,3 +100,15 @@ def test_replay_guard_forgets_expired_ids() -> None:
     assert not guard.claim("a", expires_at=100, now=60)
     assert guard.claim("b", expires_at=300, now=200)  # "a" expired at 100 and is dropped
     assert len(guard) == 1
+
+
+def test_used_ids_outlive_the_process_that_recorded_them(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "used_tokens.sqlite3"
+    guard = ReplayGuard(path)
+    assert guard.claim("a", expires_at=100, now=50)
+    guard.close()
+    reopened = ReplayGuard(path)  # an agent restarted within the token's lifetime
+    assert not reopened.claim("a", expires_at=100, now=60)
+    assert reopened.claim("b", expires_at=300, now=200) and len(reopened) == 1  # "a" expired
+    other_process = ReplayGuard(path)  # agents on one host may share the folder
+    assert not other_process.claim("b", expires_at=300, now=210)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from genserve.cluster.routing import AgentRecord, choose, score
+from genserve.cluster.routing import AgentRecord, choose, free_share, is_degraded, score
 from genserve.errors import ErrorCode, GenserveError
 
 NOW = 1000.0
@@ -60,10 +60,21 @@ def test_routed_jobs_count_until_a_later_health_update() -> None:
     assert first.busy == 1
     first.settle(NOW + 1.0)
     assert first.busy == 0
-    # Reservations lower the score but never refuse an idle agent (the job may be over already).
-    for _ in range(10):
-        a.reserve(now=NOW)
-    assert a.has_room() and choose([a], "m", 30, now=NOW).agent is a
+
+
+def test_a_burst_never_goes_past_max_jobs() -> None:
+    """Jobs routed since the last update take room: an idle agent with max_jobs 1 gets one job."""
+    one = agent("one", max_jobs=1)
+    assert choose([one], "m", 30, now=NOW).agent is one
+    one.reserve(now=NOW)
+    assert not one.has_room()
+    with pytest.raises(GenserveError, match="max_jobs") as info:
+        choose([one], "m", 30, now=NOW)
+    assert info.value.code is ErrorCode.UNAVAILABLE
+    other = agent("other", max_jobs=1, free_vram_mb=100)  # worse score, but it has room
+    assert choose([one, other], "m", 30, now=NOW).agent is other
+    one.settle(NOW + 1.0)  # the next update after the grace holds the job (or says it is over)
+    assert one.has_room()
 
 
 def test_agent_holding_the_model_wins_a_tie() -> None:
@@ -82,6 +93,10 @@ def test_no_agent_full_agents_and_dead_agents_are_unavailable() -> None:
     full = agent("full", running_jobs=2, queued_jobs=2)
     with pytest.raises(GenserveError, match="max_jobs"):
         choose([full], "m", 30, now=NOW)
+    nearly = agent("nearly", running_jobs=2, queued_jobs=1)
+    nearly.reserve(now=NOW)
+    with pytest.raises(GenserveError, match="max_jobs"):
+        choose([nearly], "m", 30, now=NOW)
     dead = agent("dead", last_seen=NOW - 31)
     with pytest.raises(GenserveError, match="0 agent"):
         choose([dead], "m", 30, now=NOW)
@@ -95,6 +110,13 @@ def test_degraded_agents_only_when_no_healthy_one_has_room() -> None:
     assert choose([hot, cool], "m", 30, now=NOW).agent is hot
     cool.running_jobs = 0
     assert choose([hot, cool], "m", 30, now=NOW, cpu_limit=100).agent is hot  # CPU not counted
+
+
+def test_one_degraded_rule() -> None:
+    assert is_degraded(0.5, 91.0) and not is_degraded(0.5, 90.0)
+    assert is_degraded(0.09, 0.0) and not is_degraded(0.1, 0.0)
+    assert not is_degraded(0.5, 99.0, cpu_limit=100)
+    assert free_share(1000, None) == 1.0 and free_share(0, 0) == 0.0 and free_share(1000, 250) == 0.25
 
 
 def test_speed_counts_relative_to_the_fastest() -> None:
