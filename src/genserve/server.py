@@ -115,6 +115,11 @@ class RestServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         log.info("shutting down: finishing in-flight requests, then unloading models")
+        bridge = getattr(self.config.app.state, "bridge", None)
+        if bridge is not None:
+            # uvicorn closes WebSockets (1012) first thing in its shutdown: a bridge client must
+            # hear before that whether its job stays queued.
+            await bridge.announce_shutdown()
         stopping = [super().shutdown(sockets)]
         if self.grpc is not None:
             stopping.append(self.grpc.stop())

@@ -161,8 +161,7 @@ class WorkflowCatalog:
 
     def info(self, alias: str) -> dict[str, dict[str, Any]]:
         """``GET /workflow-info``: per exposed input, ``{"type", "title", "class", "default"}``."""
-        workflow = self.get(alias)
-        return {key: exposed.info() for key, exposed in workflow.inputs.items()}
+        return {key: exposed.info() for key, exposed in self.get(alias).inputs.items()}
 
     def build(self, alias: str, values: Mapping[str, Any]) -> dict[str, Any]:
         """The alias's graph with ``values`` set on its exposed inputs, validated, ready to queue.
@@ -238,7 +237,7 @@ class WorkflowCatalog:
                 problems[alias] = exc.message
         for alias, reason in problems.items():
             if self._problems.get(alias) != reason:
-                log.error("workflow %r left out: %s", alias, reason)
+                log.error("workflow %r left out: %s (workflows folder %s)", alias, reason, self.folder)
         self._workflows, self._problems, self._watched = workflows, problems, watched
         self._signature = self._current_signature()
         log.info("workflow catalog loaded: %d alias(es), %d left out", len(workflows), len(problems))
@@ -282,14 +281,15 @@ class WorkflowCatalog:
         return resolved
 
     def _load_workflow(self, alias: str, path: Path, entry: Mapping[str, Any]) -> Workflow:
+        shown = path.relative_to(self.folder).as_posix() if path.is_relative_to(self.folder) else path.name
         try:
             graph = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise GenserveError(ErrorCode.INVALID_INPUT, f"workflow file {path} does not exist") from exc
-        except (OSError, ValueError) as exc:
-            raise GenserveError(ErrorCode.INVALID_INPUT, f"workflow file {path} is not JSON: {exc}") from exc
+        except (OSError, ValueError) as exc:  # an OSError's str() would name the absolute path
+            why = f"is not JSON: {exc}" if isinstance(exc, ValueError) else f"cannot be read ({exc.strerror})"
+            why = "does not exist" if isinstance(exc, FileNotFoundError) else why
+            raise GenserveError(ErrorCode.INVALID_INPUT, f"workflow file {shown} {why}") from exc
         if not isinstance(graph, dict) or not all(isinstance(n, Mapping) for n in graph.values()):
-            raise GenserveError(ErrorCode.INVALID_INPUT, f"workflow file {path} is not an API-format graph")
+            raise GenserveError(ErrorCode.INVALID_INPUT, f"workflow file {shown} is not an API-format graph")
         graph = {str(k): v for k, v in graph.items()}
         if not self._has_foreign_nodes(graph):
             try:
@@ -299,7 +299,7 @@ class WorkflowCatalog:
                 # this host, say) is left to build(): a request may supply its own file.
                 if any(p.kind != "value_not_in_list" for p in exc.problems):
                     raise GenserveError(
-                        ErrorCode.INVALID_INPUT, f"workflow file {path}: {exc.message}"
+                        ErrorCode.INVALID_INPUT, f"workflow file {shown}: {exc.message}"
                     ) from exc
                 log.warning("workflow %r: defaults not available now: %s", alias, exc.message)
         inputs: dict[str, ExposedInput] = {}

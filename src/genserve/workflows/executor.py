@@ -190,6 +190,13 @@ class WorkflowExecutor:
         self._broadcast_status()
         return item.prompt_id, item.number
 
+    def in_queue(self, prompt_id: str) -> bool:
+        """Whether the prompt waits or runs. Its history entry is written before it leaves the
+        queue, so once this is False the entry is there to read or delete (unless never run)."""
+        with self._cond:
+            running = self._running is not None and self._running.prompt_id == prompt_id
+            return running or any(p.prompt_id == prompt_id for p in self._pending)
+
     def queue(self) -> dict[str, list[list[Any]]]:
         """ComfyUI's ``GET /queue``."""
         with self._cond:

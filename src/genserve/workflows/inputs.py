@@ -56,6 +56,21 @@ class InputSpec:
             return []
         return list(self.choices() if callable(self.choices) else self.choices)
 
+    def _among_choices(self, value: str) -> bool:
+        """Listed, or accepted unlisted by choices that have an ``accepts`` (private files)."""
+        accepts = getattr(self.choices, "accepts", None)
+        return value in self.choice_list() or (callable(accepts) and bool(accepts(value)))
+
+    def _not_a_choice(self, value: Any) -> str:
+        """Fixed choices are listed; choices that say ``where`` they come from (a folder other clients
+        write into) are not, so a refusal does not show anyone else's file names."""
+        where = getattr(self.choices, "where", None)
+        if isinstance(where, str):
+            return f"{_show(value)} is not in {where}"
+        choices = self.choice_list()
+        listed = ", ".join(choices[:20]) + (", ..." if len(choices) > 20 else "")
+        return f"{_show(value)} is not one of: {listed}"
+
     def to_object_info(self) -> list[Any]:
         """ComfyUI's ``[type, options]`` pair; a combo's type is its list of choices."""
         options: dict[str, Any] = {}
@@ -85,10 +100,8 @@ class InputSpec:
                 raise InputValueError("invalid_input_type", f"expected a string, got {_show(value)}")
             return value
         elif self.type == "COMBO":
-            choices = self.choice_list()
-            if not isinstance(value, str) or value not in choices:
-                listed = ", ".join(choices[:20]) + (", ..." if len(choices) > 20 else "")
-                raise InputValueError("value_not_in_list", f"{_show(value)} is not one of: {listed}")
+            if not isinstance(value, str) or not self._among_choices(value):
+                raise InputValueError("value_not_in_list", self._not_a_choice(value))
             return value
         else:
             raise InputValueError("invalid_input_type", f"a {self.type} input takes a link, not a value")

@@ -43,20 +43,45 @@ LATENT_PIXELS = 16  # 8x VAE compression and 2x2 transformer patches: pixel side
 COMFY_MEGAPIXEL = 1024 * 1024
 
 
-def input_images(input_dir: Path) -> Callable[[], list[str]]:
-    """Choices for LoadImage: image files under the input folder (subfolders as ``sub/name``)."""
+# The workflow bridge's uploads (POST /upload), a subfolder of the input folder. They belong to
+# the bridge's clients: LoadImage accepts them by name but never lists them (ComfyUI's
+# /object_info, a refused value's message), so one client cannot learn another's file names.
+BRIDGE_UPLOADS = "bridge-uploads"
 
-    def names() -> list[str]:
-        if not input_dir.is_dir():
+
+class InputImages:
+    """LoadImage's choices: image files under the input folder (subfolders as ``sub/name``), read
+    fresh at every use, without the bridge's uploads; ``accepts`` lets those through by name."""
+
+    where = "the input folder"  # what a refused value is said to be missing from, instead of a list
+
+    def __init__(self, input_dir: Path) -> None:
+        self.input_dir = input_dir
+
+    def __call__(self) -> list[str]:
+        if not self.input_dir.is_dir():
             return []
         found = [
-            p.relative_to(input_dir).as_posix()
-            for p in input_dir.rglob("*")
+            p.relative_to(self.input_dir).as_posix()
+            for p in self.input_dir.rglob("*")
             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
         ]
-        return sorted(found)
+        return sorted(name for name in found if not name.startswith(BRIDGE_UPLOADS + "/"))
 
-    return names
+    def accepts(self, value: str) -> bool:
+        """Whether ``value`` names an existing bridge upload (``bridge-uploads/<plain name>``)."""
+        folder, sep, name = value.partition("/")
+        if folder != BRIDGE_UPLOADS or not sep or not name or "/" in name or "\\" in name:
+            return False
+        if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+            return False
+        return (self.input_dir / BRIDGE_UPLOADS / name).is_file()
+
+
+def input_images(input_dir: Path) -> InputImages:
+    """Choices for LoadImage: image files under the input folder, the bridge's uploads accepted
+    but not listed."""
+    return InputImages(input_dir)
 
 
 def _image_path(input_dir: Path, image: str, sandbox: Sandbox | None = None) -> Path:
@@ -81,8 +106,9 @@ def _load_image(ctx: NodeContext, image: str) -> tuple[torch.Tensor, torch.Tenso
             rgb = opened.convert("RGB")
             alpha = opened.getchannel("A") if "A" in opened.getbands() else None
     except (OSError, Image.DecompressionBombError, ValueError) as exc:
+        reason = str(exc).replace(str(path), image)  # Pillow names the absolute path; clients see this
         raise GenserveError(
-            ErrorCode.INVALID_INPUT, f"image: {image} is not a readable image ({exc})"
+            ErrorCode.INVALID_INPUT, f"image: {image} is not a readable image ({reason})"
         ) from exc
     if alpha is not None:  # ComfyUI's mask: 1 where the image is transparent
         mask = 1.0 - torch.from_numpy(np.asarray(alpha, dtype=np.float32) / 255.0)

@@ -225,10 +225,17 @@ def test_restart_runs_the_jobs_still_queued(demo_models: Path, tmp_path: Path, d
     settings = small_settings(demo_models, data, **FAST)
     clients = [new_id() for _ in range(3)]
     with live_server(settings, data) as first, first.client() as client:
+        socket = BridgeSocket(first.url, clients[1])  # a client still waiting when the server stops
         for index, client_id in enumerate(clients):
             body = {"workflow": SLOW, "90/seconds": 1.5, "3/seed": index}
             assert generate(client, client_id, body).status_code == 200
         wait_status(client, clients[0], "progress")
+    # It hears why its socket closes before the close, and that its job is kept.
+    assert socket.ended.wait(10)
+    assert socket.messages[-1] == {
+        "status": "error",
+        "details": "server shutting down; the job stays queued and resumes after restart",
+    }
     with JobStore(data / "bridge" / "jobs.sqlite3") as store:
         states = [store.jobs_for_client(c)[0].state for c in clients]
     assert JobState.DONE not in states[1:] and all(not s.finished for s in states[1:])

@@ -242,3 +242,50 @@ def test_a_backend_coming_back_is_used_again(demo_models: Path, demo_images: Pat
     with JobStore(bridge_data / "bridge" / "jobs.sqlite3") as store:
         assert [(j.state, j.backend) for j in store.jobs_for_client("late")] == [(JobState.DONE, "back")]
         assert store.jobs_for_client("early") == []
+
+
+def upload_attachment(client: httpx.Client, data: bytes) -> str:
+    """POST /upload as the spec's client sends it (no part name): the saved name under ``file``."""
+    body = b'--b\r\nContent-Disposition: attachment; filename="me.png"\r\n\r\n' + data + b"\r\n--b--\r\n"
+    response = client.post(
+        "/upload", content=body, headers={"content-type": "multipart/form-data; boundary=b"}
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["file"])
+
+
+@pytest.mark.slow
+def test_remote_uploads_and_interrupts_leave_nothing_behind(
+    demo_models: Path, demo_images: Path, tmp_path: Path
+) -> None:
+    """A bridge upload reaches the backend in its subfolder (twice, for two jobs, without being
+    refused as an overwrite); an interrupted prompt's history is deleted once it has stopped."""
+    bridge_data = make_data_root(tmp_path / "bridge" / "data", demo_images)
+    back_data = make_data_root(tmp_path / "back" / "data", demo_images)
+    with (
+        genserve_backends(demo_models, back_data) as (back,),
+        bridge_over(demo_models, bridge_data, backends_env(("back", back.comfy))) as bridge,
+        bridge.client() as client,
+    ):
+        person = (bridge_data / "inputs" / "person.png").read_bytes()
+        saved = upload_attachment(client, person)
+        for client_id, seed in (("up-1", 1), ("up-2", 2)):
+            body = {"workflow": "image-to-image", "78/image": saved, "3/seed": seed}
+            answer = client.post("/generate-based-workflow", params={"clientId": client_id}, json=body)
+            assert answer.status_code == 200, answer.text
+        for client_id in ("up-1", "up-2"):
+            wait_until(lambda c=client_id: finished(client, c), 90, f"{client_id}'s job to end")
+            assert finished(client, client_id)["details"] == "Execution is done"  # type: ignore[index]
+            take_png(client, client_id)
+        assert (back_data / "inputs" / saved).read_bytes() == person
+        assert not (bridge_data / "inputs" / saved).exists(), "collected: the bridge's copy is gone"
+
+        assert submit(client, "cut", 3, 30.0).status_code == 200
+        wait_until(lambda: back.running_job() is not None, 60, "the backend to run the job")
+        assert client.post("/interrupt", params={"clientId": "cut"}).status_code == 200
+        wait_until(lambda: back.running_job() is None, 30, "the prompt to stop")
+        history = f"{back.comfy}/history"
+        wait_until(lambda: httpx.get(history, timeout=5).json() == {}, 10, "the history to be deleted")
+        time.sleep(0.5)
+        assert httpx.get(history, timeout=5).json() == {}
+        assert finished(client, "cut")["details"] == "Execution was interrupted"  # type: ignore[index]

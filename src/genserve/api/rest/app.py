@@ -91,6 +91,8 @@ def build_app(runtime: Runtime) -> FastAPI:
         openapi_tags=TAGS,
         lifespan=lifespan,
     )
+    # The server tells bridge sockets why they close before uvicorn closes them (server.py).
+    app.state.bridge = bridge
     install_error_handlers(app, settings.server.retry_after_s)
     app.include_router(pipeline_router(runtime.engine, settings.server))
     app.include_router(models_router(runtime.models, settings.pipeline))

@@ -15,6 +15,7 @@ import logging
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
@@ -23,19 +24,22 @@ from genserve.errors import ErrorCode, GenserveError
 from genserve.runtime import Runtime
 from genserve.storage.jobs import JobStore, Result
 from genserve.workflows.bridge.backends import Backend, LocalBackend
-from genserve.workflows.bridge.dispatcher import Bridge
+from genserve.workflows.bridge.dispatcher import SERVER_CLOSING, SHUTTING_DOWN, Bridge
 from genserve.workflows.bridge.remote import ComfyBackend
 from genserve.workflows.bridge.sessions import CONNECTED, LISTENING
-from genserve.workflows.bridge.uploads import read_upload_parts, save_uploads
+from genserve.workflows.bridge.uploads import read_upload_parts, save_bridge_uploads
 from genserve.workflows.catalog import WorkflowCatalog
 from genserve.workflows.demo_workflows import write_demo_catalog
 from genserve.workflows.executor import WorkflowExecutor
+from genserve.workflows.nodes_image import BRIDGE_UPLOADS
 from genserve.workflows.pipeline_nodes import pipeline_registry
 
 log = logging.getLogger("genserve.api.rest.bridge")
 
 CLIENT_ID = "clientId"
 _SERVICE_RESTART = 1012
+# Printable ASCII but "%": what an X-Detail header carries as is; anything else is percent-encoded.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 
 def build_bridge(runtime: Runtime, executor: WorkflowExecutor | None) -> tuple[Bridge, WorkflowCatalog]:
@@ -85,6 +89,7 @@ def build_bridge(runtime: Runtime, executor: WorkflowExecutor | None) -> tuple[B
         probe_timeout_s=settings.probe_timeout_s,
         affinity_weight=settings.affinity_weight,
         retention_s=settings.retention_hours * 3600,
+        upload_dir=input_dir / BRIDGE_UPLOADS,
     )
     return bridge, catalog
 
@@ -93,10 +98,18 @@ def _detail(message: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status)
 
 
+def header_text(message: str) -> str:
+    """``message`` as a header value: UTF-8 percent-encoded outside printable ASCII (and ``%``
+    itself), so a clientId such as ``한글`` or one holding CR/LF can neither break the response
+    (latin-1 only, no line breaks) nor forge a header; ASCII text stays as readable as it was."""
+    return quote(message, safe=_HEADER_SAFE)
+
+
 def _no_content(message: str) -> Response:
     """The spec's 204 answers. HTTP forbids a body on 204 (uvicorn refuses to send one, and clients
-    would not read it), so the spec's ``{"detail": ...}`` text travels in the ``X-Detail`` header."""
-    return Response(status_code=204, headers={"X-Detail": message})
+    would not read it), so the spec's ``{"detail": ...}`` text travels in the ``X-Detail`` header,
+    percent-encoded where it must be (``urllib.parse.unquote`` gives the text back)."""
+    return Response(status_code=204, headers={"X-Detail": header_text(message)})
 
 
 def _client_id(request: Request | WebSocket) -> str:
@@ -133,6 +146,8 @@ def bridge_router(
     max_files: int,
     listening_interval_s: float,
 ) -> APIRouter:
+    """The spec's routes. ``upload_dir`` is the workflows input folder: ``/upload`` stores into its
+    ``bridge-uploads/`` subfolder, where LoadImage finds the files and other clients do not."""
     router = APIRouter(tags=["bridge"])
 
     @router.get("/workflow-list")
@@ -153,7 +168,9 @@ def bridge_router(
     async def upload(request: Request) -> JSONResponse:
         try:
             parts = await read_upload_parts(request, max_file_bytes=max_file_bytes, max_files=max_files)
-            saved = await asyncio.to_thread(save_uploads, parts, upload_dir, max_file_bytes=max_file_bytes)
+            saved = await asyncio.to_thread(
+                save_bridge_uploads, parts, upload_dir, max_file_bytes=max_file_bytes
+            )
         except GenserveError as exc:
             return _detail(exc.message)
         return JSONResponse(saved)
@@ -233,9 +250,9 @@ def bridge_router(
             await websocket.send_denial_response(_detail(exc.message))
             return
         await websocket.accept()
+        closed_by_server = restarting = False
         with bridge.sessions.subscribe(client_id) as updates:
             reader = asyncio.create_task(_until_disconnect(websocket))
-            closed_by_server = False
             try:
                 await websocket.send_json(CONNECTED.message())
                 closed_by_server = await _follow(
@@ -249,12 +266,26 @@ def bridge_router(
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await reader
                 # 1012: the server itself is restarting; its jobs stay queued for the next start.
-                restarting = reader.done() and not reader.cancelled() and reader.result() == _SERVICE_RESTART
-                if not closed_by_server and not restarting and bridge.active_jobs(client_id):
-                    # The client went away mid-job: its own jobs (and only its) are cancelled.
-                    bridge.cancel_client(client_id)
+                restarting = bridge.stopping or _close_code(reader) == _SERVICE_RESTART
+        # Unsubscribed now. Another socket of this client (a reconnect) may still follow its job:
+        # only the last one to close speaks for the client.
+        if bridge.sessions.subscribed(client_id):
+            return
+        active = await asyncio.to_thread(bridge.active_jobs, client_id)
+        if not active:
+            bridge.sessions.forget(client_id)
+        elif not closed_by_server and not restarting and not bridge.sessions.subscribed(client_id):
+            # The client went away mid-job: its own jobs (and only its) are cancelled.
+            bridge.cancel_client(client_id)
 
     return router
+
+
+def _close_code(reader: asyncio.Task[int]) -> int | None:
+    """The code the client's socket closed with, if the reader saw it close."""
+    if not reader.done() or reader.cancelled() or reader.exception() is not None:
+        return None
+    return reader.result()
 
 
 async def _until_disconnect(websocket: WebSocket) -> int:
@@ -287,7 +318,10 @@ async def _follow(
             continue
         update = getter.result()
         await websocket.send_json(update.message())
-        if update.final and not bridge.active_jobs(client_id):
+        if update is SHUTTING_DOWN or update is SERVER_CLOSING:
+            await websocket.close(code=_SERVICE_RESTART)  # the jobs stay queued for the next start
+            return True
+        if update.final and not await asyncio.to_thread(bridge.active_jobs, client_id):
             await websocket.close()
             return True
     return False

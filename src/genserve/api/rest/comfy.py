@@ -4,7 +4,8 @@ Routes, bodies and error shapes are ComfyUI's (``{"error": {...}, "node_errors":
 refused prompt, bare status codes for /view), not genserve's spec error body: this is ComfyUI's
 contract, and a client written against ComfyUI must not notice the difference. Work goes through
 one WorkflowExecutor (one prompt at a time); file routes are confined to the workflows input and
-output folders.
+output folders. The bridge's uploads (``bridge-uploads/`` in the input folder) belong to its
+clients: ``/upload/image`` never replaces a different file there, whatever ``overwrite`` says.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from genserve.runtime import Runtime
 from genserve.storage.artifacts import write_bytes
 from genserve.workflows.executor import WorkflowExecutor
 from genserve.workflows.graph import GraphValidationError, node_errors
+from genserve.workflows.nodes_image import BRIDGE_UPLOADS
 from genserve.workflows.pipeline_nodes import PipelineResources, pipeline_registry
 from genserve.workflows.runner import WorkflowRunner
 
@@ -231,7 +233,8 @@ def comfy_router(
         if folder is None:
             return Response("invalid subfolder", status_code=400)
         overwrite = fields.get("overwrite", (None, b""))[1].decode(errors="replace").lower() in {"true", "1"}
-        stored = await asyncio.to_thread(_store, folder, name, data, overwrite)
+        protected = _inside(folder, (folders["input"] / BRIDGE_UPLOADS).resolve())
+        stored = await asyncio.to_thread(_store, folder, name, data, overwrite, protected)
         return JSONResponse({"name": stored, "subfolder": subfolder, "type": "input"})
 
     @router.post("/interrupt")
@@ -303,10 +306,20 @@ async def _pump(websocket: WebSocket, outbox: asyncio.Queue[dict[str, Any]]) -> 
         await websocket.send_json(await outbox.get())
 
 
-def _store(folder: Path, name: str, data: bytes, overwrite: bool) -> str:
-    """Write the upload; without ``overwrite`` an existing name becomes ``stem (1).ext`` (ComfyUI)."""
+def _store(folder: Path, name: str, data: bytes, overwrite: bool, protected: bool = False) -> str:
+    """Write the upload; without ``overwrite`` an existing name becomes ``stem (1).ext`` (ComfyUI).
+
+    In a ``protected`` folder (the bridge's uploads) ``overwrite`` only accepts the same bytes again
+    (a bridge re-sending a job's input to this backend); different bytes get a fresh name, as
+    without ``overwrite``, so no client can replace a file another client's job reads.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
+    if protected and overwrite and path.exists():
+        with contextlib.suppress(OSError):
+            if path.is_file() and path.read_bytes() == data:
+                return path.name
+        overwrite = False
     if not overwrite:
         stem, suffix = os.path.splitext(name)
         counter = 1

@@ -109,11 +109,19 @@ class LocalBackend(Backend):
 
     Outputs are read from the runner's output folder and then deleted together with the history
     entry: the bridge keeps its own copy until ``/history`` hands it out, so nothing lingers here.
+    An interrupted prompt's entry is written only when the prompt has actually stopped, so it is
+    deleted then, by a task that waits for that (``_forget_when_ended``).
     """
 
     def __init__(self, name: str, max_inflight: int, executor: WorkflowExecutor) -> None:
         super().__init__(name, max_inflight)
         self.executor = executor
+        self._cleanups: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        """The history is this process's memory: what is left to delete goes with it."""
+        for task in list(self._cleanups):
+            task.cancel()
 
     async def probe(self) -> int:
         if not self.executor.running:
@@ -128,7 +136,9 @@ class LocalBackend(Backend):
         ended: asyncio.Future[dict[str, Any]] = loop.create_future()
 
         def deliver(message: dict[str, Any]) -> None:
-            if prompt_of(message) is None:  # queue status broadcasts concern every client
+            # Queue status broadcasts concern every client; after its final word a prompt has
+            # nothing more to report (ComfyUI still sends ``executing {node: null}``).
+            if prompt_of(message) is None or ended.done():
                 return
             on_message(message)
             if is_final(message) and not ended.done():
@@ -151,10 +161,23 @@ class LocalBackend(Backend):
             if prompt_id is not None:
                 self.executor.delete_queued([prompt_id])
                 self.executor.interrupt(prompt_id)
+                task = asyncio.get_running_loop().create_task(self._forget_when_ended(prompt_id))
+                self._cleanups.add(task)
+                task.add_done_callback(self._cleanups.discard)
             raise
         finally:
             remove()
+        await self._ended(prompt_id)  # the final message comes just before the history entry
         return await asyncio.to_thread(self._collect, prompt_id, final)
+
+    async def _ended(self, prompt_id: str, poll_s: float = 0.01) -> None:
+        while self.executor.in_queue(prompt_id):
+            await asyncio.sleep(poll_s)
+
+    async def _forget_when_ended(self, prompt_id: str) -> None:
+        """Delete an interrupted prompt's history entry once the prompt has stopped and written it."""
+        await self._ended(prompt_id, poll_s=0.1)  # a node may take a while to notice the interrupt
+        self.executor.delete_history([prompt_id])
 
     def _collect(self, prompt_id: str, final: dict[str, Any]) -> list[Output]:
         entry = self.executor.history(prompt_id).get(prompt_id, {})

@@ -10,6 +10,10 @@ Why a job's task stops decides what happens to the job (``_reasons``): ``cancell
 interrupted or left) ends it; ``lost`` (its backend went down) and ``BackendDown`` put it back in
 the queue for another backend; a shutdown leaves it ``running`` in the store, to be re-queued at
 the next start.
+
+The client's uploads (``upload_dir``) that a job names are deleted once ``/history`` hands out
+its results, unless a queued or running job still names them; whatever is left is swept once
+older than the retention, at start and by the retention loop.
 """
 
 from __future__ import annotations
@@ -29,10 +33,15 @@ from genserve.workflows.bridge.backends import Backend, BackendBusy, BackendDown
 from genserve.workflows.bridge.balancer import BackendState, Prober, pick
 from genserve.workflows.bridge.progress import ProgressTracker, models_of
 from genserve.workflows.bridge.sessions import DONE, Sessions, Status, Update
+from genserve.workflows.bridge.uploads import delete_uploads, referenced_uploads, sweep_uploads
 
 log = logging.getLogger("genserve.workflows.bridge")
 
 INTERRUPTED = Update(Status.CLOSED, "Execution was interrupted")
+# The last word to a socket whose client still has work when the server stops (the socket then
+# closes with 1012, "service restart"); one without work hears SERVER_CLOSING.
+SHUTTING_DOWN = Update(Status.ERROR, "server shutting down; the job stays queued and resumes after restart")
+SERVER_CLOSING = Update(Status.CLOSED, "server shutting down")
 _ACTIVE = (JobState.QUEUED, JobState.RUNNING)
 
 
@@ -50,6 +59,7 @@ class Bridge:
         probe_timeout_s: float = 5.0,
         affinity_weight: float = 1.0,
         retention_s: float = 24 * 3600.0,
+        upload_dir: Path | None = None,
     ) -> None:
         self.store = store
         self.states = [BackendState(b) for b in backends]
@@ -57,10 +67,15 @@ class Bridge:
         self.sessions = sessions or Sessions()
         self.affinity_weight = affinity_weight
         self.retention_s = retention_s
+        self.upload_dir = upload_dir
+        self.stopping = False
         self._probers = [
             Prober(s, probe_interval_s, probe_timeout_s, self._backend_changed) for s in self.states
         ]
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Jobs from just before their claim to the end of their task: with the store's queued jobs,
+        # the jobs whose uploads must stay.
+        self._handed: dict[str, Job] = {}
         self._reasons: dict[str, str] = {}
         self._background: list[asyncio.Task[Any]] = []
         self._wake = asyncio.Event()
@@ -73,6 +88,7 @@ class Bridge:
         requeued = await asyncio.to_thread(self.store.requeue_running)
         if requeued:
             log.info("bridge: %d job(s) cut off by the last stop are queued again", len(requeued))
+        await asyncio.to_thread(self._sweep_uploads)
         await asyncio.gather(*(p.probe_once() for p in self._probers))
         self._background = [asyncio.create_task(p.run(), name=f"probe-{p.state.name}") for p in self._probers]
         self._background.append(asyncio.create_task(self._dispatch_loop(), name="bridge-dispatch"))
@@ -90,6 +106,19 @@ class Bridge:
         for state in self.states:
             with contextlib.suppress(Exception):
                 await state.backend.close()
+
+    async def announce_shutdown(self, grace_s: float = 1.0) -> None:
+        """Tell every open socket the server is stopping, before the server closes them: a client
+        with work hears SHUTTING_DOWN (its jobs stay queued), others SERVER_CLOSING; the sockets
+        then close themselves with 1012. Waits up to ``grace_s`` for them to do so."""
+        self.stopping = True
+        clients = self.sessions.clients()
+        for client_id in clients:
+            active = await asyncio.to_thread(self.active_jobs, client_id)
+            self.sessions.publish(client_id, SHUTTING_DOWN if active else SERVER_CLOSING)
+        deadline = asyncio.get_running_loop().time() + grace_s
+        while self.sessions.clients() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
 
     def wake(self) -> None:
         """Look at the queue again (thread-safe)."""
@@ -160,8 +189,9 @@ class Bridge:
                 return last
             return Update(Status.CONNECTED, "server connected")
         if active:
+            # The spec's execution-info table has no "listening": queued is still "connected".
             position = self.store.queue_position(active[0].id) or 0
-            return Update(Status.LISTENING, f"waiting in queue: position {position}")
+            return Update(Status.CONNECTED, f"waiting in queue: position {position}")
         job = jobs[-1]
         if job.state is JobState.DONE:
             return DONE
@@ -172,13 +202,45 @@ class Bridge:
     def take_history(self, client_id: str) -> list[tuple[Result, bytes]]:
         """The client's stored results with their bytes, deleted here as they are read (blocking)."""
         taken = []
-        for result in self.store.take_results(client_id):
+        results = self.store.take_results(client_id)
+        for result in results:
             try:
                 taken.append((result, result.read_bytes()))
             except FileNotFoundError:
                 log.warning("result %s of job %s is gone from disk", result.name, result.job_id)
             self._delete(result)
+        self._drop_uploads({result.job_id for result in results})
         return taken
+
+    # Uploads -----------------------------------------------------------------------------------
+
+    def _uploads_in_use(self) -> set[str]:
+        """Uploads named by queued or running jobs. The store is read before the in-memory jobs: a
+        job is in ``_handed`` from before its claim, so one claimed in between is seen either way."""
+        jobs = self.store.queued()
+        jobs += list(self._handed.copy().values())  # copied in one step: the loop thread changes it
+        return set().union(*(referenced_uploads(job.graph) for job in jobs))
+
+    def _drop_uploads(self, job_ids: set[str]) -> None:
+        """Delete the uploads these (collected) jobs named, unless other work still needs them."""
+        if self.upload_dir is None or not job_ids:
+            return
+        named: set[str] = set()
+        for job_id in job_ids:
+            job = self.store.get(job_id)
+            if job is not None:
+                named |= referenced_uploads(job.graph)
+        if named:
+            deleted = delete_uploads(self.upload_dir, named - self._uploads_in_use())
+            log.debug("deleted %d collected upload(s)", len(deleted))
+
+    def _sweep_uploads(self) -> None:
+        """Delete uploads older than the retention that no queued or running job names."""
+        if self.upload_dir is None:
+            return
+        deleted = sweep_uploads(self.upload_dir, self.retention_s, self._uploads_in_use())
+        if deleted:
+            log.info("bridge: deleted %d upload(s) older than the retention", len(deleted))
 
     # Dispatch ----------------------------------------------------------------------------------
 
@@ -217,8 +279,10 @@ class Bridge:
             state = pick(self.states, models_of(job.graph), self.affinity_weight)
             if state is None:
                 return
+            self._handed[job.id] = job
             claimed = await asyncio.to_thread(self.store.claim, job.id, state.name)
             if claimed is None:
+                self._handed.pop(job.id, None)
                 continue
             state.inflight.add(job.id)
             self._tasks[job.id] = asyncio.create_task(self._run(claimed, state), name=f"job-{job.id}")
@@ -268,7 +332,18 @@ class Bridge:
             self._reasons.pop(job.id, None)
             if self._tasks.get(job.id) is asyncio.current_task():
                 del self._tasks[job.id]
+            self._handed.pop(job.id, None)
+            self._forget_if_idle(client)
             self._wake.set()
+
+    def _forget_if_idle(self, client_id: str) -> None:
+        """Drop the client's last update once nothing follows it: no socket, no job of its running
+        here. ``/execution-info`` reads finished and queued jobs from the store, not from it."""
+        if self.sessions.subscribed(client_id):
+            return
+        if any(job.client_id == client_id for job in self._handed.values()):
+            return
+        self.sessions.forget(client_id)
 
     def _keep(self, job: Job, outputs: Sequence[Output]) -> bool:
         """Write the outputs under results_dir/<job>/ and record them; False if the job was
@@ -295,6 +370,7 @@ class Bridge:
                 purged = await asyncio.to_thread(self.store.purge_older_than, self.retention_s)
                 for result in purged.results:
                     self._delete(result)
+                await asyncio.to_thread(self._sweep_uploads)
             except Exception:
                 log.exception("purging old bridge results failed")
 

@@ -42,7 +42,12 @@ def models_of(graph: Mapping[str, Any]) -> frozenset[str]:
 
 
 class ProgressTracker:
-    """Feeds on one prompt's messages; ``percent`` never goes down and reaches 100 on success."""
+    """Feeds on one prompt's messages; ``percent`` never goes down and reaches 100 on success.
+
+    After ``execution_error`` or ``execution_interrupted`` it takes nothing more: ComfyUI still
+    sends ``executing {node: null}`` ("this prompt is done") after an error, and counting that as
+    the end would show a failing job reaching 100% just before its error.
+    """
 
     def __init__(self, graph: Mapping[str, Any]) -> None:
         self.total = max(len(graph), 1)
@@ -51,10 +56,14 @@ class ProgressTracker:
         self._step = 0
         self._steps = 0
         self.percent = 0.0
+        self.failed = False
 
     def feed(self, message: Mapping[str, Any]) -> bool:
         """Take one message; True when the percentage moved."""
         kind = message.get("type")
+        if self.failed or kind in ("execution_error", "execution_interrupted"):
+            self.failed = True
+            return False
         data = message.get("data") if isinstance(message.get("data"), Mapping) else {}
         if kind == "execution_cached":
             self._finished.update(str(n) for n in data.get("nodes", ()))

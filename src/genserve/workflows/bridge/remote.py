@@ -3,7 +3,14 @@
 It drives the API the way ComfyUI's own client scripts do: upload the input images the graph names,
 open ``/ws?clientId=<job id>`` first (so no message is missed), ``POST /prompt``, follow the socket
 to the prompt's final message, read ``/history/{id}``, fetch each file with ``/view``, and delete the
-history entry (the original bridge never did, and its backends' histories grew without end).
+history entry (the original bridge never did, and its backends' histories grew without end). An
+interrupted prompt writes its entry only once it has actually stopped, so that deletion waits for
+the prompt to leave the backend's queue (``_forget_when_ended``, in the background).
+
+Input images keep their path relative to the input folder (``bridge-uploads/<name>`` for the
+bridge's uploads, sent as ComfyUI's ``subfolder``); when the backend stores one under another name
+(a genserve backend does not let an upload replace a different file there), the graph sent names
+what it stored.
 
 Connection problems become ``BackendDown`` so the queue worker hands the job to another backend;
 a socket that closes early is not trusted either way: the history says whether the prompt
@@ -15,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -86,8 +95,14 @@ class ComfyBackend(Backend):
         # A backend being cancelled is often one that stopped answering: give up on it quickly.
         self.cancel_timeout_s = cancel_timeout_s
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout_s)
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
+        """Give pending history deletions a moment (the backend keeps its history), then stop."""
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups), timeout=self.cancel_timeout_s)
+        for task in list(self._cleanups):
+            task.cancel()
         await self._http.aclose()
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -113,7 +128,7 @@ class ComfyBackend(Backend):
         await self._call("POST", "/free", json={"unload_models": True, "free_memory": True})
 
     async def run(self, graph: Mapping[str, Any], job_id: str, on_message: MessageSink) -> list[Output]:
-        await self._upload_inputs(graph)
+        graph = await self._upload_inputs(graph)
         prompt_id: str | None = None
         final: dict[str, Any] | None = None
         try:
@@ -180,31 +195,82 @@ class ComfyBackend(Backend):
             raise JobFailed(f"prompt {prompt_id} did not complete on {self.name}")
         return outputs
 
-    async def _upload_inputs(self, graph: Mapping[str, Any]) -> None:
-        """Send the backend every LoadImage file the graph names that this server holds."""
-        for node in graph.values():
-            if not isinstance(node, Mapping) or node.get("class_type") != "LoadImage":
+    def _local_input(self, name: Any) -> Path | None:
+        """The file in this server's input folder that a LoadImage ``image`` value names, if any."""
+        if not isinstance(name, str) or not name or "\\" in name or "\x00" in name or os.path.isabs(name):
+            return None
+        base = self.input_dir.resolve()
+        path = (base / name).resolve()
+        return path if path.is_relative_to(base) and path.is_file() else None
+
+    async def _upload_inputs(self, graph: Mapping[str, Any]) -> dict[str, Any]:
+        """Send the backend every LoadImage file the graph names that this server holds; returns
+        the graph to send, naming each file as the backend stored it."""
+        sent: dict[str, Any] = copy.deepcopy(dict(graph))
+        for node in sent.values():
+            if not isinstance(node, dict) or node.get("class_type") != "LoadImage":
                 continue
-            name = node.get("inputs", {}).get("image")
-            if not isinstance(name, str) or "/" in name or "\\" in name:
-                continue
-            path = self.input_dir / name
-            if not path.is_file():
+            inputs = node.get("inputs")
+            path = self._local_input(inputs.get("image")) if isinstance(inputs, dict) else None
+            if path is None or not isinstance(inputs, dict):
                 continue  # a file only the backend has (its own input folder)
+            name = str(inputs["image"])
+            subfolder, _, filename = name.rpartition("/")
             data = await asyncio.to_thread(path.read_bytes)
-            files = {"image": (name, data, content_type_of(name))}
-            response = await self._call("POST", "/upload/image", files=files, data={"overwrite": "true"})
+            files = {"image": (filename, data, content_type_of(filename))}
+            form = {"overwrite": "true", "subfolder": subfolder}
+            response = await self._call("POST", "/upload/image", files=files, data=form)
             if response.status_code != 200:
                 raise JobFailed(f"{self.name} refused the upload of {name}: {response.text[:200]}")
+            inputs["image"] = _stored_as(response, name)
+        return sent
 
     async def _cancel(self, prompt_id: str) -> None:
-        """Take the prompt out of the backend's queue, or interrupt it if it is the one running."""
+        """Take the prompt out of the backend's queue, or interrupt it if it is the one running;
+        its history entry is deleted once it has stopped (at once when it never ran)."""
         try:
             await self._http.post("/queue", json={"delete": [prompt_id]})
-            queue = (await self._http.get("/queue")).json()
-            running = [entry[1] for entry in queue.get("queue_running", []) if len(entry) > 1]
-            if prompt_id in running:
+            if prompt_id in await self._queued(running_only=True):
                 await self._http.post("/interrupt", json={"prompt_id": prompt_id})
-            await self._http.post("/history", json={"delete": [prompt_id]})
+                task = asyncio.get_running_loop().create_task(self._forget_when_ended(prompt_id))
+                self._cleanups.add(task)
+                task.add_done_callback(self._cleanups.discard)
+            else:
+                await self._http.post("/history", json={"delete": [prompt_id]})
         except (*_NETWORK_ERRORS, ValueError) as exc:
             log.info("%s: could not cancel %s: %s: %s", self.name, prompt_id, type(exc).__name__, exc)
+
+    async def _queued(self, running_only: bool = False) -> set[str]:
+        """Prompt ids the backend runs (and, unless ``running_only``, has waiting)."""
+        queue = (await self._http.get("/queue")).json()
+        entries = queue.get("queue_running", []) + ([] if running_only else queue.get("queue_pending", []))
+        return {str(entry[1]) for entry in entries if isinstance(entry, list) and len(entry) > 1}
+
+    async def _forget_when_ended(self, prompt_id: str, poll_s: float = 0.25) -> None:
+        """Delete an interrupted prompt's history once it left the queue (ComfyUI writes the entry
+        as it takes the prompt out). A backend that stops answering has lost its history anyway."""
+        failures = 0
+        while failures < 3:
+            try:
+                if prompt_id not in await self._queued():
+                    await self._http.post("/history", json={"delete": [prompt_id]})
+                    return
+                failures = 0
+            except (*_NETWORK_ERRORS, ValueError) as exc:
+                failures += 1
+                log.debug("%s: waiting for %s to stop: %s", self.name, prompt_id, exc)
+            await asyncio.sleep(poll_s)
+        log.info("%s: gave up deleting the history of interrupted prompt %s", self.name, prompt_id)
+
+
+def _stored_as(response: httpx.Response, sent: str) -> str:
+    """``subfolder/name`` from ComfyUI's upload answer ``{"name", "subfolder", "type"}``."""
+    try:
+        body = response.json()
+    except ValueError:
+        return sent
+    name = body.get("name") if isinstance(body, dict) else None
+    if not isinstance(name, str) or not name:
+        return sent
+    subfolder = str(body.get("subfolder") or "").strip("/")
+    return f"{subfolder}/{name}" if subfolder else name

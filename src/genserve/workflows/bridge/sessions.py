@@ -66,7 +66,13 @@ class Sessions:
         return self._last.get(client_id)
 
     def forget(self, client_id: str) -> None:
+        """Drop the last update of a client nobody follows any more (called by the bridge when its
+        last socket closes or its job ends with none open), so ``_last`` does not grow forever."""
         self._last.pop(client_id, None)
+
+    def remembered(self) -> int:
+        """How many clients have a last update kept (for tests and metrics)."""
+        return len(self._last)
 
     @contextlib.contextmanager
     def subscribe(self, client_id: str) -> Iterator[asyncio.Queue[Update]]:
@@ -82,4 +88,10 @@ class Sessions:
                 self._subscribers.pop(client_id, None)
 
     def subscribed(self, client_id: str) -> bool:
+        """Whether any socket of this client is open: a reconnecting client's old socket closing
+        must not cancel the job its new socket follows."""
         return bool(self._subscribers.get(client_id))
+
+    def clients(self) -> list[str]:
+        """The clients with at least one open socket."""
+        return list(self._subscribers)

@@ -7,26 +7,33 @@ detected, so a ``../x.png`` or a script renamed ``.png`` cannot land anywhere or
 image. A request is all or nothing: every part is checked before the first byte is written, and
 a write that fails removes what this request already wrote, so a client never has to guess which
 of its files made it.
+
+Bridge uploads live in their own subfolder of the input folder (``BRIDGE_UPLOADS``), answered as
+``bridge-uploads/<name>``: ComfyUI's ``/object_info`` does not list them and its ``/upload/image``
+cannot overwrite them, so one client's image is neither visible to nor replaceable by another.
+They are deleted once the jobs naming them are collected (``referenced_uploads``), and any left
+behind (never used, or their jobs forgotten) once older than the retention (``sweep_uploads``).
 """
 
 from __future__ import annotations
 
 import io
 import re
+import time
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from genserve.errors import ErrorCode, GenserveError
 from genserve.storage.artifacts import write_bytes
+from genserve.workflows.bridge.multipart import MultipartError, RawPart, parse_multipart
+from genserve.workflows.nodes_image import BRIDGE_UPLOADS
 
 # Pillow's format name -> the extension the stored file gets. MPO is how Pillow reports a JPEG
 # that carries extra pictures (phone cameras write them); every JPEG reader opens it as a JPEG.
@@ -43,10 +50,10 @@ MAX_PIXELS = 50_000_000
 MAX_FIELD_CHARS = 200
 MAX_STEM_CHARS = 64
 
+# The spec's default for a part sent without a name.
+DEFAULT_FIELD = "file"
+
 _UNSAFE_STEM = re.compile(r"[^A-Za-z0-9._-]")
-_CHUNK = 256 * 1024
-# A plain text field is refused anyway; this only bounds what is held to name it in the error.
-_MAX_TEXT_FIELD_BYTES = 64 * 1024
 _MB = 1024 * 1024
 
 
@@ -79,50 +86,66 @@ def _too_large(field: str, max_file_bytes: int) -> GenserveError:
 
 
 async def read_upload_parts(request: Request, *, max_file_bytes: int, max_files: int) -> list[UploadPart]:
-    """The request's file parts in order; every refusal is INVALID_INPUT naming the part.
+    """The request's file parts in order, each under its key; every refusal is INVALID_INPUT naming
+    the part.
 
-    Starlette spools file parts to disk while parsing, so an oversized file is read back in
-    chunks and dropped as soon as it passes the limit instead of being copied into memory whole.
+    A part without a ``name`` is the spec's default ``file``; several of them get ``file``,
+    ``file_2``, ``file_3``... (skipping names other parts gave), so none overwrites another in the
+    answer. Limits are checked while the body streams in: a part too many or a file past the size
+    limit stops the read there.
     """
     content_type = request.headers.get("content-type", "")
     if content_type.split(";", 1)[0].strip().lower() != "multipart/form-data":
         raise _refuse_request(f"expected Content-Type multipart/form-data, got {content_type or 'none'!r}")
+    seen: list[RawPart] = []
+    labels: list[str] = []
+
+    def on_headers(part: RawPart, index: int) -> None:
+        if index >= max_files:
+            raise _refuse_request(f"more than {max_files} parts, at most {max_files} files per request")
+        seen.append(part)
+        labels.append(_keys(seen)[-1])  # as named in the answer (unless a later part takes the name)
+        if not part.is_file:
+            raise _refuse(labels[-1], "expected a file, got a plain text field")
+
+    def on_data(part: RawPart) -> None:
+        if len(part.data) > max_file_bytes:
+            raise _too_large(labels[-1], max_file_bytes)
+
     try:
-        # max_fields = max_files lets a stray text field through the parser, so that the
-        # refusal below can name it instead of Starlette's anonymous "too many fields".
-        async with request.form(
-            max_files=max_files, max_fields=max_files, max_part_size=_MAX_TEXT_FIELD_BYTES
-        ) as form:
-            items = list(form.multi_items())
-            if not items:
-                raise _refuse_request("no file parts in the request")
-            if len(items) > max_files:
-                raise _refuse_request(f"{len(items)} parts, at most {max_files} files per request")
-            parts: list[UploadPart] = []
-            for field, value in items:
-                if not isinstance(value, UploadFile):
-                    raise _refuse(field, "expected a file, got a plain text field")
-                data = await _read_limited(value, field, max_file_bytes)
-                parts.append(UploadPart(field, value.filename or "", value.content_type, data))
-            return parts
-    except MultiPartException as exc:
-        raise _refuse_request(f"cannot read the multipart body: {exc.message}") from exc
-    except HTTPException as exc:
-        # Inside an app Starlette turns its MultiPartException into a 400 HTTPException.
-        raise _refuse_request(f"cannot read the multipart body: {exc.detail}") from exc
+        raw = await parse_multipart(content_type, request.stream(), on_headers, on_data)
+    except MultipartError as exc:
+        raise _refuse_request(f"cannot read the multipart body: {exc}") from exc
+    except ClientDisconnect as exc:
+        raise _refuse_request("the client went away before the body was complete") from exc
+    if not raw:
+        raise _refuse_request("no file parts in the request")
+    return [
+        UploadPart(key, part.filename or "", part.content_type, bytes(part.data))
+        for key, part in zip(_keys(raw), raw, strict=True)
+    ]
 
 
-async def _read_limited(upload: UploadFile, field: str, max_file_bytes: int) -> bytes:
-    if upload.size is not None and upload.size > max_file_bytes:
-        raise _too_large(field, max_file_bytes)
-    chunks: list[bytes] = []
-    total = 0
-    while chunk := await upload.read(_CHUNK):
-        total += len(chunk)
-        if total > max_file_bytes:
-            raise _too_large(field, max_file_bytes)
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _keys(parts: list[RawPart]) -> list[str]:
+    """Each part's key in the answer: its own name, or the first free of ``file``, ``file_2``...
+
+    Named parts keep their names even when repeated (``save_uploads`` refuses the repeat, naming
+    it); unnamed ones never take a name another part gave.
+    """
+    given = {part.name for part in parts if part.name is not None}
+    keys: list[str] = []
+    counter = 1
+    for part in parts:
+        if part.name is not None:
+            keys.append(part.name)
+            continue
+        while True:
+            key = DEFAULT_FIELD if counter == 1 else f"{DEFAULT_FIELD}_{counter}"
+            counter += 1
+            if key not in given:
+                break
+        keys.append(key)
+    return keys
 
 
 def save_uploads(parts: Sequence[UploadPart], folder: Path, *, max_file_bytes: int) -> dict[str, str]:
@@ -167,6 +190,58 @@ def save_uploads(parts: Sequence[UploadPart], folder: Path, *, max_file_bytes: i
             path.unlink(missing_ok=True)
         raise
     return saved
+
+
+def save_bridge_uploads(
+    parts: Sequence[UploadPart], input_dir: Path, *, max_file_bytes: int
+) -> dict[str, str]:
+    """``save_uploads`` into the bridge's own subfolder; the names answered are relative to the
+    input folder (``bridge-uploads/<name>``), as a workflow's LoadImage names them."""
+    saved = save_uploads(parts, input_dir / BRIDGE_UPLOADS, max_file_bytes=max_file_bytes)
+    return {field: f"{BRIDGE_UPLOADS}/{name}" for field, name in saved.items()}
+
+
+def referenced_uploads(graph: Mapping[str, Any]) -> set[str]:
+    """The bridge uploads a graph names: plain file names in the uploads subfolder."""
+    prefix = BRIDGE_UPLOADS + "/"
+    found: set[str] = set()
+    for node in graph.values():
+        inputs = node.get("inputs") if isinstance(node, Mapping) else None
+        for value in inputs.values() if isinstance(inputs, Mapping) else ():
+            if isinstance(value, str) and value.startswith(prefix):
+                name = value[len(prefix) :]
+                if name and not {"/", "\\", "\x00"} & set(name) and name not in {".", ".."}:
+                    found.add(name)
+    return found
+
+
+def delete_uploads(folder: Path, names: Iterable[str]) -> list[str]:
+    """Remove these plain names from the uploads folder; the ones that were there."""
+    deleted = []
+    for name in names:
+        try:
+            (folder / name).unlink()
+        except FileNotFoundError:
+            continue
+        deleted.append(name)
+    return deleted
+
+
+def sweep_uploads(folder: Path, older_than_s: float, keep: Iterable[str]) -> list[str]:
+    """Remove uploads last written more than ``older_than_s`` ago, except ``keep`` (names that
+    queued or running jobs still need, however old: a job has no time cap)."""
+    if not folder.is_dir():
+        return []
+    cutoff = time.time() - older_than_s
+    kept = set(keep)
+    old = []
+    for path in folder.iterdir():
+        try:
+            if path.name not in kept and path.is_file() and path.stat().st_mtime < cutoff:
+                old.append(path.name)
+        except OSError:
+            continue
+    return delete_uploads(folder, old)
 
 
 def _check_field(field: str, seen: set[str]) -> None:

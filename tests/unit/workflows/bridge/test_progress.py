@@ -43,3 +43,16 @@ def test_final_messages_and_models() -> None:
     assert not is_final(message("executing", node=None))
     models = models_of(demo_workflow("image-edit"))
     assert {m.split(".")[0] for m in models} >= {"qwen_image_vae"} and len(models) == 4
+
+
+def test_no_progress_after_an_error_or_an_interrupt() -> None:
+    """ComfyUI sends ``executing {node: null}`` after ``execution_error``: not a 100 % to show."""
+    for ending in ("execution_error", "execution_interrupted"):
+        tracker = ProgressTracker({"1": {}, "2": {}})
+        tracker.feed(message("executing", node="1"))
+        assert tracker.feed(message("executing", node="2"))
+        before = tracker.percent
+        assert not tracker.feed(message(ending, node_id="1"))
+        assert not tracker.feed(message("executing", node=None))
+        assert not tracker.feed(message("execution_success"))
+        assert tracker.failed and tracker.percent == before < 100.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import re
 import socket
 import struct
@@ -248,13 +249,74 @@ def test_http_too_many_files(live: tuple[httpx.Client, Path]) -> None:
     files = [(f"f{i}", (f"{i}.png", PNG, "image/png")) for i in range(HTTP_MAX_FILES + 1)]
     response = client.post("/upload", files=files)
     assert response.status_code == 400
-    assert "Too many files" in response.json()["detail"]
+    assert response.json()["detail"] == (
+        f"upload: more than {HTTP_MAX_FILES} parts, at most {HTTP_MAX_FILES} files per request"
+    )
     mixed = client.post("/upload", files=files[:HTTP_MAX_FILES], data={"note": "x"})
     assert mixed.status_code == 400
-    assert (
-        mixed.json()["detail"]
-        == f"upload: {HTTP_MAX_FILES + 1} parts, at most {HTTP_MAX_FILES} files per request"
+    assert mixed.json()["detail"] == "upload part 'note': expected a file, got a plain text field"
+
+
+def raw_multipart(*parts: tuple[str, bytes]) -> tuple[bytes, dict[str, str]]:
+    """A multipart body from (Content-Disposition value, bytes) pairs, as the spec's clients send it."""
+    boundary = "spec-client-boundary"
+    body = b""
+    for disposition, data in parts:
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n".encode()
+        body += b"Content-Type: image/png\r\n\r\n" + data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return body, {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_http_parts_without_a_name_are_the_specs_default_file(live: tuple[httpx.Client, Path]) -> None:
+    """The spec: ``name`` is optional, default ``file``; its tutorial client sends ``attachment``."""
+    client, folder = live
+    body, headers = raw_multipart(('attachment; filename="x.png"', PNG))
+    one = client.post("/upload", content=body, headers=headers)
+    assert one.status_code == 200, one.text
+    assert list(one.json()) == ["file"] and one.json()["file"].endswith("_x.png")
+    assert (folder / one.json()["file"]).read_bytes() == PNG
+
+    # Several unnamed parts do not collide, and never take a name another part gave.
+    body, headers = raw_multipart(
+        ('form-data; filename="a.png"', PNG),
+        ('attachment; filename="b.png"', JPEG),
+        ('form-data; name="file"; filename="c.png"', PNG),
     )
+    several = client.post("/upload", content=body, headers=headers)
+    assert several.status_code == 200, several.text
+    saved = several.json()
+    assert list(saved) == ["file_2", "file_3", "file"]
+    assert saved["file_2"].endswith("_a.png") and saved["file_3"].endswith("_b.jpg")
+    assert saved["file"].endswith("_c.png") and len(set(saved.values())) == 3
+
+
+def test_http_unnamed_parts_keep_every_check(live: tuple[httpx.Client, Path]) -> None:
+    client, _ = live
+
+    def refused(*parts: tuple[str, bytes]) -> str:
+        body, headers = raw_multipart(*parts)
+        response = client.post("/upload", content=body, headers=headers)
+        assert response.status_code == 400, response.text
+        return str(response.json()["detail"])
+
+    assert refused(('attachment; filename="big.png"', PNG + bytes(HTTP_LIMIT))) == (
+        "upload part 'file': larger than 0.2 MB"
+    )
+    assert refused(("attachment", b"no file name")) == (
+        "upload part 'file': expected a file, got a plain text field"
+    )
+    assert "not an image" in refused(('attachment; filename="t.png"', b"text"))
+    assert "plain name" in refused(('attachment; filename="../t.png"', PNG))
+    many = [('attachment; filename="m.png"', PNG)] * (HTTP_MAX_FILES + 1)
+    assert refused(*many).startswith(f"upload: more than {HTTP_MAX_FILES} parts")
+    cut = client.post(
+        "/upload",
+        content=b'--b\r\nContent-Disposition: attachment; filename="x.png"\r\n\r\n' + PNG,
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert cut.status_code == 400
+    assert cut.json()["detail"].startswith("upload: cannot read the multipart body: ")
 
 
 def test_http_oversized_file(live: tuple[httpx.Client, Path]) -> None:
@@ -287,3 +349,33 @@ def test_http_path_trick_refused(live: tuple[httpx.Client, Path]) -> None:
         == "upload part 'person': file name '../x.png' must be a plain name (no folders)"
     )
     assert (set(folder.iterdir()) if folder.exists() else set()) == before
+
+
+# --- the bridge's uploads folder: where they go, which a graph names, the sweep ---------------------
+
+
+def test_bridge_uploads_go_to_their_own_subfolder(tmp_path: Path) -> None:
+    saved = uploads.save_bridge_uploads([part("face", "me.png")], tmp_path, max_file_bytes=MB)
+    assert saved["face"].startswith(f"{uploads.BRIDGE_UPLOADS}/") and saved["face"].endswith("_me.png")
+    assert (tmp_path / saved["face"]).read_bytes() == PNG
+
+
+def test_referenced_uploads_are_plain_names_in_the_subfolder() -> None:
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": f"{uploads.BRIDGE_UPLOADS}/a_me.png"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "person.png"}},
+        "3": {"class_type": "X", "inputs": {"other": f"{uploads.BRIDGE_UPLOADS}/../../etc/passwd"}},
+        "4": {"class_type": "X", "inputs": {"link": ["1", 0], "n": 3}},
+    }
+    assert uploads.referenced_uploads(graph) == {"a_me.png"}
+
+
+def test_sweep_removes_old_uploads_but_keeps_those_in_use(tmp_path: Path) -> None:
+    old = time.time() - 3600
+    for name in ("old.png", "in-use.png", "new.png"):
+        (tmp_path / name).write_bytes(PNG)
+    for name in ("old.png", "in-use.png"):
+        os.utime(tmp_path / name, (old, old))
+    assert uploads.sweep_uploads(tmp_path, 60, keep={"in-use.png"}) == ["old.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in-use.png", "new.png"]
+    assert uploads.sweep_uploads(tmp_path / "missing", 60, keep=()) == []
