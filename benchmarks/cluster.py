@@ -166,7 +166,10 @@ def first_token(args: argparse.Namespace, work: Path) -> None:
             started = time.perf_counter()
             route = ask(stub)
             channel = channels.setdefault(route.agent_endpoint, grpc.insecure_channel(route.agent_endpoint))
-            request = pb.StreamRequest(session_token=route.session_token, stream=True, **fields)
+            # On the wire temperature 0 is the spec's default 0.7; greedy is asked for by option.
+            request = pb.StreamRequest(
+                session_token=route.session_token, stream=True, options={"greedy": "true"}, **fields
+            )
             replies = rpc.AgentServiceStub(channel).StreamInference(request)
             next(replies)
             elapsed = time.perf_counter() - started

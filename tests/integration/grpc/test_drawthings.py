@@ -81,8 +81,9 @@ def test_a_broken_stream_leaves_no_file(channel: grpc.Channel, server: LiveServe
     with pytest.raises(grpc.RpcError):
         rpc.ImageGenerationServiceStub(channel).UploadFile(broken())
     target = server.runtime.models.registry.root / "loras" / "broken.safetensors"
-    wait_for(lambda: leftovers(server) == [], 5, "the partial upload to be removed")
-    assert not target.exists() and leftovers(server) == []
+    # The server may see the stream end before it learns of the cancellation; a commit made in
+    # that moment is taken back when the call ends cancelled.
+    wait_for(lambda: leftovers(server) == [] and not target.exists(), 5, "the partial upload to be removed")
 
 
 @pytest.mark.parametrize(

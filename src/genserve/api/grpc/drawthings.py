@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,6 +28,8 @@ from genserve.models.uploads import ModelUpload, file_status
 Context = grpc.aio.ServicerContext
 MAX_FILES = 1000
 MIB = 1024 * 1024
+CANCEL_SETTLE_S = 0.02
+log = logging.getLogger("genserve.grpc")
 _ZERO_IS_DEFAULT = (
     "width",
     "height",
@@ -52,6 +56,13 @@ def generation_request(request: pb.ImageGenerationRequest) -> dict[str, Any]:
     if request.sampler:
         body["sampler"] = request.sampler
     return body
+
+
+def _take_back_if_cancelled(context: Context, committed: list[Path]) -> None:
+    if context.cancelled():
+        for path in committed:
+            path.unlink(missing_ok=True)
+            log.warning("upload %s was cancelled by its client after the last chunk; removed", path.name)
 
 
 class ImageGeneration(rpc.ImageGenerationServiceServicer):
@@ -127,6 +138,7 @@ class ImageGeneration(rpc.ImageGenerationServiceServicer):
         self, request_iterator: AsyncIterator[pb.UploadFileRequest], context: Context
     ) -> pb.UploadFileResponse:
         upload: ModelUpload | None = None
+        committed: list[Path] = []
 
         async def work() -> pb.UploadFileResponse:
             nonlocal upload
@@ -151,7 +163,16 @@ class ImageGeneration(rpc.ImageGenerationServiceServicer):
                 raise GenserveError(
                     ErrorCode.INVALID_INPUT, "filename: the stream was empty", field="filename"
                 )
+            # grpc.aio ends the request stream the same way for a client's half-close and for a
+            # call the client cancelled (it died mid-upload); the cancellation is only known a
+            # moment later. A short yield lets most arrive before the commit, and a commit that
+            # the call's end shows was cancelled is taken back: the client never got an answer.
+            await asyncio.sleep(CANCEL_SETTLE_S)
+            if context.cancelled():
+                raise GenserveError(ErrorCode.CANCELLED, "the upload was cancelled before its end")
+            context.add_done_callback(lambda ctx: _take_back_if_cancelled(ctx, committed))
             path = await asyncio.to_thread(upload.commit)
+            committed.append(path)
             return pb.UploadFileResponse(message=f"uploaded {upload.name} ({upload.size} bytes) to {path}")
 
         try:
