@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -28,12 +29,19 @@ def server(
         yield live
 
 
+@contextmanager
+def open_channel(target: str, limit_mb: int = 200) -> Iterator[grpc.Channel]:
+    """A ready channel whose message limits in both directions are ``limit_mb``."""
+    limit = limit_mb * 1024 * 1024
+    options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+    with grpc.insecure_channel(target, options=options) as ch:
+        grpc.channel_ready_future(ch).result(timeout=30)
+        yield ch
+
+
 @pytest.fixture(scope="module")
 def channel(server: LiveServer) -> Iterator[grpc.Channel]:
-    limit = 200 * 1024 * 1024
-    options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
-    with grpc.insecure_channel(server.grpc_target, options=options) as ch:
-        grpc.channel_ready_future(ch).result(timeout=30)
+    with open_channel(server.grpc_target) as ch:
         yield ch
 
 

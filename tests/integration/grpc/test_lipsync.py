@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
-import grpc
 import numpy as np
 import pytest
 
@@ -23,6 +22,7 @@ from genserve.api.grpc.gen import monolithic_pb2 as pb
 from genserve.api.grpc.gen import monolithic_pb2_grpc as rpc
 from tests.conftest import small_settings
 from tests.integration.conftest import LiveServer, live_server, wait_for
+from tests.integration.grpc.conftest import open_channel
 
 SAMPLES = 10_240  # 640 ms at 16 kHz
 FRAME = 6 * 320 * 320
@@ -50,10 +50,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, demo_models: Path) -> Itera
 
 @pytest.fixture(scope="module")
 def stub(server: LiveServer) -> Iterator[rpc.MonolithicServiceStub]:
-    limit = 100 * 1024 * 1024
-    options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
-    with grpc.insecure_channel(server.grpc_target, options=options) as channel:
-        grpc.channel_ready_future(channel).result(timeout=30)
+    with open_channel(server.grpc_target, limit_mb=100) as channel:
         yield rpc.MonolithicServiceStub(channel)
 
 

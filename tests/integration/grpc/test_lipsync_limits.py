@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 
@@ -28,6 +27,7 @@ from genserve.services import lipsync_devices
 from genserve.services.lipsync_devices import gpu_ids
 from tests.conftest import small_settings
 from tests.integration.conftest import LiveServer, live_server
+from tests.integration.grpc.conftest import open_channel
 from tests.integration.grpc.test_lipsync import SAMPLES, request
 
 cpu_only = pytest.mark.skipif(bool(gpu_ids()), reason="checks the answers of a host without GPUs")
@@ -52,10 +52,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, demo_models: Path) -> Itera
 
 @pytest.fixture(scope="module")
 def stub(server: LiveServer) -> Iterator[rpc.MonolithicServiceStub]:
-    limit = 100 * 1024 * 1024
-    options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
-    with grpc.insecure_channel(server.grpc_target, options=options) as channel:
-        grpc.channel_ready_future(channel).result(timeout=30)
+    with open_channel(server.grpc_target, limit_mb=100) as channel:
         yield rpc.MonolithicServiceStub(channel)
 
 
