@@ -6,7 +6,14 @@ merged batch on its own worker thread and hands each follower its slice.
 
 A leader waits only when waiting can pay, and never past ``max_delay_s`` or a full batch:
 - while requests for its key are on their way: each request takes a ticket when it starts
-  (before its own pre-processing), so the leader knows how many are still coming;
+  (before its own pre-processing), so the leader knows how many are still coming. Each one that
+  joins saves a run's fixed cost, so the leader waits for them no longer than that cost: the
+  intercept of a line fitted to the key's recent (size, run time) pairs (ski rental: a wait
+  never costs more than the run it may save). A model whose run time grows with its size alone
+  (inference cheap beside the copies, or cores already shared by concurrent runs) gets almost no
+  wait; one that costs about the same at any size (a GPU at small batches) gets up to
+  ``max_delay_s``. Until the key has runs of at least two sizes the cost is unknown and the
+  bound is ``max_delay_s``.
 - while a run for its key is in progress: the model is busy anyway (a GPU runs them one after
   the other; on a CPU they would share the cores), so requests that arrive meanwhile gather
   into one run instead of queueing behind each other.
@@ -17,11 +24,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+TIMING_WINDOW = 32  # runs per key the fixed-cost fit looks at: recent enough to follow a model swap
 
 
 @dataclass(eq=False)
@@ -69,6 +78,7 @@ class DynamicBatcher:
         self._pending: Counter[Hashable] = Counter()  # tickets taken, not yet spent
         self._running: Counter[Hashable] = Counter()  # batch runs in progress
         self._open: dict[Hashable, _Batch] = {}
+        self._timings: dict[Hashable, deque[tuple[int, float]]] = {}  # recent (size, seconds) per key
         self._runs = self._requests = self._largest = 0
 
     @contextmanager
@@ -87,6 +97,22 @@ class DynamicBatcher:
     def stats(self) -> BatchStats:
         with self._cond:
             return BatchStats(self._runs, self._requests, self._largest)
+
+    def fixed_cost_s(self, key: Hashable) -> float | None:
+        """A run's cost for ``key`` that does not grow with its size; None until it can be told."""
+        with self._cond:
+            return self._fixed_cost(key)
+
+    def _fixed_cost(self, key: Hashable) -> float | None:
+        timings = self._timings.get(key)
+        if not timings or len({size for size, _ in timings}) < 2:
+            return None
+        sizes = [float(size) for size, _ in timings]
+        seconds = [spent for _, spent in timings]
+        mean_size, mean_time = sum(sizes) / len(sizes), sum(seconds) / len(seconds)
+        spread = sum((x - mean_size) ** 2 for x in sizes)
+        slope = sum((x - mean_size) * (y - mean_time) for x, y in zip(sizes, seconds, strict=True)) / spread
+        return max(mean_time - slope * mean_size, 0.0)
 
     def _spend(self, ticket: Ticket) -> None:
         ticket.spent = True
@@ -115,8 +141,12 @@ class DynamicBatcher:
                     batch, index, leader = _Batch([item], size), 0, True
                     self._open[key] = batch
             if leader and not batch.closed:
-                deadline = time.monotonic() + self.max_delay_s
+                now = time.monotonic()
+                busy_deadline = now + self.max_delay_s
+                fixed = self._fixed_cost(key)
+                coming_deadline = now + (self.max_delay_s if fixed is None else min(fixed, self.max_delay_s))
                 while batch.size < self.max_items and (self._pending[key] > 0 or self._running[key] > 0):
+                    deadline = busy_deadline if self._running[key] > 0 else coming_deadline
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or batch.closed:
                         break
@@ -136,8 +166,10 @@ class DynamicBatcher:
         return batch.results[index]
 
     def _lead(self, key: Hashable, batch: _Batch, run_batch: Callable[[list[Any]], list[Any]]) -> None:
+        started, spent = time.perf_counter(), None
         try:
             results = run_batch(batch.items)
+            spent = time.perf_counter() - started
             if len(results) != len(batch.items):
                 raise RuntimeError(f"batch run returned {len(results)} results for {len(batch.items)} items")
             batch.results = results
@@ -149,6 +181,8 @@ class DynamicBatcher:
                 if self._running[key] <= 0:
                     del self._running[key]
                 self._cond.notify_all()  # leaders waiting for the model to be free go now
+                if spent is not None:  # a failed run's time says nothing of the model's cost
+                    self._timings.setdefault(key, deque(maxlen=TIMING_WINDOW)).append((batch.size, spent))
                 self._runs += 1
                 self._requests += len(batch.items)
                 self._largest = max(self._largest, batch.size)

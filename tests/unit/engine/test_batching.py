@@ -202,6 +202,78 @@ def test_a_waiting_leader_goes_after_max_delay() -> None:
         other.join(5)
 
 
+class Costed:
+    """A batch run that takes ``fixed + per_item * size`` seconds; items are their own sizes."""
+
+    def __init__(self, fixed: float, per_item: float) -> None:
+        self.fixed, self.per_item = fixed, per_item
+
+    def __call__(self, items: list[Any]) -> list[Any]:
+        time.sleep(self.fixed + self.per_item * sum(items))
+        return [item * 10 for item in items]
+
+
+def history(batcher: DynamicBatcher, run_batch: Costed, sizes: list[int]) -> None:
+    """Lone runs of these sizes, one after the other (a lone request never waits)."""
+    for size in sizes:
+        with batcher.ticket("model") as ticket:
+            assert ticket.run(size, size, run_batch) == size * 10
+
+
+def lead_beside_a_straggler(batcher: DynamicBatcher, run_batch: Costed) -> float:
+    """Seconds a lone leader takes while another request holds its ticket and never comes."""
+    holding, leave = threading.Event(), threading.Event()
+
+    def straggler() -> None:
+        with batcher.ticket("model"):
+            holding.set()
+            leave.wait(10)
+
+    other = threading.Thread(target=straggler, daemon=True)
+    other.start()
+    try:
+        assert holding.wait(5)
+        started = time.monotonic()
+        with batcher.ticket("model") as ticket:
+            assert ticket.run(1, 1, run_batch) == 10
+        return time.monotonic() - started
+    finally:
+        leave.set()
+        other.join(5)
+
+
+def test_the_fixed_cost_is_unknown_until_runs_of_two_sizes() -> None:
+    batcher = DynamicBatcher(max_items=64, max_delay_s=LONG_DELAY)
+    run_batch = Costed(0.05, 0.0)
+    history(batcher, run_batch, [2, 2])
+    assert batcher.fixed_cost_s("model") is None  # one size: cost per run and per item are one
+    history(batcher, run_batch, [4])
+    fixed = batcher.fixed_cost_s("model")
+    assert fixed is not None and 0.04 <= fixed < 0.2
+    assert batcher.fixed_cost_s("other model") is None
+
+
+def test_a_model_whose_cost_is_all_per_item_does_not_make_a_leader_wait() -> None:
+    """Merging saves nothing there, so a leader does not wait out the delay for a late request."""
+    batcher = DynamicBatcher(max_items=64, max_delay_s=LONG_DELAY)
+    run_batch = Costed(0.0, 0.02)
+    history(batcher, run_batch, [1, 2, 4, 8])
+    fixed = batcher.fixed_cost_s("model")
+    assert fixed is not None and fixed < 0.03  # 0 but for sleep's overshoot
+    spent = lead_beside_a_straggler(batcher, run_batch)
+    assert spent < 0.5  # its own run is 20 ms; the delay is 5 s
+
+
+def test_a_model_with_a_fixed_cost_makes_a_leader_wait_about_that_long() -> None:
+    batcher = DynamicBatcher(max_items=64, max_delay_s=LONG_DELAY)
+    run_batch = Costed(0.3, 0.001)
+    history(batcher, run_batch, [1, 2, 4])
+    fixed = batcher.fixed_cost_s("model")
+    assert fixed is not None and 0.25 <= fixed < 0.5
+    spent = lead_beside_a_straggler(batcher, run_batch)
+    assert 0.25 + 0.3 <= spent < 2.0  # the wait (the fixed cost, not the 5 s delay), then its run
+
+
 @pytest.mark.parametrize(("max_items", "delay"), [(0, 0.1), (4, -1.0)])
 def test_bad_settings_are_refused(max_items: int, delay: float) -> None:
     with pytest.raises(ValueError, match="max_items"):
