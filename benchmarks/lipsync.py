@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -39,7 +40,7 @@ from rest_overhead import shares, start_server
 
 from genserve.api.grpc.gen import monolithic_pb2 as pb
 from genserve.api.grpc.gen import monolithic_pb2_grpc as rpc
-from genserve.models.lipsync_demo import build_lipsync_demo
+from genserve.models.lipsync_demo import MODEL_FILE, build_lipsync_demo
 
 MODEL = "sanders"
 LIMIT = 100 * 1024 * 1024
@@ -113,6 +114,42 @@ def per_frame(target: str, count: int) -> None:
     print(f"  client wall         {wall:6.2f} ms/frame (incl. sending {megabytes:.0f} MB of frames)")
 
 
+def inference_ceiling(model: Path, batch: int, clients: int, rounds: int = 4) -> tuple[float, float]:
+    """ms per frame of ``clients`` concurrent ``batch``-frame runs, and of the same frames in one run.
+
+    Their ratio is the most that merging can gain on this device for this model, whatever the
+    server does around it: on a CPU concurrent runs already share the cores, on a GPU they queue.
+    Measured in this process on onnxruntime directly, before the servers start.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the server's
+    available = ort.get_available_providers()
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    session = ort.InferenceSession(str(model), sess_options=options, providers=providers)
+    rng = np.random.default_rng(0)
+
+    def feeds(frames: int) -> dict[str, np.ndarray]:
+        return {
+            "input": rng.random((frames, 6, 320, 320), dtype=np.float32),
+            "audio": rng.random((frames, 32, 16, 16), dtype=np.float32),
+        }
+
+    small, merged = feeds(batch), feeds(batch * clients)
+    session.run(None, small)
+    session.run(None, merged)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(lambda _: session.run(None, small), range(clients * rounds)))
+    concurrent = (time.perf_counter() - started) * 1000 / (clients * rounds * batch)
+    started = time.perf_counter()
+    for _ in range(rounds):
+        session.run(None, merged)
+    together = (time.perf_counter() - started) * 1000 / (clients * rounds * batch)
+    return concurrent, together
+
+
 def _client(target: str, seed: int, batch: int, count: int, ready: Barrier, done: Queue[float]) -> None:
     """One closed-loop client in its own process: a client-side GIL must not be what is measured."""
     req = request(batch, seed)
@@ -173,6 +210,8 @@ def main() -> None:
         build_lipsync_demo(root / "models" / "lipsync" / MODEL)
         if args.generator == "unet":
             install_unet(root / "models" / "lipsync" / MODEL, args.width)
+        folder = root / "models" / "lipsync" / MODEL
+        concurrent, together = inference_ceiling(folder / MODEL_FILE, args.batch, args.clients)
         on, on_target = serve(root, "batching-on", True)
         off, off_target = serve(root, "batching-off", False)
         try:
@@ -189,6 +228,11 @@ def main() -> None:
             print(f"  batching on   {with_batching:6.2f} req/s  ({with_batching * args.batch:6.1f} frames/s)")
             print(f"  batching off  {without:6.2f} req/s  ({without * args.batch:6.1f} frames/s)")
             print(f"  ratio on/off  {with_batching / without:6.2f}x   (target >= 1.5)")
+            merged = args.batch * args.clients
+            print(f"ONNX alone, in this process ({args.clients} x {args.batch} frames):")
+            print(f"  {args.clients} concurrent runs   {concurrent:6.2f} ms/frame")
+            print(f"  one {merged}-frame run  {together:6.2f} ms/frame")
+            print(f"  merging can gain at most {concurrent / together:4.2f}x on this device")
         finally:
             for proc in (on, off):
                 proc.terminate()
