@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genserve.errors import ErrorCode, GenserveError
-from genserve.workflows.events import EventType, WorkflowEvent
+from genserve.workflows.events import EventType, Executing, WorkflowEvent
 from genserve.workflows.graph import Graph
 from genserve.workflows.runner import WorkflowRunner
 
@@ -284,10 +284,16 @@ class WorkflowExecutor:
 
     def _run(self, item: PromptItem) -> None:
         messages: list[list[Any]] = []
+        closing: list[WorkflowEvent] = []
 
         def on_event(event: WorkflowEvent) -> None:
             if event.type in _HISTORY_EVENTS:
                 messages.append([event.type.value, event.data()])
+            if isinstance(event, Executing) and event.node is None:
+                # Clients read /history as soon as they see this; ComfyUI's worker writes the
+                # entry first, so it is held back until the entry is in place.
+                closing.append(event)
+                return
             self._send(event.to_message(), item.client_id)
 
         outputs: dict[str, Any] = {}
@@ -314,3 +320,5 @@ class WorkflowExecutor:
             self._history[item.prompt_id] = entry
             while len(self._history) > self.history_size:
                 self._history.popitem(last=False)
+        for event in closing:
+            self._send(event.to_message(), item.client_id)
