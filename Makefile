@@ -3,18 +3,37 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+# torch is the CPU build (2.13.0+cpu), which PyPI does not carry: it comes from a local wheel
+# folder where the machine has one, else from PyTorch's CPU wheel page.
+TORCH_WHEELS ?= $(or $(wildcard /opt/wheels),https://download.pytorch.org/whl/cpu/torch/)
+# One resolution for the machines genserve is tested on; `make lock` on any host gives the same file.
+LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_28
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --extra dev --group setup --constraint constraints.txt \
+	$(LOCK_TARGET) --find-links $(TORCH_WHEELS) --quiet --output-file $(LOCK) \
+	--custom-compile-command 'make lock'
 
-.PHONY: setup run test test-fast lint demo bench protos clean
+.PHONY: setup run test lint demo bench protos lock lock-upgrade clean
 
 setup: $(STAMP)
 
-# torch is pinned and installed first: the CPU wheel is local; anything else lets pip pull CUDA.
-$(STAMP): pyproject.toml
+# Installs exactly the lock: uv (pinned by the lock) is bootstrapped with the venv's pip, then
+# `uv pip sync` makes the venv match the lock, removing anything it does not list. No dependency
+# is resolved here, so nothing can move under a release upstream.
+$(STAMP): $(LOCK) pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps $$(grep -E '^uv==' $(LOCK))
+	$(BIN)/uv pip sync -q --python $(BIN)/python --find-links $(TORCH_WHEELS) $(LOCK)
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Resolves pyproject.toml's ranges to exact pins, keeping every pin that still satisfies them.
+lock: setup
+	$(UV_COMPILE)
+
+# Moves every pin to the newest release the ranges allow (torch stays the constraints' CPU build).
+lock-upgrade: setup
+	$(UV_COMPILE) --upgrade
 
 demo: setup
 	$(BIN)/genserve models demo
@@ -24,7 +43,9 @@ run: setup
 	$(BIN)/genserve models demo --if-missing
 	$(BIN)/genserve serve
 
+# `uv pip check` fails, naming the package, when what is installed does not fit together.
 test: setup
+	$(BIN)/uv pip check -q --python $(BIN)/python
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
@@ -32,7 +53,8 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Regenerates src/genserve/api/grpc/gen/ from protos/ (checked in; a test catches a stale copy).
+# Regenerates src/genserve/api/grpc/gen/ from protos/ with the locked grpcio-tools (checked in;
+# a test catches a stale copy).
 protos: setup
 	$(BIN)/python -m genserve.api.grpc.codegen
 

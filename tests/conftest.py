@@ -19,6 +19,9 @@ from genserve.runtime import Runtime, build_runtime
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".genserve-cache"
+# The run fails when a process it started outlives it (tests/leftovers.py).
+pytest_plugins = ["tests.leftovers"]
+
 SMALL_MP = 128 * 128 / 1_000_000  # 128x128 output and VAE references
 VISION_MP = 64 * 64 / 1_000_000
 

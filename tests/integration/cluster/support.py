@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import ClassVar
 
 import grpc
 
@@ -34,7 +35,13 @@ def genserve() -> str:
 
 
 class Process:
-    """A genserve process whose stderr is collected; ``address`` comes from its banner."""
+    """A genserve process whose stderr is collected; ``address`` comes from its banner.
+
+    Every one started is kept in ``started``, so the cluster tests' autouse fixture stops what a
+    test started (a restart included) however the test ends.
+    """
+
+    started: ClassVar[list[Process]] = []
 
     def __init__(self, args: list[str], env: dict[str, str], cwd: Path, banner: re.Pattern[str]) -> None:
         self.args = args
@@ -44,6 +51,7 @@ class Process:
         self.lines: list[str] = []
         self.match: re.Match[str] | None = None
         self._banner = banner
+        Process.started.append(self)
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:

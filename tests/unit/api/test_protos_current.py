@@ -1,10 +1,19 @@
-"""The checked-in generated gRPC code matches protos/ (run `make protos` after editing a proto)."""
+"""The checked-in generated gRPC code is what the locked grpcio-tools makes from protos/ (run
+`make protos` after editing a proto)."""
 
 from __future__ import annotations
 
+from importlib import metadata
 from pathlib import Path
 
 from genserve.api.grpc import codegen
+from tests.unit.test_lock import locked
+
+
+def test_the_generator_is_the_locked_one() -> None:
+    """An upstream grpcio-tools release cannot flip the staleness check: the generator is pinned,
+    and a venv with another one is named here rather than reported as stale protos."""
+    assert metadata.version("grpcio-tools") == str(locked()["grpcio-tools"]), "run `make setup`"
 
 
 def test_generated_code_is_current(tmp_path: Path) -> None:
@@ -16,6 +25,23 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
     for path in fresh:
         stale = (checked_in / path.name).read_text() != path.read_text()
         assert not stale, f"{path.name} is stale: run `make protos`"
+
+
+def test_a_changed_proto_is_caught(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The check above can fail: a proto edited without `make protos` generates other code."""
+    protos = tmp_path / "protos"
+    protos.mkdir()
+    for name in codegen.FILES:
+        (protos / name).write_text((codegen.PROTOS / name).read_text())
+    edited = protos / "image_generation.proto"
+    edited.write_text(
+        edited.read_text().replace("message EchoRequest {", "message EchoRequest {\n  int32 x = 99;")
+    )
+    monkeypatch.setattr(codegen, "PROTOS", protos)
+    fresh = {p.name: p.read_text() for p in codegen.generate(tmp_path / "out")}
+    checked_in = codegen.REPO / "src" / codegen.PACKAGE_PATH
+    assert fresh["image_generation_pb2.py"] != (checked_in / "image_generation_pb2.py").read_text()
+    assert fresh["pipeline_pb2.py"] == (checked_in / "pipeline_pb2.py").read_text()
 
 
 def test_pipeline_proto_keeps_the_spec_shape() -> None:

@@ -5,7 +5,7 @@ import warnings
 
 from genserve.api.grpc.gen import titancompute_pb2 as genserve_dot_api_dot_grpc_dot_gen_dot_titancompute__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
