@@ -49,8 +49,9 @@ from typing import Any
 import httpx
 from websockets.sync.client import connect
 
-from genserve.models import demo, lipsync_demo
-from genserve.workflows.demo_workflows import demo_workflow
+from genserve.models.demo import lipsync as lipsync_demo
+from genserve.models.demo import pipeline as demo
+from genserve.workflows.demo import demo_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".genserve-cache"

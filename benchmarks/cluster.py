@@ -34,9 +34,9 @@ from bridge_queue import models_folder
 
 from genserve.api.grpc.gen import titancompute_pb2 as pb
 from genserve.api.grpc.gen import titancompute_pb2_grpc as rpc
+from genserve.app.runtime import build_runtime
 from genserve.cluster.routing import AgentRecord, choose
 from genserve.config import load_settings
-from genserve.runtime import build_runtime
 from tests.integration.cluster.support import (
     MODEL,
     ask,

@@ -50,8 +50,8 @@ from rest_overhead import (
 
 from genserve.api.grpc.gen import pipeline_pb2 as pb
 from genserve.api.grpc.gen import pipeline_pb2_grpc as rpc
+from genserve.app.runtime import build_runtime
 from genserve.config import load_settings
-from genserve.runtime import build_runtime
 
 METHOD = "Decoder.Decode"
 TARGET_MS = 1.0

@@ -48,8 +48,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rest_overhead import workspace  # benchmarks/ is on sys.path when run as a script
 
+from genserve.app.runtime import Runtime, build_runtime
 from genserve.config import load_settings
-from genserve.runtime import Runtime, build_runtime
 
 REQUESTS, RESPONSES = "decoding-requests", "decoding-responses"
 PARTITIONS = 4

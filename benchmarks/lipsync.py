@@ -40,7 +40,7 @@ from rest_overhead import shares, start_server
 
 from genserve.api.grpc.gen import monolithic_pb2 as pb
 from genserve.api.grpc.gen import monolithic_pb2_grpc as rpc
-from genserve.models.lipsync_demo import MODEL_FILE, build_lipsync_demo
+from genserve.models.demo.lipsync import MODEL_FILE, build_lipsync_demo
 
 MODEL = "sanders"
 LIMIT = 100 * 1024 * 1024

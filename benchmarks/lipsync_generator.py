@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from genserve.models.lipsync_demo import AUDIO_SHAPE, IMAGE_SIZE, IR_VERSION, MODEL_FILE, OPSET
+from genserve.models.demo.lipsync import AUDIO_SHAPE, IMAGE_SIZE, IR_VERSION, MODEL_FILE, OPSET
 
 
 class _Graph:

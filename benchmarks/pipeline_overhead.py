@@ -40,10 +40,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from genserve.app.runtime import Runtime, build_runtime
 from genserve.config import load_settings
 from genserve.engine.engine import Engine
-from genserve.models import demo
-from genserve.runtime import Runtime, build_runtime
+from genserve.models.demo import pipeline as demo
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".genserve-cache"

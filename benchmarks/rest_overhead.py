@@ -40,8 +40,8 @@ from typing import Any
 import httpx
 from pipeline_overhead import models_folder  # benchmarks/ is on sys.path when run as a script
 
+from genserve.app.runtime import Runtime, build_runtime
 from genserve.config import load_settings
-from genserve.runtime import Runtime, build_runtime
 
 ROUTE = "/api/v1/decoding/decode"
 SIZE = 128  # output side, as in the test suite

@@ -48,13 +48,14 @@ import torch
 from PIL import Image
 from pipeline_overhead import make_runtime  # benchmarks/ is on sys.path when run as a script
 
-from genserve.models import demo, lipsync_demo
+from genserve.app.runtime import Runtime
+from genserve.models.demo import lipsync as lipsync_demo
+from genserve.models.demo import pipeline as demo
 from genserve.models.loaders.vae import ENCODE_CACHE_ENTRIES, LatentCache
 from genserve.models.registry import ModelKind
-from genserve.runtime import Runtime
-from genserve.workflows.demo_workflows import CLOTH, DEMO_WORKFLOWS, PERSON, demo_workflow
+from genserve.workflows.demo import CLOTH, DEMO_WORKFLOWS, PERSON, demo_workflow
 from genserve.workflows.events import Executing, ExecutionCached, WorkflowEvent
-from genserve.workflows.pipeline_nodes import PipelineResources, pipeline_registry
+from genserve.workflows.nodes.builtin import PipelineResources, pipeline_registry
 from genserve.workflows.runner import RunResult, WorkflowRunner
 
 REPO = Path(__file__).resolve().parents[1]

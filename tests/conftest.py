@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from genserve.app.runtime import Runtime, build_runtime
 from genserve.config import Settings, load_settings
-from genserve.models import demo
-from genserve.runtime import Runtime, build_runtime
+from genserve.models.demo import pipeline as demo
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".genserve-cache"
@@ -27,7 +27,8 @@ VISION_MP = 64 * 64 / 1_000_000
 
 
 def _builder_digest() -> str:
-    from genserve.models import lipsync_demo, llm_demo
+    from genserve.models.demo import lipsync as lipsync_demo
+    from genserve.models.demo import llm as llm_demo
 
     sources = b"".join(Path(m.__file__).read_bytes() for m in (demo, lipsync_demo, llm_demo))
     return hashlib.sha1(sources).hexdigest()[:12]

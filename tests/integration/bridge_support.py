@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from websockets.sync.client import ClientConnection, connect
 
-from genserve.workflows.demo_workflows import DEMO_ALIASES, demo_workflow, write_demo_workflows
+from genserve.workflows.demo import DEMO_ALIASES, demo_workflow, write_demo_workflows
 from tests.integration.conftest import wait_for
 
 SLOW = "slow"  # text-to-image with a DelayImage node of "90/seconds" before SaveImage

@@ -20,9 +20,9 @@ import httpx
 import pytest
 
 from genserve.api.grpc.server import GrpcDoor
+from genserve.app.runtime import Runtime, build_runtime
+from genserve.app.server import RestServer, bind
 from genserve.config import Settings
-from genserve.runtime import Runtime, build_runtime
-from genserve.server import RestServer, bind
 from tests.conftest import small_settings
 
 

@@ -17,14 +17,12 @@ import contextlib
 import json
 import logging
 import re
-import signal
 from pathlib import Path
 from typing import Any
 
 from genserve.api.request_ids import checked_request_id
-from genserve.config import Settings
+from genserve.engine.runtime import Runtime
 from genserve.errors import ErrorCode, GenserveError, as_genserve_error
-from genserve.runtime import Runtime, build_runtime
 from genserve.storage.artifacts import file_tag, write_json
 
 log = logging.getLogger("genserve.files")
@@ -168,21 +166,3 @@ class FileDoor:
             return
         outcome = response.get("error_code", "ok")
         log.info("drop-folder request %s: %s", request_id, outcome, extra={"request_id": request_id})
-
-
-def run_file_worker(settings: Settings) -> None:
-    """``genserve file-worker``: the drop-folder door alone, until SIGTERM or Ctrl-C."""
-
-    async def main() -> None:
-        with build_runtime(settings) as runtime:
-            door = FileDoor(runtime)
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await door.start()
-            await stop.wait()
-            log.info("stopping: finishing the requests in hand")
-            await door.stop()
-
-    asyncio.run(main())

@@ -43,13 +43,13 @@ from genserve.cluster.agent_link import LinkState
 from genserve.cluster.auth import ReplayGuard, TokenVerifier
 from genserve.cluster.routing import free_share, is_degraded
 from genserve.cluster.transport import abort
-from genserve.config_cluster import ClusterSettings
+from genserve.config.cluster import ClusterSettings
+from genserve.engine.runtime import Runtime
 from genserve.errors import ErrorCode, GenserveError, as_genserve_error
 from genserve.models.registry import ModelKind
-from genserve.runtime import Runtime
 from genserve.services.base import parse_request
-from genserve.services.text_generation import SERVICE as TEXT_GENERATION
-from genserve.services.text_generation import (
+from genserve.services.text.generation import SERVICE as TEXT_GENERATION
+from genserve.services.text.generation import (
     TextGenerationChunk,
     TextGenerationRequest,
     TextGenerationResponse,

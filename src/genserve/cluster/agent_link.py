@@ -21,7 +21,7 @@ import grpc
 from genserve.api.grpc.gen import titancompute_pb2 as pb
 from genserve.api.grpc.gen import titancompute_pb2_grpc as rpc
 from genserve.cluster.transport import channel_credentials, client_channel
-from genserve.config_cluster import ClusterSettings
+from genserve.config.cluster import ClusterSettings
 
 log = logging.getLogger("genserve.cluster.agent")
 

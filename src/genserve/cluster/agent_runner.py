@@ -11,7 +11,6 @@ import contextlib
 import logging
 import socket
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -23,10 +22,10 @@ from genserve.cluster.agent import SERVICE_NAME, AgentServicer
 from genserve.cluster.agent_link import CoordinatorLink
 from genserve.cluster.auth import ReplayGuard
 from genserve.cluster.routing import LOADED_MODELS, TOKENS_PER_SECOND
-from genserve.cluster.transport import TlsFiles, announce_stderr, build_server, mark_serving, until_signalled
+from genserve.cluster.transport import TlsFiles, build_server, mark_serving
 from genserve.config import Settings
+from genserve.engine.runtime import Runtime
 from genserve.models.registry import ModelKind
-from genserve.runtime import Runtime
 
 log = logging.getLogger("genserve.cluster.agent")
 WILDCARDS = {"0.0.0.0", "::", "[::]", ""}
@@ -120,26 +119,6 @@ class Agent:
             await self.server.stop(grace)
         if self.servicer is not None:
             self.servicer.replay.close()
-
-
-def run_agent(
-    settings: Settings, coordinator: str | None, announce: Callable[[str], None] | None = None
-) -> None:
-    """Build the runtime (loads no model yet), serve, and stay registered until SIGTERM or SIGINT."""
-    from genserve.runtime import build_runtime  # imports torch
-
-    async def main() -> None:
-        with build_runtime(settings) as runtime:
-            await asyncio.to_thread(preload, runtime, settings.cluster.preload)
-            agent = Agent(settings, runtime, coordinator)
-            endpoint = await agent.start()
-            models = ", ".join(agent.servicer.models()) if agent.servicer else ""
-            line = f"agent {agent.agent_id} serving on {endpoint}; coordinator {agent.target}"
-            (announce or announce_stderr)(f"{line}; models: {models or 'none'}")
-            await until_signalled()
-            await agent.stop()
-
-    asyncio.run(main())
 
 
 def preload(runtime: Runtime, names: list[str]) -> None:

@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -33,12 +33,10 @@ from genserve.cluster.routing import AgentRecord, choose
 from genserve.cluster.transport import (
     TlsFiles,
     abort,
-    announce_stderr,
     build_server,
     mark_serving,
-    until_signalled,
 )
-from genserve.config_cluster import ClusterSettings
+from genserve.config.cluster import ClusterSettings
 from genserve.errors import ErrorCode, GenserveError
 
 log = logging.getLogger("genserve.cluster.coordinator")
@@ -339,18 +337,3 @@ class Coordinator:
             self._reaper.cancel()
         if self.server is not None:
             await self.server.stop(grace)
-
-
-def run_coordinator(settings: ClusterSettings, announce: Callable[[str], None] | None = None) -> None:
-    """Serve until SIGTERM or SIGINT (then stop with a short grace: health streams are long-lived)."""
-
-    async def main() -> None:
-        coordinator = Coordinator(settings)
-        address = await coordinator.start()
-        scheme = "TLS" if settings.tls_cert_file else "plaintext"
-        line = f"coordinator listening on {address} ({scheme}); key {settings.key_file}"
-        (announce or announce_stderr)(line)
-        await until_signalled()
-        await coordinator.stop()
-
-    asyncio.run(main())

@@ -26,9 +26,13 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import BaseModel
+
+from genserve.services.base import BatchItem, RunContext, Service
 
 TIMING_WINDOW = 32  # runs per key the fixed-cost fit looks at: recent enough to follow a model swap
 
@@ -187,3 +191,39 @@ class DynamicBatcher:
                 self._requests += len(batch.items)
                 self._largest = max(self._largest, batch.size)
             batch.done.set()
+
+
+def run_batched(
+    service: Service[Any, Any], request: BaseModel, ctx: RunContext, batcher: DynamicBatcher | None
+) -> Any:
+    """Run a service that declares ``Batching``: the engine's side of the generator protocol.
+
+    The ticket is taken before the service starts preparing, so a leader for the same key knows
+    this request is on its way; the service's BatchItem then joins a merged run (or runs alone
+    without a batcher, or when the item says merging cannot pay), and the service gets its own
+    output back to finish with. However the run ends, the service's generator is closed, so the
+    model it pinned is let go.
+    """
+    assert service.batching is not None
+    declared = service.batching
+    scope = batcher.ticket(declared.key(request)) if batcher is not None else nullcontext(None)
+    with scope as ticket:
+        steps = service.run(request, ctx)
+        try:
+            try:
+                item = next(steps)
+            except StopIteration as done:  # answered without a model run
+                return done.value
+            if not isinstance(item, BatchItem):
+                raise TypeError(f"service {service.name} yielded {type(item).__name__}, not BatchItem")
+            if ticket is not None and item.merge:
+                output = ticket.run(item.size, item.payload, declared.run_batch)
+            else:
+                output = declared.run_batch([item.payload])[0]
+            try:
+                steps.send(output)
+            except StopIteration as done:
+                return done.value
+            raise RuntimeError(f"service {service.name} yielded more than once")
+        finally:
+            steps.close()

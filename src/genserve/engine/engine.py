@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from genserve.config import PipelineSettings
+from genserve.engine.batching import DynamicBatcher, run_batched
 from genserve.engine.events import (
     ChunkCallback,
     ProgressCallback,
@@ -32,6 +33,7 @@ from genserve.engine.events import (
     discard,
     log_run,
 )
+from genserve.engine.jobs import Job, JobTable
 from genserve.engine.lanes import DeviceLoad, Lane, ServiceLane
 from genserve.engine.streaming import stream_run
 from genserve.errors import ErrorCode, GenserveError, as_genserve_error
@@ -86,10 +88,11 @@ class Engine:
             if name in self._lanes or spec.workers < 1 or spec.queue_size < 0:
                 raise ValueError(f"service lane {name!r}: a new name, workers >= 1 and queue_size >= 0")
             pool = ThreadPoolExecutor(max_workers=spec.workers, thread_name_prefix=f"genserve-{name}")
-            lane = Lane(pool, spec.workers, spec.queue_size, models=spec.models, batcher=spec.batcher)
+            lane = Lane(pool, spec.workers, spec.queue_size, is_device=False, batcher=spec.batcher)
             self._lanes[name] = lane
         self._lock = threading.Lock()  # guards the counters and _closed; never held while a service runs
         self._closed = False
+        self._jobs = JobTable()
         self.observers: list[RunObserver] = []
 
     # -- lookup -------------------------------------------------------------------------------
@@ -102,7 +105,7 @@ class Engine:
     def services(self) -> Mapping[str, Service[Any, Any]]:
         if self._services is None:
             # Imported here so that the engine does not depend on every service at import time.
-            from genserve.services.catalog import SERVICES
+            from genserve.services.builtin import SERVICES
 
             self._services = dict(SERVICES)
         return self._services
@@ -121,6 +124,10 @@ class Engine:
         """False once close() has begun: new requests are refused."""
         with self._lock:
             return not self._closed
+
+    def batcher(self, lane: str) -> DynamicBatcher | None:
+        """The lane's batcher (its merged runs are in ``stats()``); None for a lane that merges nothing."""
+        return self._lane(lane).batcher
 
     def device_load(self, device: str) -> DeviceLoad:
         lane = self._lane(device)
@@ -202,14 +209,13 @@ class Engine:
             if chunks is not None:
                 chunk_relay = ProgressRelay(asyncio.get_running_loop(), chunks, rid)
             ctx = RunContext(
-                models=lane.models if lane.models is not None else self._models,
-                batcher=lane.batcher,
+                models=self._models,
                 sandbox=self._sandbox,
                 defaults=self._pipeline,
                 request_id=rid,
                 progress_sink=relay if relay is not None else discard,
                 cancel_event=cancel if cancel is not None else threading.Event(),
-                device=device_name if lane.models is None else None,
+                device=device_name if lane.is_device else None,
             )
             if chunk_relay is not None:
                 ctx.chunk_sink = chunk_relay
@@ -277,8 +283,78 @@ class Engine:
             )
         )
 
+    # -- queued work ------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        service: Service[Any, Any] | str,
+        request: BaseModel | Mapping[str, Any],
+        *,
+        job_id: str | None = None,
+        device: str | None = None,
+    ) -> Job:
+        """Admit a request now, run it later; returns its Job at once (callable from any thread).
+
+        The job can be listed (``jobs``), removed while it waits (``remove``) and cancelled while
+        it runs (``job.cancel``); ``job.future`` holds its response or its GenserveError. It is
+        logged and observed like a ``submit`` once it ends; a full lane refuses it at once.
+        """
+        resolved = self.service(service) if isinstance(service, str) else service
+        lane_name = self._pick_lane(resolved, device)
+        lane = self._lane(lane_name)
+        parsed = parse_request(resolved, request)
+        job = Job(job_id or str(uuid.uuid4()), lane_name, parsed)
+        ctx = RunContext(
+            models=self._models,
+            sandbox=self._sandbox,
+            defaults=self._pipeline,
+            request_id=job.id,
+            cancel_event=job.cancel,
+            device=lane_name if lane.is_device else None,
+        )
+        started = time.perf_counter()
+        job.future = self._admit(lane, lane_name, resolved, parsed, ctx, job)
+        self._jobs.add(job)
+        job.future.add_done_callback(lambda done: self._job_done(job, resolved.name, started, done))
+        return job
+
+    def jobs(self, lane: str) -> list[Job]:
+        """A lane's queued jobs: the running ones first, then those waiting, in order."""
+        return self._jobs.of(lane)
+
+    def job(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def remove(self, job_ids: Sequence[str]) -> list[str]:
+        """Take waiting jobs out of their lane before they start; returns the ids removed."""
+        removed = []
+        for job_id in job_ids:
+            job = self._jobs.get(job_id)
+            if job is not None and not job.running and job.future.cancel():
+                removed.append(job_id)
+        return removed
+
+    def _job_done(self, job: Job, service: str, started: float, done: Future[BaseModel]) -> None:
+        self._jobs.finished(job)
+        error = None if done.cancelled() else done.exception()
+        if done.cancelled():
+            outcome = "cancelled"
+        elif error is None:
+            outcome = "ok"
+        else:
+            outcome = error.code.value if isinstance(error, GenserveError) else ErrorCode.INTERNAL.value
+        record = RunRecord(service, job.lane, time.perf_counter() - started, outcome)
+        self._notify(record)
+        log_run(record, job.id)
+
     def _admit(
-        self, lane: Lane, device: str, service: Service[Any, Any], request: BaseModel, ctx: RunContext
+        self,
+        lane: Lane,
+        device: str,
+        service: Service[Any, Any],
+        request: BaseModel,
+        ctx: RunContext,
+        job: Job | None = None,
     ) -> Future[BaseModel]:
         with self._lock:
             if self._closed:
@@ -294,7 +370,7 @@ class Engine:
                 )
             lane.admitted += 1
         try:
-            work = lane.executor.submit(self._execute, lane, service, request, ctx)
+            work = lane.executor.submit(self._execute, lane, service, request, ctx, job)
         except RuntimeError:  # the executor shut down between the check above and this submit
             self._release(lane)
             raise GenserveError(ErrorCode.UNAVAILABLE, "engine is shutting down; request refused") from None
@@ -328,13 +404,18 @@ class Engine:
         return waiter.result()
 
     def _execute(
-        self, lane: Lane, service: Service[Any, Any], request: BaseModel, ctx: RunContext
+        self, lane: Lane, service: Service[Any, Any], request: BaseModel, ctx: RunContext, job: Job | None
     ) -> BaseModel:
+        if job is not None:
+            self._jobs.started(job)
         with self._lock:
             lane.running += 1
         try:
             ctx.check_cancelled()  # the caller may have gone while this waited in the queue
-            result = service.run(request, ctx)
+            if service.batching is not None:
+                result = run_batched(service, request, ctx, lane.batcher)
+            else:
+                result = service.run(request, ctx)
         except GenserveError:
             raise
         except Exception as exc:
@@ -377,7 +458,7 @@ class Engine:
 
 
 def _lane_label(name: str, lane: Lane) -> str:
-    return f"device {name}" if lane.models is None else name
+    return f"device {name}" if lane.is_device else name
 
 
 def _abandon(work: Future[BaseModel], waiter: asyncio.Future[BaseModel], ctx: RunContext) -> None:

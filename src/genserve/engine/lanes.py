@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from genserve.engine.batching import DynamicBatcher
-
-if TYPE_CHECKING:
-    from genserve.models.manager import ModelManager
 
 
 @dataclass(frozen=True)
@@ -30,15 +26,15 @@ class Lane:
     queue_size: int
     admitted: int = 0  # running + waiting; the number the queue limit applies to
     running: int = 0
-    models: ModelManager | None = None  # a service lane's own manager; None = the engine's
+    is_device: bool = True  # a device lane: its services run on that device
     batcher: DynamicBatcher | None = None
 
 
 @dataclass(frozen=True)
 class ServiceLane:
-    """A lane for the services that name it: own workers, queue, model manager and batching."""
+    """A lane for the services that name it: own workers and queue, and the batcher that merges
+    the runs of its services that declare batching."""
 
     workers: int
     queue_size: int
-    models: ModelManager
     batcher: DynamicBatcher | None = None

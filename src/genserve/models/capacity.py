@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from genserve.errors import ErrorCode, GenserveError
+from genserve.models.pools import PoolKeys
 from genserve.models.slots import ModelSlot, SlotState
 
 log = logging.getLogger("genserve.models.manager")
@@ -31,15 +32,20 @@ def victims_for(
     max_loaded: int,
     budget: int | None,
     policy: str,
+    keys: PoolKeys | None = None,
 ) -> list[ModelSlot]:
-    """Models to evict so ``slot`` fits by count and by ``dev``'s budget; raises if it cannot fit."""
+    """Models to evict so ``slot`` fits by count and by ``dev``'s budget; raises if it cannot fit.
+
+    ``slots`` are the pool's; ``keys`` name its settings in the refusal.
+    """
+    keys = keys or PoolKeys()
     active = [s for s in slots if s is not slot and s.state is not SlotState.UNLOADED]
     candidates = evictable(slots, slot, policy)
     excess = len(active) + 1 - max_loaded
     if excess > len(candidates):
         raise GenserveError(
             ErrorCode.RESOURCE_EXHAUSTED,
-            f"cannot load {slot.label}: max_loaded={max_loaded} models are loaded and "
+            f"cannot load {slot.label}: {keys.max_loaded}={max_loaded} models are loaded and "
             f"{len(active) - len(candidates)} of them are in use or loading",
             max_loaded=max_loaded,
         )
@@ -59,7 +65,7 @@ def victims_for(
         raise GenserveError(
             ErrorCode.RESOURCE_EXHAUSTED,
             f"cannot load {slot.label} on {dev}: needs {needed} bytes, {available} of the "
-            f"{budget}-byte budget can be made free ({why})",
+            f"{budget}-byte budget ({keys.memory_budget}) can be made free ({why})",
             device=dev,
             needed_bytes=needed,
             available_bytes=available,
@@ -81,3 +87,27 @@ def over_budget(slots: list[ModelSlot], slot: ModelSlot, budget: int, policy: st
     if used > budget:
         log.warning("%s over budget (%d of %d bytes) with models in use", slot.device, used, budget)
     return victims
+
+
+def is_refusal(exc: GenserveError) -> bool:
+    """A refusal for want of room carries the limit it hit; a full queue or a missing file does not."""
+    return exc.code is ErrorCode.RESOURCE_EXHAUSTED and (
+        "max_loaded" in exc.details or "budget_bytes" in exc.details
+    )
+
+
+def never_fits(exc: GenserveError) -> bool:
+    """A model bigger than the whole memory budget: waiting for others to finish cannot help."""
+    needed, budget = exc.details.get("needed_bytes"), exc.details.get("budget_bytes")
+    return needed is not None and budget is not None and needed > budget
+
+
+def after_waiting(exc: GenserveError, waited_s: float, keys: PoolKeys) -> GenserveError:
+    """The refusal once a pool's capacity wait is over: what it waited for, and for how long."""
+    if never_fits(exc):
+        return exc
+    return GenserveError(
+        exc.code,
+        f"{exc.message}; none became free within {waited_s:g} s ({keys.capacity_wait})",
+        **{**exc.details, "waited_s": waited_s},
+    )

@@ -1,4 +1,7 @@
-"""Keeps models in memory between requests: loads on demand, pins while in use, evicts LRU.
+"""Keeps models in memory between requests: loads on demand, pins while in use, evicts by policy.
+
+One manager holds every kind; each kind belongs to a pool (pools.py) whose count limit, memory
+budget per device, eviction policy, idle timeout and capacity wait apply to that pool's models.
 
 Locking, so that one slow model never stalls the others:
 
@@ -17,7 +20,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,13 +29,18 @@ import torch
 from genserve.errors import ErrorCode, GenserveError
 from genserve.models import capacity
 from genserve.models.devices import default_dtype, device_name, resolve_device
+from genserve.models.idle import IdleReaper
 from genserve.models.loaders.base import LoadedModel, Loader
+from genserve.models.pools import DEFAULT_POOL, Eviction, Pool, PoolKeys, pool_table
 from genserve.models.registry import WEIGHT_SUFFIXES, ModelEntry, ModelKind, ModelRegistry
 from genserve.models.slots import ModelSlot as _Slot
 from genserve.models.slots import ModelStats
 from genserve.models.slots import SlotState as _State
 
 log = logging.getLogger(__name__)
+# A load waiting for room is re-tried this often even without a release seen here (a failed
+# load elsewhere, an unload by another manager call): one lock round-trip per try.
+RECHECK_S = 0.25
 
 
 def _budget_key(name: str) -> str:
@@ -55,17 +63,32 @@ class ModelManager:
         memory_budget_bytes: Mapping[str, int] | None = None,
         default_device: str = "auto",
         dtype: str = "auto",
-        eviction: str = "lru",
+        eviction: Eviction = "lru",
+        idle_timeout_s: float = 0.0,
+        capacity_wait_s: float = 0.0,
+        pools: Sequence[Pool] = (),
+        default_keys: PoolKeys | None = None,
     ) -> None:
-        if max_loaded < 1:
-            raise GenserveError(ErrorCode.INVALID_INPUT, f"max_loaded: must be at least 1, got {max_loaded}")
+        """``max_loaded`` .. ``capacity_wait_s`` are the default pool's rules (every kind that no
+        pool in ``pools`` names); ``pools`` give other kinds rules of their own."""
         self.registry = registry
         self._loaders: dict[ModelKind, Loader] = {ModelKind(k): v for k, v in loaders.items()}
-        self._max_loaded = max_loaded
-        if eviction not in ("lru", "lfu"):
-            raise GenserveError(ErrorCode.INVALID_INPUT, f"eviction: {eviction!r} is not lru or lfu")
-        self._eviction = eviction
-        self._budgets = {_budget_key(k): int(v) for k, v in (memory_budget_bytes or {}).items()}
+        default = Pool(
+            DEFAULT_POOL,
+            frozenset(),
+            max_loaded,
+            dict(memory_budget_bytes or {}),
+            eviction,
+            idle_timeout_s,
+            capacity_wait_s,
+            default_keys or PoolKeys(),
+        )
+        self._pool_of = pool_table(default, tuple(pools))
+        self._default_pool = default
+        self._budgets = {
+            pool.name: {_budget_key(k): int(v) for k, v in pool.memory_budget_bytes.items()}
+            for pool in {*self._pool_of.values()}
+        }
         # Resolved now so that a bad setting stops the server at start-up, naming the value.
         self._default_device = resolve_device(default_device)
         self._dtype = dtype
@@ -73,6 +96,8 @@ class ModelManager:
         self._cond = threading.Condition(threading.Lock())
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._clock = itertools.count(1)
+        self._releases = 0  # counts models let go (unpinned, unloaded, failed loads): wakes waiters
+        self._reaper = IdleReaper(self)
 
     # Public API -------------------------------------------------------------------------------
 
@@ -85,15 +110,20 @@ class ModelManager:
         *,
         on_load: Callable[[float], None] | None = None,
         count: bool = True,
+        check_cancelled: Callable[[], None] | None = None,
     ) -> Iterator[Any]:
         """Pinned for the whole block, so eviction and unload wait for it.
 
         The block counts as one request timed as a whole, unless ``count`` is False: then the
         caller times only the part it calls inference and reports it with ``record``.
-        ``on_load(ms)`` is called only in the request that actually loaded the model.
+        ``on_load(ms)`` is called only in the request that actually loaded the model. In a pool
+        with a capacity wait, ``check_cancelled`` (which raises) ends a wait for room early.
         """
         owner = threading.get_ident()
-        slot, loaded = self._acquire(self._entry(kind, name), device, owner, pin=True, on_load=on_load)
+        entry = self._entry(kind, name)
+        slot, loaded = self._acquire_waiting(
+            entry, device, owner, pin=True, on_load=on_load, check_cancelled=check_cancelled
+        )
         start = time.perf_counter()
         try:
             yield loaded.model
@@ -117,10 +147,15 @@ class ModelManager:
         device: str | None = None,
         *,
         on_load: Callable[[float], None] | None = None,
+        wait_s: float | None = None,
     ) -> ModelStats:
-        """Warm a model ahead of requests; a loaded model is left where it is (idempotent)."""
+        """Warm a model ahead of requests; a loaded model is left where it is (idempotent).
+
+        ``wait_s`` shortens the pool's capacity wait (a caller's own deadline).
+        """
         entry = self._entry(kind, name)
-        slot, _ = self._acquire(entry, device, threading.get_ident(), pin=False, on_load=on_load)
+        owner = threading.get_ident()
+        slot, _ = self._acquire_waiting(entry, device, owner, pin=False, on_load=on_load, wait_s=wait_s)
         with self._cond:
             return self._snapshot(slot)
 
@@ -135,12 +170,35 @@ class ModelManager:
 
     @property
     def max_loaded(self) -> int:
-        return self._max_loaded
+        """The default pool's count limit."""
+        return self._default_pool.max_loaded
 
     @property
     def memory_budgets(self) -> dict[str, int]:
-        """Per-device budgets in bytes, keyed like loaded models' devices."""
-        return dict(self._budgets)
+        """The default pool's per-device budgets in bytes, keyed like loaded models' devices."""
+        return dict(self._budgets[self._default_pool.name])
+
+    def pool(self, kind: ModelKind | str) -> Pool:
+        return self._pool_of[self._kind(kind)]
+
+    @property
+    def pools(self) -> list[Pool]:
+        """Every pool, the default one first."""
+        others = sorted({*self._pool_of.values()} - {self._default_pool}, key=lambda p: p.name)
+        return [self._default_pool, *others]
+
+    def budgets(self, pool: Pool) -> dict[str, int]:
+        """``pool``'s per-device budgets in bytes, keyed like loaded models' devices."""
+        return dict(self._budgets[pool.name])
+
+    def start_idle_reaper(self) -> None:
+        """Unload models idle past their pool's ``idle_timeout_s``, in the background, until close()."""
+        self._reaper.start()
+
+    def unload_idle(self, idle_s: float | None = None) -> list[str]:
+        """One pass of the idle reaper: unloads (and names) the models idle past their pool's
+        timeout, or past ``idle_s`` for every pool when given."""
+        return self._reaper.sweep(idle_s)
 
     def is_loaded(self, kind: ModelKind | str, name: str) -> bool:
         slot = self._find(kind, name)
@@ -157,6 +215,7 @@ class ModelManager:
 
     def close(self) -> None:
         """Unload everything, waiting for requests still inside ``use()``."""
+        self._reaper.stop()
         with self._cond:
             slots = list(self._slots.values())
         for slot in slots:
@@ -175,6 +234,50 @@ class ModelManager:
             kinds = ", ".join(k.value for k in ModelKind)
             message = f"kind: {kind!r} is not a model kind; choose one of {kinds}"
             raise GenserveError(ErrorCode.INVALID_INPUT, message, field="kind") from None
+
+    def _acquire_waiting(
+        self,
+        entry: ModelEntry,
+        device: str | None,
+        owner: int,
+        *,
+        pin: bool,
+        on_load: Callable[[float], None] | None,
+        check_cancelled: Callable[[], None] | None = None,
+        wait_s: float | None = None,
+    ) -> tuple[_Slot, LoadedModel]:
+        """``_acquire``, retried while the pool is full of models in use, for up to its capacity wait.
+
+        A release (a model let go, unloaded, or a failed load) wakes the wait; it is re-checked
+        every RECHECK_S anyway. A model bigger than the whole budget is refused at once.
+        """
+        pool = self._pool_of[entry.kind]
+        limit = pool.capacity_wait_s if wait_s is None else max(min(wait_s, pool.capacity_wait_s), 0.0)
+        started = time.monotonic()
+        announced = False
+        while True:
+            with self._cond:
+                seen = self._releases
+            try:
+                return self._acquire(entry, device, owner, pin=pin, on_load=on_load)
+            except GenserveError as exc:
+                if limit <= 0 or not capacity.is_refusal(exc):
+                    raise
+                remaining = started + limit - time.monotonic()
+                if remaining <= 0 or capacity.never_fits(exc):
+                    raise capacity.after_waiting(exc, limit, pool.keys) from exc
+                if not announced:
+                    log.info("%s/%s waits for room: %s", entry.kind.value, entry.name, exc.message)
+                    announced = True
+            with self._cond:
+                self._cond.wait_for(lambda seen=seen: self._releases != seen, min(remaining, RECHECK_S))
+            if check_cancelled is not None:
+                check_cancelled()
+
+    def _released(self) -> None:
+        """Called with the manager lock held whenever a model is let go: wakes loads waiting for room."""
+        self._releases += 1
+        self._cond.notify_all()
 
     def _slot(self, entry: ModelEntry) -> _Slot:
         with self._cond:
@@ -245,7 +348,7 @@ class ModelManager:
             slot.last_used = time.time()
             slot.touched = next(self._clock)
             if not slot.pins:
-                self._cond.notify_all()
+                self._released()
 
     def _load(self, slot: _Slot, target: torch.device, pin_for: int | None) -> tuple[_Slot, LoadedModel]:
         """Called with ``slot.load_lock`` held and the slot unloaded."""
@@ -273,6 +376,7 @@ class ModelManager:
         except BaseException as exc:
             with self._cond:
                 slot.state, slot.device, slot.memory_bytes = _State.UNLOADED, None, 0
+                self._released()  # its reserved room is free again
             if isinstance(exc, GenserveError) or not isinstance(exc, Exception):
                 raise  # a GenserveError already names the problem; Ctrl-C stays Ctrl-C
             message = f"failed to load {slot.label}: {type(exc).__name__}: {exc}"
@@ -290,25 +394,32 @@ class ModelManager:
 
     # Capacity ---------------------------------------------------------------------------------
 
+    def _pool_slots(self, pool: Pool) -> list[_Slot]:
+        return [s for s in self._slots.values() if self._pool_of[s.entry.kind] is pool]
+
     def _make_room(self, slot: _Slot, dev: str, needed: int) -> list[LoadedModel]:
-        """Evict what ``capacity`` picks for count and budget; it raises before anything is evicted."""
+        """Evict what ``capacity`` picks for count and budget in the slot's pool; it raises before
+        anything is evicted."""
+        pool = self._pool_of[slot.entry.kind]
         chosen = capacity.victims_for(
-            list(self._slots.values()),
+            self._pool_slots(pool),
             slot,
             dev,
             needed,
-            self._max_loaded,
-            self._budgets.get(dev),
-            self._eviction,
+            pool.max_loaded,
+            self._budgets[pool.name].get(dev),
+            pool.eviction,
+            pool.keys,
         )
         return [self._evict(s, for_room=slot.label) for s in chosen]
 
     def _trim_to_budget(self, slot: _Slot) -> list[LoadedModel]:
         """The disk size was only an estimate: if the real size overshoots, evict others (best effort)."""
-        budget = self._budgets.get(slot.device or "")
+        pool = self._pool_of[slot.entry.kind]
+        budget = self._budgets[pool.name].get(slot.device or "")
         if budget is None:
             return []
-        chosen = capacity.over_budget(list(self._slots.values()), slot, budget, self._eviction)
+        chosen = capacity.over_budget(self._pool_slots(pool), slot, budget, pool.eviction)
         return [self._evict(s, for_room=slot.label) for s in chosen]
 
     def _evict(self, slot: _Slot, for_room: str | None = None) -> LoadedModel:
@@ -319,7 +430,7 @@ class ModelManager:
             log.info("unloading %s from %s", slot.label, slot.device)
         else:
             slot.evictions += 1
-            policy = self._eviction
+            policy = self._pool_of[slot.entry.kind].eviction
             log.info("evicting %s from %s (%s) for %s", slot.label, slot.device, policy, for_room)
         slot.loaded, slot.state, slot.device, slot.memory_bytes = None, _State.UNLOADED, None, 0
         return loaded
@@ -380,7 +491,7 @@ class ModelManager:
                         )
                     self._cond.wait(remaining)
                 loaded = self._evict(slot)
-                self._cond.notify_all()
+                self._released()
             # Freed before the model lock opens, so a reload never overlaps the old copy.
             self._release(loaded)
             return True

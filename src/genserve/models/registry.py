@@ -8,65 +8,34 @@ path component, so it can never escape that folder. A name with a weights suffix
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import Mapping
 from pathlib import Path
 
+from genserve.config.lipsync import LipsyncModelSettings
 from genserve.errors import ErrorCode, GenserveError
+from genserve.models.kinds import WEIGHT_SUFFIXES, ModelEntry, ModelKind
+from genserve.models.lipsync_registry import LipsyncRegistry
 
-WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".onnx", ".gguf")
-
-
-class ModelKind(StrEnum):
-    VAE = "vae"
-    TEXT_ENCODER = "text_encoders"
-    DIFFUSION = "diffusion_models"
-    LORA = "loras"
-    LIPSYNC = "lipsync"
-    LLM = "llm"
-
-    @property
-    def label(self) -> str:
-        return _LABELS[self]
-
-
-_LABELS = {
-    ModelKind.VAE: "VAE model",
-    ModelKind.TEXT_ENCODER: "text encoder model",
-    ModelKind.DIFFUSION: "diffusion model",
-    ModelKind.LORA: "LoRA",
-    ModelKind.LIPSYNC: "lip-sync model",
-    ModelKind.LLM: "language model",
-}
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    kind: ModelKind
-    name: str
-    path: Path
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.kind.value, self.name)
-
-    def disk_bytes(self) -> int:
-        """Size on disk: the first estimate of memory before a model is loaded."""
-        if self.path.is_file():
-            return self.path.stat().st_size
-        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+__all__ = ["WEIGHT_SUFFIXES", "ModelEntry", "ModelKind", "ModelRegistry"]
 
 
 class ModelRegistry:
-    """Reads the models folder on every call, so models dropped in while running are found."""
+    """Reads the models folder on every call, so models dropped in while running are found.
 
-    def __init__(self, root: Path) -> None:
+    Lip-sync models are named by id, not by file: ``lipsync`` (a LipsyncRegistry over the
+    ``lipsync.models`` settings and the folders under ``lipsync/``) answers for that kind.
+    """
+
+    def __init__(self, root: Path, lipsync_models: Mapping[str, LipsyncModelSettings] | None = None) -> None:
         self.root = Path(root)
+        self.lipsync = LipsyncRegistry(self.root, lipsync_models or {})
 
     def folder(self, kind: ModelKind) -> Path:
         return self.root / kind.value
 
     def available(self, kind: ModelKind) -> list[str]:
+        if kind is ModelKind.LIPSYNC:
+            return self.lipsync.ids()
         folder = self.folder(kind)
         if not folder.is_dir():
             return []
@@ -91,6 +60,8 @@ class ModelRegistry:
 
     def resolve(self, kind: ModelKind | str, name: str, field: str = "model_name") -> ModelEntry:
         kind = ModelKind(kind)
+        if kind is ModelKind.LIPSYNC:
+            return self.lipsync.resolve(kind, name)
         if not name or name.startswith(".") or "/" in name or "\\" in name or "\x00" in name:
             raise GenserveError(
                 ErrorCode.INVALID_INPUT,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -24,7 +24,6 @@ from genserve.storage.artifacts import file_tag
 from genserve.storage.paths import Sandbox
 
 if TYPE_CHECKING:
-    from genserve.engine.batching import DynamicBatcher
     from genserve.models.manager import ModelManager
     from genserve.models.registry import ModelKind
 
@@ -72,8 +71,6 @@ class RunContext:
     cancel_event: threading.Event = field(default_factory=threading.Event)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("genserve.service"))
     device: str | None = None
-    # Set for services that run on a lane with dynamic batching (Service.lane); None = run alone.
-    batcher: DynamicBatcher | None = None
     chunk_sink: ChunkSink = _drop_chunk
 
     @property
@@ -107,15 +104,42 @@ class RunContext:
 
 
 @dataclass(frozen=True)
+class BatchItem:
+    """What a batching service yields mid-run: its share of one merged model run.
+
+    ``size`` (frames, images) counts against the lane's largest batch; ``merge`` False runs it
+    alone (where merging cannot pay, e.g. on a CPU whose cores concurrent runs already share).
+    """
+
+    payload: Any
+    size: int
+    merge: bool = True
+
+
+@dataclass(frozen=True)
+class Batching:
+    """A service's declaration that concurrent requests with the same ``key`` may share one run.
+
+    The service's ``run`` is then a generator: it prepares its request, yields one BatchItem, and
+    receives its own output of ``run_batch`` (payloads in, one output per payload out, in order),
+    which the engine calls once for every request merged into the run.
+    """
+
+    key: Callable[[Any], Hashable]
+    run_batch: Callable[[list[Any]], list[Any]]
+
+
+@dataclass(frozen=True)
 class Service(Generic[ReqT, RespT]):
     name: str
     request_model: type[ReqT]
     response_model: type[RespT]
-    run: Callable[[ReqT, RunContext], RespT]
+    run: Callable[[ReqT, RunContext], Any]  # -> RespT; a generator of one BatchItem when batching
     description: str = ""
-    # A service with its own lane runs on that lane's workers with that lane's model manager
-    # (the lip-sync server: its own capacity and batching) instead of a device lane.
+    # A service with its own lane runs on that lane's workers and queue (the lip-sync server's own
+    # concurrency, and its batching) instead of a device lane.
     lane: str | None = None
+    batching: Batching | None = None
 
 
 def parse_request(service: Service[ReqT, Any], data: Any) -> ReqT:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from genserve.workflows.nodes import NodeResult
+from genserve.workflows.nodes.base import NodeResult
 
 
 class OutputCache:

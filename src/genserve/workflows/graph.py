@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from genserve.errors import ErrorCode, GenserveError
 from genserve.workflows.inputs import InputValueError, accepts
-from genserve.workflows.nodes import NodeRegistry, NodeType
+from genserve.workflows.nodes.base import NodeRegistry, NodeType
 
 
 class Link(NamedTuple):

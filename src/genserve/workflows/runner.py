@@ -32,7 +32,7 @@ from genserve.workflows.events import (
     overall_percent,
 )
 from genserve.workflows.graph import Graph, GraphNode, cache_keys, parse_graph
-from genserve.workflows.nodes import NodeContext, NodeRegistry, NodeResult
+from genserve.workflows.nodes.base import NodeContext, NodeRegistry, NodeResult
 
 EventSink = Callable[[WorkflowEvent], None]
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from genserve.cli_workflow import Part, convert, parse_multipart, save_part
+from genserve.cli.workflow import Part, convert, parse_multipart, save_part
 from tests.integration.conftest import LiveServer
 
 GENSERVE = str(Path(sys.executable).with_name("genserve"))

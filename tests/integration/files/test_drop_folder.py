@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from genserve.api.files import FileDoor
-from genserve.runtime import Runtime, build_runtime
+from genserve.app.runtime import Runtime, build_runtime
 from tests.conftest import small_settings
 
 

@@ -168,10 +168,10 @@ def test_other_sample_rates_are_resampled(stub: rpc.MonolithicServiceStub) -> No
 def test_concurrent_clients_get_their_own_frames(stub: rpc.MonolithicServiceStub, server: LiveServer) -> None:
     seeds = [1, 2] * 4
     alone = {s: stub.InferBatchComposite(request(2, seed=s), timeout=60) for s in (1, 2)}
-    before = server.runtime.lipsync.batcher.stats()  # type: ignore[union-attr]
+    before = server.runtime.engine.batcher("lipsync").stats()  # type: ignore[union-attr]
     with ThreadPoolExecutor(len(seeds)) as pool:
         together = list(pool.map(lambda s: stub.InferBatchComposite(request(2, seed=s), timeout=60), seeds))
-    after = server.runtime.lipsync.batcher.stats()  # type: ignore[union-attr]
+    after = server.runtime.engine.batcher("lipsync").stats()  # type: ignore[union-attr]
     assert all(r.success for r in together)
     for reply, seed in zip(together, seeds, strict=True):
         for got, expected in zip(reply.composited_frames, alone[seed].composited_frames, strict=True):

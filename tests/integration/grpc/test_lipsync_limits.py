@@ -7,6 +7,7 @@ GPU 0, which a CPU host does not have), a configured ``ghost`` whose folder does
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import threading
@@ -20,11 +21,11 @@ import pytest
 
 from genserve.api.grpc.gen import monolithic_pb2 as pb
 from genserve.api.grpc.gen import monolithic_pb2_grpc as rpc
-from genserve.config_lipsync import LipsyncModelSettings
-from genserve.lipsync_runtime import LipsyncParts
+from genserve.config.lipsync import LipsyncModelSettings
+from genserve.models.manager import ModelManager
 from genserve.models.registry import ModelKind
-from genserve.services import lipsync_devices
-from genserve.services.lipsync_devices import gpu_ids
+from genserve.services.lipsync import devices as lipsync_devices
+from genserve.services.lipsync.devices import gpu_ids
 from tests.conftest import small_settings
 from tests.integration.conftest import LiveServer, live_server
 from tests.integration.grpc.conftest import open_channel
@@ -56,9 +57,9 @@ def stub(server: LiveServer) -> Iterator[rpc.MonolithicServiceStub]:
         yield rpc.MonolithicServiceStub(channel)
 
 
-def parts_of(server: LiveServer) -> LipsyncParts:
+def models_of(server: LiveServer) -> ModelManager:
     assert server.runtime.lipsync is not None
-    return server.runtime.lipsync
+    return server.runtime.models
 
 
 @cpu_only
@@ -100,12 +101,12 @@ def test_alternating_models_on_one_slot_wait_for_it(stub: rpc.MonolithicServiceS
 def test_a_request_waits_until_the_slot_is_let_go(
     stub: rpc.MonolithicServiceStub, server: LiveServer
 ) -> None:
-    parts = parts_of(server)
+    models = models_of(server)
     assert stub.LoadModel(pb.LoadModelRequest(model_id="sanders", preferred_gpu=-1)).success
     holding, leave = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with parts.models.use(ModelKind.LIPSYNC, "sanders"):
+        with models.use(ModelKind.LIPSYNC, "sanders"):
             holding.set()
             leave.wait(30)
 
@@ -123,19 +124,19 @@ def test_a_request_waits_until_the_slot_is_let_go(
 
 
 def test_a_slot_that_stays_busy_is_refused_naming_max_models(
-    stub: rpc.MonolithicServiceStub, server: LiveServer
+    stub: rpc.MonolithicServiceStub, server: LiveServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    parts = parts_of(server)
+    models = models_of(server)
     assert stub.LoadModel(pb.LoadModelRequest(model_id="sanders", preferred_gpu=-1)).success
-    saved, parts.waiter.wait_s = parts.waiter.wait_s, 0.5
-    try:
-        with parts.models.use(ModelKind.LIPSYNC, "sanders"):
-            started = time.monotonic()
-            reply = stub.InferBatchComposite(request(1, model_id="bob"), timeout=60)  # no gRPC error
-            waited = time.monotonic() - started
-            loaded = stub.LoadModel(pb.LoadModelRequest(model_id="bob", preferred_gpu=-1))
-    finally:
-        parts.waiter.wait_s = saved
+    # This test's lipsync.capacity_wait_s: 0.5 s (the module's server waits 30 s).
+    short = dataclasses.replace(models.pool(ModelKind.LIPSYNC), capacity_wait_s=0.5)
+    monkeypatch.setitem(models._pool_of, ModelKind.LIPSYNC, short)
+    monkeypatch.setitem(models._budgets, short.name, models._budgets[short.name])
+    with models.use(ModelKind.LIPSYNC, "sanders"):
+        started = time.monotonic()
+        reply = stub.InferBatchComposite(request(1, model_id="bob"), timeout=60)  # no gRPC error
+        waited = time.monotonic() - started
+        loaded = stub.LoadModel(pb.LoadModelRequest(model_id="bob", preferred_gpu=-1))
     assert not reply.success and waited >= 0.5
     assert reply.error.startswith("Model 'bob' cannot be loaded: all lipsync.max_models=1 loaded models")
     assert "max_loaded" not in reply.error

@@ -12,8 +12,8 @@ from google.protobuf.message import Message
 
 from genserve.api.grpc.gen import pipeline_pb2 as pb
 from genserve.api.grpc.gen import pipeline_pb2_grpc as rpc
-from genserve.services.catalog import SERVICES
-from genserve.services.examples import REQUESTS
+from genserve.services.builtin import SERVICES
+from genserve.services.pipeline.examples import REQUESTS
 from tests.integration.conftest import LiveServer
 from tests.integration.grpc.conftest import error_code
 

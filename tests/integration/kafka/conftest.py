@@ -25,9 +25,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from genserve.api.kafka import KafkaDoor, KafkaTuning
+from genserve.api.kafka.door import KafkaDoor, KafkaTuning
+from genserve.app.runtime import build_runtime
 from genserve.config import Settings
-from genserve.runtime import build_runtime
 from tests.conftest import small_env, small_settings
 
 # Short timings so that joins, rebalances and the death of a worker take seconds, not minutes.

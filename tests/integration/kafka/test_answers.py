@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from genserve.api.kafka import KafkaDoor
+from genserve.api.kafka.door import KafkaDoor
 from genserve.engine.events import RunRecord
 from genserve.storage.responses import ResponseStore, request_digest
 from tests.integration.kafka.conftest import (

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from genserve.services import examples
+from genserve.services.pipeline import examples
 from tests.integration.kafka.conftest import (
     Broker,
     TopicReader,

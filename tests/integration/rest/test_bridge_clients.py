@@ -21,13 +21,8 @@ import httpx
 import pytest
 from PIL import Image
 
-import genserve.api.rest.app as rest_app
-from genserve.api.rest.bridge import build_bridge
-from genserve.runtime import Runtime
-from genserve.workflows.bridge.dispatcher import Bridge
-from genserve.workflows.catalog import WorkflowCatalog
-from genserve.workflows.executor import WorkflowExecutor
-from genserve.workflows.nodes_image import BRIDGE_UPLOADS
+from genserve.bridge.dispatcher import Bridge
+from genserve.workflows.nodes.image import BRIDGE_UPLOADS
 from tests.conftest import small_settings
 from tests.integration.bridge_support import SLOW, BridgeSocket, multipart_files, write_bridge_catalog
 from tests.integration.conftest import LiveServer, live_server, make_data_root, wait_for
@@ -37,18 +32,10 @@ FAST = {"GENSERVE_BRIDGE__PROBE_INTERVAL_S": "0.2"}
 
 @contextmanager
 def bridge_server(env: dict[str, str], models: Path, data: Path) -> Iterator[tuple[LiveServer, Bridge]]:
-    """A live server, and the Bridge inside it (caught as the app builds it) for what only it shows."""
-    caught: list[Bridge] = []
-
-    def catching(runtime: Runtime, executor: WorkflowExecutor | None) -> tuple[Bridge, WorkflowCatalog]:
-        bridge, catalog = build_bridge(runtime, executor)
-        caught.append(bridge)
-        return bridge, catalog
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(rest_app, "build_bridge", catching)
-        with live_server(small_settings(models, data, **env), data) as live:
-            yield live, caught[0]
+    """A live server, and the Bridge inside it (built by the server) for what only it shows."""
+    with live_server(small_settings(models, data, **env), data) as live:
+        assert live.server.web.bridge is not None
+        yield live, live.server.web.bridge
 
 
 def on_loop(bridge: Bridge, make: Callable[[], Any]) -> Any:

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from websockets.sync.client import ClientConnection, connect
 
-from genserve.workflows.demo_workflows import demo_workflow
+from genserve.workflows.demo import demo_workflow
 from tests.integration.conftest import LiveServer, wait_for
 
 # The whole ComfyUI API is under /comfy (at the root the bridge owns /ws, GET /history, /free, /interrupt).

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from genserve.models.llm_demo import DEMO_LLM
+from genserve.models.demo.llm import DEMO_LLM
 from tests.integration.conftest import LiveServer
 
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from genserve.api.rest.pipeline import ROUTES
-from genserve.services import examples
+from genserve.services.pipeline import examples
 from tests.integration.conftest import LiveServer
 
 VAE = "qwen_image_vae"

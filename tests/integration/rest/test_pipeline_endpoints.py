@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from genserve.services import examples
+from genserve.services.pipeline import examples
 from tests.integration.conftest import LiveServer
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from genserve import cli
+from genserve.cli import commands as cli
 from tests.conftest import small_env
 
 REPO = Path(__file__).resolve().parents[2]

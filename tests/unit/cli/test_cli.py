@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from genserve import cli
-from genserve.models import demo
+from genserve.cli import commands as cli
+from genserve.models.demo import pipeline as demo
 from genserve.models.registry import ModelKind
 from tests.unit.cli.conftest import (
     PROGRESS_MARKS,

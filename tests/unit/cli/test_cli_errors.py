@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from genserve.models import demo
-from genserve.services.samplers import SAMPLERS
+from genserve.models.demo import pipeline as demo
+from genserve.services.pipeline.samplers import SAMPLERS
 from tests.unit.cli.conftest import console_script, invoke, run_error
 
 
@@ -53,12 +53,12 @@ def test_missing_required_field_is_invalid_input(env: dict[str, str]) -> None:
 def test_unexpected_exception_exits_1_with_internal_error(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import genserve.runtime
+    import genserve.app.runtime
 
     def broken(*_: object) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(genserve.runtime, "build_runtime", broken)
+    monkeypatch.setattr(genserve.app.runtime, "build_runtime", broken)
     body = run_error(["encode-latent", "--image-path", "x.png"], env, 1, "INTERNAL")
     assert "disk on fire" in body["error_message"]
 

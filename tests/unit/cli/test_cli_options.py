@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.main import get_command
 
-from genserve import cli
-from genserve.cli_options import NESTED, request_body
-from genserve.services.catalog import SERVICES
+from genserve.cli import commands as cli
+from genserve.cli.options import NESTED, request_body
+from genserve.services.builtin import SERVICES
 from tests.unit.cli.conftest import ANSI, COMMON, SERVICE_OF, invoke
 
 EXPECTED_OPTIONS = {

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from genserve.api.grpc.gen import titancompute_pb2 as pb
+from genserve.app.runtime import Runtime
 from genserve.cluster.agent import AgentServicer, _fields
 from genserve.cluster.agent_link import LinkState
 from genserve.cluster.agent_runner import open_used_tokens
 from genserve.cluster.auth import ReplayGuard
 from genserve.cluster.machine import MemoryFigures
 from genserve.errors import ErrorCode, GenserveError
-from genserve.runtime import Runtime
 
 
 def servicer(runtime: Runtime, **cluster: object) -> AgentServicer:

@@ -10,7 +10,7 @@ import pytest
 from genserve.api.grpc.gen import titancompute_pb2 as pb
 from genserve.cluster.agent_link import CoordinatorLink
 from genserve.cluster.transport import TlsFiles, channel_credentials, server_credentials
-from genserve.config_cluster import ClusterSettings
+from genserve.config.cluster import ClusterSettings
 from tests.integration.cluster.pki import make_pki
 
 

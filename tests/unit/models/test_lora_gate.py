@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from genserve.runtime import build_runtime
+from genserve.app.runtime import build_runtime
 from tests.conftest import small_settings
 
 LORA = "Qwen-Image-Lightning-4steps-V2.0.safetensors"

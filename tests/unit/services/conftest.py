@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import torch
 
+from genserve.app.runtime import Runtime, build_runtime
 from genserve.config import Settings
 from genserve.errors import ErrorCode, GenserveError
-from genserve.runtime import Runtime, build_runtime
 
 LORA = "Qwen-Image-Lightning-4steps-V2.0.safetensors"
 

@@ -16,7 +16,7 @@ import pytest
 
 from genserve.workflows.events import WorkflowEvent
 from genserve.workflows.inputs import Boolean, Combo, Float, Int, Linked, String
-from genserve.workflows.nodes import NodeContext, NodeRegistry, NodeResult, NodeType
+from genserve.workflows.nodes.base import NodeContext, NodeRegistry, NodeResult, NodeType
 from genserve.workflows.runner import WorkflowRunner
 
 

@@ -9,7 +9,7 @@ import pytest
 from genserve.errors import ErrorCode, GenserveError
 from genserve.workflows.graph import GraphValidationError, Link, cache_keys, node_errors, parse_graph
 from genserve.workflows.inputs import Linked, String
-from genserve.workflows.nodes import NodeRegistry, NodeType
+from genserve.workflows.nodes.base import NodeRegistry, NodeType
 from tests.unit.workflows.conftest import ALL_TYPES, chain
 
 

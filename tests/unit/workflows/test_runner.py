@@ -20,7 +20,7 @@ from genserve.workflows.events import (
 )
 from genserve.workflows.graph import GraphValidationError
 from genserve.workflows.inputs import Linked
-from genserve.workflows.nodes import NodeRegistry, NodeResult, NodeType
+from genserve.workflows.nodes.base import NodeRegistry, NodeResult, NodeType
 from genserve.workflows.runner import WorkflowRunner
 from tests.unit.workflows.conftest import Recorder, chain
 

@@ -17,9 +17,8 @@ from genserve.api.grpc.gen import monolithic_pb2 as pb
 from genserve.api.grpc.gen import monolithic_pb2_grpc as rpc
 from genserve.engine.engine import Engine
 from genserve.errors import ErrorCode, GenserveError, as_genserve_error
-from genserve.lipsync_runtime import LipsyncParts
-from genserve.services import lipsync_admin as admin
-from genserve.services.lipsync import LipsyncRequest, LipsyncResponse
+from genserve.services.lipsync.admin import LipsyncAdmin
+from genserve.services.lipsync.service import LipsyncRequest, LipsyncResponse
 
 Context = grpc.aio.ServicerContext
 M = TypeVar("M", pb.ModelInfo, pb.ModelStats)
@@ -33,12 +32,14 @@ def _is_transport(err: GenserveError) -> bool:
     return err.code in _TRANSPORT and "setting" not in err.details
 
 
-class Monolithic(rpc.MonolithicServiceServicer):
+class LipsyncServicer(rpc.MonolithicServiceServicer):
+    """Inference through the engine; the admin RPCs through the one lip-sync admin object."""
+
     def __init__(
-        self, engine: Engine, parts: LipsyncParts, timeout_s: float, unload_timeout_s: float
+        self, engine: Engine, admin: LipsyncAdmin, timeout_s: float, unload_timeout_s: float
     ) -> None:
         self._engine = engine
-        self._parts = parts
+        self._admin = admin
         self._timeout = timeout_s
         self._unload_timeout = unload_timeout_s
 
@@ -74,8 +75,7 @@ class Monolithic(rpc.MonolithicServiceServicer):
         return pb.CompositeBatchResponse(**result.model_dump(), success=True)
 
     async def Health(self, request: pb.HealthRequest, context: Context) -> pb.HealthResponse:
-        parts = self._parts
-        found = await asyncio.to_thread(admin.health, parts.models, parts.catalog, self._engine.accepting)
+        found = await asyncio.to_thread(self._admin.health, self._engine.accepting)
         return pb.HealthResponse(
             healthy=found.healthy,
             loaded_models=found.loaded_models,
@@ -96,7 +96,7 @@ class Monolithic(rpc.MonolithicServiceServicer):
 
     async def _rows(self, message: type[M], only_available: bool = False) -> list[M]:
         """Every model's stats as ``message``: the fields it has, by name (ModelInfo is a subset)."""
-        rows = await asyncio.to_thread(admin.model_stats, self._parts.models, self._parts.catalog)
+        rows = await asyncio.to_thread(self._admin.model_stats)
         names = [f.name for f in message.DESCRIPTOR.fields]
         return [
             message(**{name: getattr(r, name) for name in names})
@@ -105,15 +105,11 @@ class Monolithic(rpc.MonolithicServiceServicer):
         ]
 
     async def LoadModel(self, request: pb.LoadModelRequest, context: Context) -> pb.LoadModelResponse:
-        parts = self._parts
         try:
             gpu_id, load_ms = await asyncio.to_thread(
-                admin.load_model,
-                parts.models,
-                parts.catalog,
+                self._admin.load_model,
                 request.model_id,
                 request.preferred_gpu,
-                parts.waiter,
                 deadline(context, self._timeout),
             )
         except Exception as exc:
@@ -121,16 +117,8 @@ class Monolithic(rpc.MonolithicServiceServicer):
         return pb.LoadModelResponse(success=True, gpu_id=gpu_id, load_time_ms=load_ms)
 
     async def UnloadModel(self, request: pb.UnloadModelRequest, context: Context) -> pb.UnloadModelResponse:
-        parts = self._parts
         try:
-            await asyncio.to_thread(
-                admin.unload_model,
-                parts.models,
-                parts.catalog,
-                request.model_id,
-                self._unload_timeout,
-                parts.waiter,
-            )
+            await asyncio.to_thread(self._admin.unload_model, request.model_id, self._unload_timeout)
         except Exception as exc:
             return pb.UnloadModelResponse(success=False, error=as_genserve_error(exc).message)
         return pb.UnloadModelResponse(success=True)

@@ -3,7 +3,6 @@ configured ports, sharing the REST door's runtime and event loop."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import grpc
@@ -12,12 +11,12 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from genserve.api.grpc.calls import ServiceCall
-from genserve.api.grpc.drawthings import ImageGeneration
 from genserve.api.grpc.gen import image_generation_pb2, image_generation_pb2_grpc, monolithic_pb2_grpc
-from genserve.api.grpc.lipsync import Monolithic
+from genserve.api.grpc.image_generation import ImageGeneration
+from genserve.api.grpc.lipsync import LipsyncServicer
 from genserve.api.grpc.lipsync import service_name as lipsync_service_name
 from genserve.api.grpc.pipeline import add_pipeline_services
-from genserve.runtime import Runtime
+from genserve.engine.runtime import Runtime
 
 log = logging.getLogger("genserve.grpc")
 MIB = 1024 * 1024
@@ -34,7 +33,6 @@ class GrpcDoor:
         self.health = HealthServicer()
         self.service_names: list[str] = []
         self.ports: list[int] = []
-        self._preload: asyncio.Task[None] | None = None
 
     @property
     def addresses(self) -> list[str]:
@@ -67,7 +65,7 @@ class GrpcDoor:
         )
         names.append(image_generation_pb2.DESCRIPTOR.services_by_name["ImageGenerationService"].full_name)
         if runtime.lipsync is not None:
-            servicer = Monolithic(runtime.engine, runtime.lipsync, timeout, timeout)
+            servicer = LipsyncServicer(runtime.engine, runtime.lipsync, timeout, timeout)
             monolithic_pb2_grpc.add_MonolithicServiceServicer_to_server(servicer, server)
             names.append(lipsync_service_name())
         self.health = HealthServicer()
@@ -90,10 +88,6 @@ class GrpcDoor:
     async def start(self) -> None:
         self.server = self._build()
         await self.server.start()
-        if self.runtime.lipsync is not None:
-            # Preloading may take long with real models: the server answers meanwhile.
-            self._preload = asyncio.create_task(asyncio.to_thread(self.runtime.lipsync.preload))
-            self.runtime.lipsync.start_idle_reaper()
         serving = health_pb2.HealthCheckResponse.SERVING
         for name in ["", *self.service_names]:
             await self.health.set(name, serving)

@@ -1,21 +1,21 @@
-"""The REST door's app factory: one FastAPI app over one runtime.
+"""The REST door's app factory: one FastAPI app over one runtime and the workflow parts.
 
 Everything the routes need is passed in here (no globals, no ``app.state`` grab-bag), so tests
-and the server build apps the same way. The app does not own the runtime: the server closes it
-once every door has finished its last request (engine first, then models).
+and the server build apps the same way. The app owns none of it: the composition root starts and
+stops the prompt queue and the bridge, and closes the runtime once every door has finished its
+last request (engine first, then models).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from genserve import __version__
-from genserve.api.rest.bridge import bridge_router, build_bridge
-from genserve.api.rest.comfy import SHARED_PATHS, build_workflow_executor, comfy_router
+from genserve.api.rest.bridge import bridge_router
+from genserve.api.rest.comfy import SHARED_PATHS, comfy_router
 from genserve.api.rest.errors import install_error_handlers
 from genserve.api.rest.metrics import ServerMetrics
 from genserve.api.rest.middleware import RequestContextMiddleware
@@ -23,7 +23,10 @@ from genserve.api.rest.models import models_router
 from genserve.api.rest.openai_compat import openai_router
 from genserve.api.rest.operations import operations_router
 from genserve.api.rest.pipeline import pipeline_router
-from genserve.runtime import Runtime
+from genserve.bridge.aliases import WorkflowCatalog
+from genserve.bridge.dispatcher import Bridge
+from genserve.engine.runtime import Runtime
+from genserve.workflows.queue import PromptQueue
 
 DESCRIPTION = """\
 genserve's REST door: the four services of the Qwen-Image-Edit-2509 pipeline (latent encoder,
@@ -58,30 +61,23 @@ TAGS = [
 COMFY_PREFIX = "/comfy"
 
 
-def build_app(runtime: Runtime) -> FastAPI:
+def build_app(
+    runtime: Runtime,
+    *,
+    prompts: PromptQueue | None = None,
+    bridge: Bridge | None = None,
+    catalog: WorkflowCatalog | None = None,
+) -> FastAPI:
+    """ComfyUI's API is mounted when ``prompts`` is given, the bridge's when ``bridge`` and
+    ``catalog`` are."""
     settings = runtime.settings
     metrics = ServerMetrics(runtime.engine, runtime.models)
-    # ComfyUI's API: its prompt queue starts and stops with the server (a stop interrupts the
-    # running prompt, so it ends within the grace period and its client hears why).
-    executor = build_workflow_executor(runtime) if settings.workflows.enabled else None
-    # The bridge hands jobs to backends (this process's executor among them); it stops first, so
-    # the jobs it was running stay queued for the next start rather than failing on the way down.
-    bridge, catalog = build_bridge(runtime, executor) if settings.bridge.enabled else (None, None)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if executor is not None:
-            executor.start()
-        if bridge is not None:
-            await bridge.start()
         try:
             yield
         finally:
-            if bridge is not None:
-                await bridge.stop()
-                bridge.store.close()
-            if executor is not None:
-                await asyncio.to_thread(executor.stop)
             metrics.close()
 
     app = FastAPI(
@@ -91,18 +87,16 @@ def build_app(runtime: Runtime) -> FastAPI:
         openapi_tags=TAGS,
         lifespan=lifespan,
     )
-    # The server tells bridge sockets why they close before uvicorn closes them (server.py).
-    app.state.bridge = bridge
     install_error_handlers(app, settings.server.retry_after_s)
     app.include_router(pipeline_router(runtime.engine, settings.server))
     app.include_router(models_router(runtime.models, settings.pipeline))
     app.include_router(operations_router(runtime.engine, runtime.models, metrics))
     app.include_router(openai_router(runtime.engine, runtime.models, settings.server))
     upload_limits: dict[str, int] = {}
-    if executor is not None:
+    if prompts is not None:
         upload_limit = max(settings.server.max_body_bytes, int(settings.bridge.max_upload_mb * 2**20) + 2**16)
-        app.include_router(comfy_router(executor, upload_limit), prefix=COMFY_PREFIX)
-        app.include_router(comfy_router(executor, upload_limit, skip=SHARED_PATHS if bridge else frozenset()))
+        app.include_router(comfy_router(prompts, upload_limit), prefix=COMFY_PREFIX)
+        app.include_router(comfy_router(prompts, upload_limit, skip=SHARED_PATHS if bridge else frozenset()))
         upload_limits |= {"/upload/image": upload_limit, f"{COMFY_PREFIX}/upload/image": upload_limit}
     if bridge is not None and catalog is not None:
         max_file = int(settings.bridge.max_upload_mb * 2**20)

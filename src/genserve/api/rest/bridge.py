@@ -20,19 +20,12 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 
+from genserve.bridge.aliases import WorkflowCatalog
+from genserve.bridge.dispatcher import SERVER_CLOSING, SHUTTING_DOWN, Bridge
+from genserve.bridge.sessions import CONNECTED, LISTENING
+from genserve.bridge.uploads import read_upload_parts, save_bridge_uploads
 from genserve.errors import ErrorCode, GenserveError
-from genserve.runtime import Runtime
-from genserve.storage.jobs import JobStore, Result
-from genserve.workflows.bridge.backends import Backend, LocalBackend
-from genserve.workflows.bridge.dispatcher import SERVER_CLOSING, SHUTTING_DOWN, Bridge
-from genserve.workflows.bridge.remote import ComfyBackend
-from genserve.workflows.bridge.sessions import CONNECTED, LISTENING
-from genserve.workflows.bridge.uploads import read_upload_parts, save_bridge_uploads
-from genserve.workflows.catalog import WorkflowCatalog
-from genserve.workflows.demo_workflows import write_demo_catalog
-from genserve.workflows.executor import WorkflowExecutor
-from genserve.workflows.nodes_image import BRIDGE_UPLOADS
-from genserve.workflows.pipeline_nodes import pipeline_registry
+from genserve.storage.jobs import Result
 
 log = logging.getLogger("genserve.api.rest.bridge")
 
@@ -40,58 +33,6 @@ CLIENT_ID = "clientId"
 _SERVICE_RESTART = 1012
 # Printable ASCII but "%": what an X-Detail header carries as is; anything else is percent-encoded.
 _HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
-
-
-def build_bridge(runtime: Runtime, executor: WorkflowExecutor | None) -> tuple[Bridge, WorkflowCatalog]:
-    """The bridge over the configured backends and the catalog; the demo catalog if none exists."""
-    settings = runtime.settings.bridge
-    if not settings.alias_file.exists():
-        written = write_demo_catalog(settings.workflows_dir, settings.alias_file)
-        log.warning(
-            "bridge.alias_file %s was missing: wrote the demo workflows (%d files)",
-            settings.alias_file,
-            len(written),
-        )
-    input_dir = runtime.settings.workflows.input_dir.resolve()
-    registry = (
-        executor.runner.registry
-        if executor is not None
-        else pipeline_registry(runtime.models.registry, input_dir)
-    )
-    catalog = WorkflowCatalog(
-        settings.workflows_dir, settings.alias_file, registry, foreign_nodes=settings.foreign_nodes
-    )
-    backends: list[Backend] = []
-    for entry in settings.backends:
-        if entry.url == "local":
-            if executor is None:
-                raise GenserveError(
-                    ErrorCode.INVALID_INPUT,
-                    f"bridge.backends: {entry.name!r} is local but workflows.enabled is false",
-                )
-            backends.append(LocalBackend(entry.name, entry.max_inflight, executor))
-        else:
-            backends.append(
-                ComfyBackend(
-                    entry.name,
-                    entry.max_inflight,
-                    entry.url,
-                    input_dir=input_dir,
-                    cancel_timeout_s=settings.probe_timeout_s,
-                )
-            )
-    settings.jobs_db.parent.mkdir(parents=True, exist_ok=True)
-    bridge = Bridge(
-        JobStore(settings.jobs_db),
-        backends,
-        results_dir=settings.results_dir.resolve(),
-        probe_interval_s=settings.probe_interval_s,
-        probe_timeout_s=settings.probe_timeout_s,
-        affinity_weight=settings.affinity_weight,
-        retention_s=settings.retention_hours * 3600,
-        upload_dir=input_dir / BRIDGE_UPLOADS,
-    )
-    return bridge, catalog
 
 
 def _detail(message: str, status: int = 400) -> JSONResponse:

@@ -3,7 +3,7 @@
 Routes, bodies and error shapes are ComfyUI's (``{"error": {...}, "node_errors": {...}}`` for a
 refused prompt, bare status codes for /view), not genserve's spec error body: this is ComfyUI's
 contract, and a client written against ComfyUI must not notice the difference. Work goes through
-one WorkflowExecutor (one prompt at a time); file routes are confined to the workflows input and
+one PromptQueue (one prompt at a time); file routes are confined to the workflows input and
 output folders. The bridge's uploads (``bridge-uploads/`` in the input folder) belong to its
 clients: ``/upload/image`` never replaces a different file there, whatever ``overwrite`` says.
 """
@@ -27,41 +27,14 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
-from genserve.errors import ErrorCode, GenserveError
-from genserve.runtime import Runtime
+from genserve.errors import GenserveError
 from genserve.storage.artifacts import write_bytes
-from genserve.workflows.executor import WorkflowExecutor
 from genserve.workflows.graph import GraphValidationError, node_errors
-from genserve.workflows.nodes_image import BRIDGE_UPLOADS
-from genserve.workflows.pipeline_nodes import PipelineResources, pipeline_registry
-from genserve.workflows.runner import WorkflowRunner
+from genserve.workflows.nodes.builtin import PipelineResources
+from genserve.workflows.nodes.image import BRIDGE_UPLOADS
+from genserve.workflows.queue import PromptQueue
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ ()+-]")
-
-
-def build_workflow_executor(runtime: Runtime) -> WorkflowExecutor:
-    """The executor over the runtime's models, its folders checked against the sandbox now, so a
-    misplaced folder stops start-up naming the key instead of failing the first prompt."""
-    settings = runtime.settings.workflows
-    input_dir = settings.input_dir.resolve()
-    if not any(_inside(input_dir, root) for root in runtime.sandbox.read_roots):
-        raise GenserveError(
-            ErrorCode.PERMISSION_DENIED, f"workflows.input_dir {input_dir} is outside storage.read_roots"
-        )
-    input_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        output_dir = runtime.sandbox.output_dir(str(settings.output_dir.resolve()), "workflows.output_dir")
-    except GenserveError as exc:
-        raise GenserveError(exc.code, f"workflows.output_dir: {exc.message}") from None
-    runner = WorkflowRunner(pipeline_registry(runtime.models.registry, input_dir), settings.cache_size)
-    resources = PipelineResources.from_runtime(runtime, input_dir=input_dir, output_dir=output_dir)
-
-    def unload_models() -> None:
-        for stats in runtime.models.loaded():
-            with contextlib.suppress(GenserveError):
-                runtime.models.unload(stats.kind, stats.name, timeout=60)
-
-    return WorkflowExecutor(runner, resources, queue_size=settings.queue_size, unload_models=unload_models)
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -120,7 +93,7 @@ SHARED_PATHS = frozenset({"/ws", "/history", "/free", "/interrupt"})
 
 
 def comfy_router(
-    executor: WorkflowExecutor, max_upload_bytes: int, *, skip: frozenset[str] = frozenset()
+    executor: PromptQueue, max_upload_bytes: int, *, skip: frozenset[str] = frozenset()
 ) -> APIRouter:
     """ComfyUI's routes; ``skip`` leaves out paths another router serves (the bridge's, at the root)."""
     router = APIRouter(tags=["comfyui"])

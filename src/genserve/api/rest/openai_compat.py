@@ -39,7 +39,7 @@ from genserve.errors import ErrorCode, GenserveError
 from genserve.models.manager import ModelManager
 from genserve.models.registry import ModelKind
 from genserve.services.base import parse_request
-from genserve.services.text_generation import TextGenerationChunk, TextGenerationResponse
+from genserve.services.text.generation import TextGenerationChunk, TextGenerationResponse
 
 SERVICE = "text_generation"
 FieldMapper = Callable[[Mapping[str, Any]], tuple[dict[str, Any], dict[str, str]]]

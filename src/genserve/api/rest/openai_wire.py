@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from genserve.errors import GenserveError
-from genserve.services.text_generation import TextGenerationResponse
+from genserve.services.text.generation import TextGenerationResponse
 
 # Field -> "is this value the default (so harmless)?"
 _REFUSED: dict[str, Callable[[Any], bool]] = {

@@ -23,8 +23,8 @@ from genserve.api.rest.errors import ERROR_RESPONSES, request_id_of
 from genserve.config import ServerSettings
 from genserve.engine.engine import Engine
 from genserve.errors import ErrorCode, GenserveError
-from genserve.services import examples
 from genserve.services.base import Service
+from genserve.services.pipeline import examples
 
 TIMEOUT_HEADER = "x-request-timeout"
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from genserve.models.lipsync_registry import LipsyncRegistry
 from genserve.models.loaders.base import LoadedModel, Loader, module_bytes
 from genserve.models.registry import ModelKind
 
 
-def default_loaders() -> dict[ModelKind, Loader]:
+def default_loaders(lipsync: LipsyncRegistry | None = None) -> dict[ModelKind, Loader]:
+    """Every kind's loader; lip-sync's reads its files through ``lipsync`` (none: not loaded here)."""
     from transformers.utils import logging as transformers_logging
 
     from genserve.models.loaders.llm import load_llm
@@ -18,13 +20,18 @@ def default_loaders() -> dict[ModelKind, Loader]:
     # The manager logs every load with its time; transformers' per-load "Loading weights" bar would
     # only add carriage-return noise to the server's log.
     transformers_logging.disable_progress_bar()
-    return {
+    loaders: dict[ModelKind, Loader] = {
         ModelKind.VAE: load_vae,
         ModelKind.TEXT_ENCODER: load_text_encoder,
         ModelKind.DIFFUSION: load_transformer,
         ModelKind.LORA: load_lora,
         ModelKind.LLM: load_llm,
     }
+    if lipsync is not None:
+        from genserve.models.loaders.lipsync import make_lipsync_loader
+
+        loaders[ModelKind.LIPSYNC] = make_lipsync_loader(lipsync)
+    return loaders
 
 
 __all__ = ["LoadedModel", "Loader", "default_loaders", "module_bytes"]

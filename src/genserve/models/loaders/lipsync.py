@@ -21,7 +21,7 @@ import onnxruntime as ort
 import torch
 
 from genserve.errors import ErrorCode, GenserveError
-from genserve.models.lipsync_catalog import LipsyncCatalog
+from genserve.models.lipsync_registry import LipsyncRegistry
 from genserve.models.loaders.base import LoadedModel, Loader
 from genserve.models.registry import ModelEntry
 
@@ -179,7 +179,7 @@ def _warm_up(model: LipsyncModel) -> None:
         )
 
 
-def make_lipsync_loader(catalog: LipsyncCatalog) -> Loader:
+def make_lipsync_loader(catalog: LipsyncRegistry) -> Loader:
     def load_lipsync(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> LoadedModel:
         files = catalog.files(entry.name)
         providers, gpu_id = _providers(device)

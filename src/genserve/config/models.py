@@ -1,0 +1,43 @@
+"""The ``models`` section: the models folder, and the rules of the default model pool (every kind
+but lip-sync, whose pool the ``lipsync`` section sets)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from genserve.config.base import Section
+
+
+class ModelsSettings(Section):
+    dir: Path = Field(Path("models"), description="Models folder: one sub-folder per kind (vae/, ...).")
+    max_loaded: int = Field(
+        8,
+        ge=1,
+        description="Most models kept loaded at once, all devices together (lip-sync: lipsync.max_models).",
+    )
+    memory_budget_mb: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per-device memory budget in MiB for loaded models, e.g. {cpu: 8192, 'cuda:0': 20000}. "
+        "A device not named has no budget beyond its count limit.",
+    )
+    default_device: str = Field(
+        "auto", description="'auto' (first CUDA device, else cpu), 'cpu' or 'cuda:N'."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype: auto = float32 on CPU, bfloat16 on CUDA."
+    )
+    eviction_policy: Literal["lru", "lfu"] = Field(
+        "lru", description="Which idle model makes room: least recently or least frequently used."
+    )
+    idle_timeout_s: float = Field(
+        0.0, ge=0, description="Unload a model unused this long; 0 = keep until evicted."
+    )
+    capacity_wait_s: float = Field(
+        0.0,
+        ge=0,
+        description="How long a load waits when every max_loaded slot (or the memory budget) is held by "
+        "models in use, for one to become free; 0 = refuse at once (429 / RESOURCE_EXHAUSTED).",
+    )

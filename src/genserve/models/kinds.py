@@ -1,0 +1,49 @@
+"""Model kinds (one folder each, as ComfyUI lays them out) and the entry that names one model's files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".onnx", ".gguf")
+
+
+class ModelKind(StrEnum):
+    VAE = "vae"
+    TEXT_ENCODER = "text_encoders"
+    DIFFUSION = "diffusion_models"
+    LORA = "loras"
+    LIPSYNC = "lipsync"
+    LLM = "llm"
+
+    @property
+    def label(self) -> str:
+        return _LABELS[self]
+
+
+_LABELS = {
+    ModelKind.VAE: "VAE model",
+    ModelKind.TEXT_ENCODER: "text encoder model",
+    ModelKind.DIFFUSION: "diffusion model",
+    ModelKind.LORA: "LoRA",
+    ModelKind.LIPSYNC: "lip-sync model",
+    ModelKind.LLM: "language model",
+}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    kind: ModelKind
+    name: str
+    path: Path
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.kind.value, self.name)
+
+    def disk_bytes(self) -> int:
+        """Size on disk: the first estimate of memory before a model is loaded."""
+        if self.path.is_file():
+            return self.path.stat().st_size
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())

@@ -1,0 +1,36 @@
+"""The ComfyUI node types genserve runs on its own models: one registry for the native runner.
+
+Class names, input names and return types are ComfyUI's, so workflows saved with ComfyUI's
+"Save (API)" run unchanged; the work is done by genserve's services and ModelManager. Nodes
+read what they need from ``ctx.resources``, a ``PipelineResources`` (nodes_values).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from genserve.models.registry import ModelRegistry
+from genserve.workflows.nodes.base import NodeRegistry
+from genserve.workflows.nodes.image import image_node_types
+from genserve.workflows.nodes.models import model_node_types
+from genserve.workflows.nodes.sampling import sampling_node_types
+from genserve.workflows.nodes.values import ClipRef, ModelRef, PipelineResources, VaeRef
+
+__all__ = ["ClipRef", "ModelRef", "PipelineResources", "VaeRef", "pipeline_registry"]
+
+
+def pipeline_registry(models: ModelRegistry | None = None, input_dir: Path | None = None) -> NodeRegistry:
+    """Every pipeline node type.
+
+    With ``models``, model inputs are combos over the models folder (as ComfyUI's loaders list
+    files); with ``input_dir`` (the same folder as ``PipelineResources.input_dir``), LoadImage lists
+    its images and fingerprints the chosen file, so an edited file is read again. Without them
+    those inputs are free strings checked when the node runs, and LoadImage is never cached.
+    """
+    return NodeRegistry(
+        [
+            *image_node_types(Path(input_dir) if input_dir is not None else None),
+            *model_node_types(models),
+            *sampling_node_types(),
+        ]
+    )

@@ -1,0 +1,160 @@
+"""Loader and model-patching node types: UNETLoader, CLIPLoader, VAELoader, LoraLoaderModelOnly,
+ModelSamplingAuraFlow, CFGNorm.
+
+A loader checks that the model exists and warms it in the ModelManager (unpinned), then returns
+a reference by name (nodes_values): the output cache may keep the reference for as long as it
+likes without holding memory, and the nodes that compute borrow the weights with ``use()``.
+Model names are combos over the models folder, read fresh at each validation; a diffusers folder
+is listed under its own name and with ``.safetensors`` too, so workflows written for ComfyUI's
+single files (``qwen_image_vae.safetensors``) validate and reach the folder model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from genserve.errors import ErrorCode, GenserveError
+from genserve.models.registry import ModelKind, ModelRegistry
+from genserve.workflows.inputs import Combo, Float, InputSpec, Linked, String
+from genserve.workflows.nodes.base import NodeContext, NodeType
+from genserve.workflows.nodes.values import ClipRef, ModelRef, VaeRef, resources_of
+
+CLIP_TYPES = ("qwen_image",)  # the only text-encoder family genserve serves
+WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
+
+
+def model_names(registry: ModelRegistry, kind: ModelKind) -> Callable[[], list[str]]:
+    """Choices for a model combo: every entry of the kind's folder, folders also as ``name.safetensors``."""
+
+    def names() -> list[str]:
+        found: list[str] = []
+        for entry in registry.entries(kind):
+            found.append(entry.name)
+            if entry.path.is_dir():
+                found.append(f"{entry.name}.safetensors")
+        return found
+
+    return names
+
+
+def model_input(registry: ModelRegistry | None, kind: ModelKind, tooltip: str) -> InputSpec:
+    """A combo over the folder when the registry is known; a free string otherwise (checked at run)."""
+    if registry is None:
+        return String("", tooltip=tooltip)
+    return Combo(model_names(registry, kind), tooltip=tooltip)
+
+
+def _warm(ctx: NodeContext, kind: ModelKind, name: str, field: str) -> str:
+    """Resolve (MODEL_NOT_FOUND naming the input) and load without pinning; the canonical name."""
+    res = resources_of(ctx)
+    entry = res.models.registry.resolve(kind, name, field)
+    ctx.check_cancelled()
+    res.models.load(entry.kind, entry.name, device=res.device)
+    return entry.name
+
+
+def _unet_loader(ctx: NodeContext, unet_name: str, weight_dtype: str = "default") -> tuple[ModelRef]:
+    # weight_dtype is accepted for ComfyUI workflows; the manager picks the dtype per device.
+    return (ModelRef(_warm(ctx, ModelKind.DIFFUSION, unet_name, "unet_name")),)
+
+
+def _clip_loader(
+    ctx: NodeContext, clip_name: str, type: str = "qwen_image", device: str = "default"
+) -> tuple[ClipRef]:
+    return (ClipRef(_warm(ctx, ModelKind.TEXT_ENCODER, clip_name, "clip_name")),)
+
+
+def _vae_loader(ctx: NodeContext, vae_name: str) -> tuple[VaeRef]:
+    return (VaeRef(_warm(ctx, ModelKind.VAE, vae_name, "vae_name")),)
+
+
+def _lora_loader(ctx: NodeContext, model: ModelRef, lora_name: str, strength_model: float) -> tuple[ModelRef]:
+    if model.lora_name is not None:
+        # The adapter gate applies one LoRA at a time; stacking would silently drop the first.
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT,
+            f"lora_name: the model already carries LoRA {model.lora_name}; "
+            "genserve applies one LoRA per model",
+            field="lora_name",
+        )
+    name = _warm(ctx, ModelKind.LORA, lora_name, "lora_name")
+    return (replace(model, lora_name=name, lora_strength=float(strength_model)),)
+
+
+def _aura_flow(ctx: NodeContext, model: ModelRef, shift: float) -> tuple[ModelRef]:
+    if shift <= 0:
+        raise GenserveError(ErrorCode.INVALID_INPUT, f"shift: must be > 0, got {shift}", field="shift")
+    return (replace(model, shift=float(shift)),)
+
+
+def _cfg_norm(ctx: NodeContext, model: ModelRef, strength: float) -> tuple[ModelRef]:
+    return (replace(model, cfg_norm_strength=float(strength)),)
+
+
+def model_node_types(registry: ModelRegistry | None) -> list[NodeType]:
+    """The loader and patch node types; combos list ``registry``'s folders when given."""
+    return [
+        NodeType(
+            "UNETLoader",
+            _unet_loader,
+            required={
+                "unet_name": model_input(
+                    registry, ModelKind.DIFFUSION, "diffusion model under diffusion_models/"
+                ),
+                "weight_dtype": Combo(WEIGHT_DTYPES, default="default"),
+            },
+            return_types=("MODEL",),
+            display_name="Load Diffusion Model",
+            category="advanced/loaders",
+        ),
+        NodeType(
+            "CLIPLoader",
+            _clip_loader,
+            required={
+                "clip_name": model_input(
+                    registry, ModelKind.TEXT_ENCODER, "text encoder under text_encoders/"
+                ),
+                "type": Combo(CLIP_TYPES, default="qwen_image"),
+            },
+            optional={"device": Combo(("default", "cpu"), default="default")},
+            return_types=("CLIP",),
+            display_name="Load CLIP",
+            category="advanced/loaders",
+        ),
+        NodeType(
+            "VAELoader",
+            _vae_loader,
+            required={"vae_name": model_input(registry, ModelKind.VAE, "VAE under vae/")},
+            return_types=("VAE",),
+            display_name="Load VAE",
+            category="loaders",
+        ),
+        NodeType(
+            "LoraLoaderModelOnly",
+            _lora_loader,
+            required={
+                "model": Linked("MODEL"),
+                "lora_name": model_input(registry, ModelKind.LORA, "LoRA under loras/"),
+                "strength_model": Float(1.0, min=-100.0, max=100.0, step=0.01),
+            },
+            return_types=("MODEL",),
+            display_name="LoraLoaderModelOnly",
+            category="loaders",
+        ),
+        NodeType(
+            "ModelSamplingAuraFlow",
+            _aura_flow,
+            required={"model": Linked("MODEL"), "shift": Float(1.73, min=0.0, max=100.0, step=0.01)},
+            return_types=("MODEL",),
+            category="advanced/model",
+        ),
+        NodeType(
+            "CFGNorm",
+            _cfg_norm,
+            required={"model": Linked("MODEL"), "strength": Float(1.0, min=0.0, max=100.0, step=0.01)},
+            return_types=("MODEL",),
+            return_names=("patched_model",),
+            category="advanced/guidance",
+        ),
+    ]

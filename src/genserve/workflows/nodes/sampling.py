@@ -1,0 +1,187 @@
+"""Conditioning and sampling node types: CLIPTextEncode, TextEncodeQwenImageEditPlus,
+EmptySD3LatentImage, KSampler.
+
+Each calls the function the matching service calls (``text_prompt.encode_text_prompts``,
+``text_encoder.encode_prompts``, ``sampling.sample_with_models``), so a workflow and the services
+give the same tensors for the same inputs. Only the glue differs: images arrive as IMAGE tensors
+instead of file paths.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from genserve.errors import ErrorCode, GenserveError
+from genserve.services.pipeline import samplers
+from genserve.services.pipeline.sampling import MAX_SEED, sample_with_models
+from genserve.services.pipeline.text_encoder import (
+    Encoding,
+    encode_references,
+    encode_texts,
+    sized_references,
+)
+from genserve.services.pipeline.text_prompt import encode_text_prompts
+from genserve.workflows.inputs import Combo, Float, Int, Linked, String
+from genserve.workflows.nodes.base import NodeContext, NodeType
+from genserve.workflows.nodes.values import (
+    ClipRef,
+    ModelRef,
+    VaeRef,
+    latent_samples,
+    resources_of,
+    tensor_to_images,
+)
+
+LATENT_CHANNELS, VAE_SCALE = 16, 8
+
+
+def _clip_text_encode(ctx: NodeContext, text: str, clip: ClipRef) -> tuple[Encoding]:
+    """Qwen-Image's text-to-image prompt template, as the image_generation service encodes it."""
+    res = resources_of(ctx)
+    positive, _, _ = encode_text_prompts(text, None, clip.clip_name, res.run_context(ctx))
+    return (positive,)
+
+
+def _qwen_edit_plus(
+    ctx: NodeContext,
+    clip: ClipRef,
+    prompt: str,
+    vae: VaeRef | None = None,
+    image1: torch.Tensor | None = None,
+    image2: torch.Tensor | None = None,
+    image3: torch.Tensor | None = None,
+) -> tuple[Encoding]:
+    """The text_encoder service's encoding from in-memory images: vision-size images named
+    "Picture N" in the prompt, and (with a VAE) reference latents at the configured area."""
+    res = resources_of(ctx)
+    rctx = res.run_context(ctx)
+    d = res.defaults
+    given = [
+        (name, t) for name, t in (("image1", image1), ("image2", image2), ("image3", image3)) if t is not None
+    ]
+    sources = [(name, tensor_to_images(t)[0]) for name, t in given]
+    vision_area = d.vision_reference_megapixels * 1_000_000
+    vae_area = d.vae_reference_megapixels * 1_000_000
+    vision, for_vae = sized_references(sources, vision_area, vae_area)
+    started = time.perf_counter()
+    references = encode_references(rctx, vae.vae_name, "vae", sources, for_vae) if vae and sources else []
+    [(embeds, mask)] = encode_texts(rctx, clip.clip_name, "clip", [prompt], vision)
+    metadata = {
+        "clip_model_name": clip.clip_name,
+        "vae_model_name": vae.vae_name if vae is not None else None,
+        "images": [name for name, _ in sources],
+        "reference_sizes": [list(img.size) for img in for_vae] if references else [],
+        "vision_sizes": [list(img.size) for img in vision],
+        "encode_ms": round((time.perf_counter() - started) * 1000, 3),
+    }
+    return (Encoding(embeds, mask, references, metadata),)
+
+
+def _empty_latent(ctx: NodeContext, width: int, height: int, batch_size: int = 1) -> tuple[dict[str, Any]]:
+    for name, side in (("width", width), ("height", height)):
+        if side % 16:
+            # The transformer packs 2x2 latent patches of the 8x VAE grid: sides must be multiples of 16.
+            raise GenserveError(
+                ErrorCode.INVALID_INPUT, f"{name}: must be a multiple of 16, got {side}", field=name
+            )
+    shape = (batch_size, LATENT_CHANNELS, 1, height // VAE_SCALE, width // VAE_SCALE)
+    return ({"samples": torch.zeros(shape)},)
+
+
+def _ksampler(
+    ctx: NodeContext,
+    model: ModelRef,
+    seed: int,
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
+    positive: Encoding,
+    negative: Encoding,
+    latent_image: dict[str, Any],
+    denoise: float = 1.0,
+) -> tuple[dict[str, Any]]:
+    res = resources_of(ctx)
+    latent = latent_samples(latent_image)
+    if denoise <= 0:  # ComfyUI: no sigmas, the latent comes back unchanged
+        return ({"samples": latent},)
+    if latent.shape[-1] % 2 or latent.shape[-2] % 2:
+        raise GenserveError(ErrorCode.INVALID_INPUT, "latent_image: latent height and width must be even")
+    d = res.defaults
+    settings = {
+        "seed": seed,
+        "steps": steps,
+        "cfg": cfg,
+        "sampler_name": sampler_name,
+        "scheduler": scheduler,
+        "denoise": denoise,
+        "shift": d.shift if model.shift is None else model.shift,
+        "cfg_norm_strength": d.cfg_norm_strength
+        if model.cfg_norm_strength is None
+        else model.cfg_norm_strength,
+        "unet_model_name": model.unet_name,
+        "lora_model_name": model.lora_name,
+        "lora_strength": model.lora_strength,
+    }
+    sampled, _ = sample_with_models(
+        positive, negative if cfg != 1.0 else None, latent, settings, res.run_context(ctx)
+    )
+    return ({"samples": sampled},)
+
+
+def sampling_node_types() -> list[NodeType]:
+    return [
+        NodeType(
+            "CLIPTextEncode",
+            _clip_text_encode,
+            required={"text": String("", multiline=True), "clip": Linked("CLIP")},
+            return_types=("CONDITIONING",),
+            display_name="CLIP Text Encode (Prompt)",
+            category="conditioning",
+        ),
+        NodeType(
+            "TextEncodeQwenImageEditPlus",
+            _qwen_edit_plus,
+            required={"clip": Linked("CLIP"), "prompt": String("", multiline=True)},
+            optional={
+                "vae": Linked("VAE"),
+                "image1": Linked("IMAGE"),
+                "image2": Linked("IMAGE"),
+                "image3": Linked("IMAGE"),
+            },
+            return_types=("CONDITIONING",),
+            category="advanced/conditioning",
+        ),
+        NodeType(
+            "EmptySD3LatentImage",
+            _empty_latent,
+            required={
+                "width": Int(1024, min=16, max=16384, step=16),
+                "height": Int(1024, min=16, max=16384, step=16),
+                "batch_size": Int(1, min=1, max=4096),
+            },
+            return_types=("LATENT",),
+            category="latent/sd3",
+        ),
+        NodeType(
+            "KSampler",
+            _ksampler,
+            required={
+                "model": Linked("MODEL"),
+                "seed": Int(0, min=0, max=MAX_SEED),
+                "steps": Int(20, min=1, max=10000),
+                "cfg": Float(8.0, min=0.0, max=100.0, step=0.1),
+                "sampler_name": Combo(tuple(samplers.SAMPLERS), default="euler"),
+                "scheduler": Combo(tuple(samplers.SCHEDULERS), default="simple"),
+                "positive": Linked("CONDITIONING"),
+                "negative": Linked("CONDITIONING"),
+                "latent_image": Linked("LATENT"),
+                "denoise": Float(1.0, min=0.0, max=1.0, step=0.01),
+            },
+            return_types=("LATENT",),
+            category="sampling",
+        ),
+    ]
