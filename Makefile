@@ -43,15 +43,18 @@ run: setup
 	$(BIN)/genserve models demo --if-missing
 	$(BIN)/genserve serve
 
-# `uv pip check` fails, naming the package, when what is installed does not fit together.
+# `uv pip check` fails, naming the package, when what is installed does not fit together;
+# lint-imports checks the layers and doors contracts in pyproject.toml.
 test: setup
 	$(BIN)/uv pip check -q --python $(BIN)/python
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest -q
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 # Regenerates src/genserve/api/grpc/gen/ from protos/ with the locked grpcio-tools (checked in;
 # a test catches a stale copy).
