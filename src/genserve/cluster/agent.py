@@ -42,11 +42,11 @@ from genserve.cluster import machine
 from genserve.cluster.agent_link import LinkState
 from genserve.cluster.auth import ReplayGuard, TokenVerifier
 from genserve.cluster.routing import free_share, is_degraded
-from genserve.cluster.transport import abort
 from genserve.config.cluster import ClusterSettings
 from genserve.engine.runtime import Runtime
 from genserve.errors import ErrorCode, GenserveError, as_genserve_error
 from genserve.models.registry import ModelKind
+from genserve.rpc.errors import abort
 from genserve.services.base import parse_request
 from genserve.services.text.generation import SERVICE as TEXT_GENERATION
 from genserve.services.text.generation import (

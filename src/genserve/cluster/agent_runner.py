@@ -22,10 +22,11 @@ from genserve.cluster.agent import SERVICE_NAME, AgentServicer
 from genserve.cluster.agent_link import CoordinatorLink
 from genserve.cluster.auth import ReplayGuard
 from genserve.cluster.routing import LOADED_MODELS, TOKENS_PER_SECOND
-from genserve.cluster.transport import TlsFiles, build_server, mark_serving
+from genserve.cluster.transport import TlsFiles, cluster_server
 from genserve.config import Settings
 from genserve.engine.runtime import Runtime
 from genserve.models.registry import ModelKind
+from genserve.rpc.server import bracket
 
 log = logging.getLogger("genserve.cluster.agent")
 WILDCARDS = {"0.0.0.0", "::", "[::]", ""}
@@ -51,12 +52,11 @@ class Agent:
         tls = TlsFiles(
             cluster.agent_tls_cert_file, cluster.agent_tls_key_file, cluster.agent_tls_client_ca_file
         )
-        self.server, health, port = build_server(
-            [SERVICE_NAME], cluster.agent_host, cluster.agent_port, tls, "agent"
-        )
+        built = cluster_server([SERVICE_NAME], cluster.agent_host, cluster.agent_port, tls, "agent")
+        self.server, port = built.server, built.ports[0]
         self.agent_id = cluster.agent_id or f"{socket.gethostname()}-{port}"
         host = socket.getfqdn() if cluster.agent_host in WILDCARDS else cluster.agent_host
-        self.endpoint = cluster.advertised_endpoint or f"{_bracket(host)}:{port}"
+        self.endpoint = cluster.advertised_endpoint or f"{bracket(host)}:{port}"
         self.servicer = AgentServicer(
             cluster, self.runtime, self.agent_id, open_used_tokens(cluster.agent_state_dir)
         )
@@ -65,7 +65,7 @@ class Agent:
         self.link = CoordinatorLink(cluster, self.target, self.registration, self.health, self._on_key)
         self.servicer.link = self.link.state
         await self.server.start()
-        await mark_serving(health, [SERVICE_NAME])
+        await built.mark_serving()
         machine.cpu_percent()  # primes psutil's counter, so the first update is not 0 by accident
         self._tasks = [asyncio.create_task(self.link.run())]
         return self.endpoint
@@ -141,7 +141,3 @@ def open_used_tokens(state_dir: Path) -> ReplayGuard:
         return ReplayGuard(path)
     except (OSError, sqlite3.Error) as exc:
         raise OSError(f"cluster.agent_state_dir: cannot keep used session tokens in {path}: {exc}") from None
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host

@@ -30,14 +30,10 @@ from genserve.api.grpc.gen import titancompute_pb2 as pb
 from genserve.api.grpc.gen import titancompute_pb2_grpc as rpc
 from genserve.cluster.auth import ALGORITHM, TokenIssuer, load_or_create_key
 from genserve.cluster.routing import AgentRecord, choose
-from genserve.cluster.transport import (
-    TlsFiles,
-    abort,
-    build_server,
-    mark_serving,
-)
+from genserve.cluster.transport import TlsFiles, cluster_server
 from genserve.config.cluster import ClusterSettings
 from genserve.errors import ErrorCode, GenserveError
+from genserve.rpc.errors import abort
 
 log = logging.getLogger("genserve.cluster.coordinator")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CoordinatorService"].full_name
@@ -323,12 +319,13 @@ class Coordinator:
         tls = TlsFiles(
             self.settings.tls_cert_file, self.settings.tls_key_file, self.settings.tls_client_ca_file
         )
-        self.server, health, self.port = build_server(
+        built = cluster_server(
             [SERVICE_NAME], self.settings.coordinator_host, self.settings.coordinator_port, tls, "coordinator"
         )
+        self.server, self.port = built.server, built.ports[0]
         rpc.add_CoordinatorServiceServicer_to_server(self.servicer, self.server)
         await self.server.start()
-        await mark_serving(health, [SERVICE_NAME])
+        await built.mark_serving()
         self._reaper = asyncio.create_task(self.servicer.reap())
         return f"{self.settings.coordinator_host}:{self.port}"
 

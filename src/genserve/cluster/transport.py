@@ -1,6 +1,6 @@
-"""The gRPC plumbing both cluster roles share: a grpc.aio server with health checking and
-reflection (as the gRPC door has), optional TLS or mTLS, and the channel agents use to reach the
-coordinator. Kept apart so that coordinator.py and agent.py hold only their services' logic."""
+"""What both cluster roles need of gRPC beyond the shared server builder: TLS or mTLS from the
+cluster settings, the channel agents use to reach the coordinator, and a stop on a signal. Kept
+apart so that coordinator.py and agent.py hold only their services' logic."""
 
 from __future__ import annotations
 
@@ -10,26 +10,13 @@ import ssl
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
-from genserve.errors import GenserveError
+from genserve.rpc.server import MIB, BuiltServer, Listener, build_server, server_options
 
-MIB = 1024 * 1024
-ERROR_CODE_KEY = "error-code"
-SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", 16 * MIB),
-    ("grpc.max_send_message_length", 16 * MIB),
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.so_reuseport", 0),
-]
+# Keepalive pings, even between calls, let a coordinator notice an agent that vanished.
+SERVER_OPTIONS = server_options(16, 20, 10, min_ping_interval_s=5, ping_without_calls=True)
 # Keepalive pings let an agent notice a coordinator that vanished without closing the stream.
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
@@ -85,39 +72,15 @@ def server_credentials(tls: TlsFiles, prefix: str) -> grpc.ServerCredentials | N
     return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=True)
 
 
-def build_server(
-    names: list[str], host: str, port: int, tls: TlsFiles, role: str
-) -> tuple[grpc.aio.Server, HealthServicer, int]:
-    """A server with health and reflection for the services ``names``, bound to host:port.
+def cluster_server(names: list[str], host: str, port: int, tls: TlsFiles, role: str) -> BuiltServer:
+    """A server for one role (coordinator or agent) with health and reflection, bound to host:port.
 
     The caller adds its servicers before ``start()``: binding first lets a servicer depend on the
-    bound port (port 0 picks a free one). ``role`` (coordinator or agent) names the settings keys
-    in error messages. Returns the server, its health servicer and the bound port.
+    bound port (port 0 picks a free one). ``role`` names the settings keys in error messages.
     """
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
-    )
-    address = f"{bracket(host)}:{port}"
     credentials = server_credentials(tls, "" if role == "coordinator" else f"{role}_")
-    try:
-        bound = (
-            server.add_secure_port(address, credentials)
-            if credentials is not None
-            else server.add_insecure_port(address)
-        )
-    except RuntimeError:
-        bound = 0
-    if bound == 0:
-        raise OSError(f"cannot listen on {address} (cluster.{role}_host, cluster.{role}_port)")
-    return server, health, bound
-
-
-async def mark_serving(health: HealthServicer, names: list[str]) -> None:
-    for name in ["", *names]:
-        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    listener = Listener(host, port, f"cluster.{role}_host, cluster.{role}_port", credentials)
+    return build_server(names, [listener], SERVER_OPTIONS)
 
 
 def channel_credentials(
@@ -142,18 +105,6 @@ def client_channel(target: str, credentials: grpc.ChannelCredentials | None) -> 
     if credentials is None:
         return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
     return grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
-
-
-def bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
-async def abort(context: grpc.aio.ServicerContext, err: GenserveError) -> NoReturn:
-    """The cluster doors' one mapping of GenserveError onto a gRPC status (errors.py's table), with
-    the error code as trailing metadata, as the gRPC door sends it."""
-    status = grpc.StatusCode[err.mapping.grpc_status]
-    await context.abort(status, err.message, trailing_metadata=((ERROR_CODE_KEY, err.code.value),))
-    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
 
 
 async def until_signalled() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -20,11 +20,10 @@ from pydantic import BaseModel
 from genserve.api.request_ids import checked_request_id
 from genserve.engine.engine import Engine
 from genserve.errors import ErrorCode, GenserveError, as_genserve_error
+from genserve.rpc.errors import ERROR_CODE_KEY, REQUEST_ID_KEY, abort
 
 log = logging.getLogger("genserve.grpc")
 
-REQUEST_ID_KEY = "x-request-id"
-ERROR_CODE_KEY = "error-code"
 M = TypeVar("M", bound=Message)
 
 
@@ -58,15 +57,6 @@ def request_id_of(request: Message, context: grpc.aio.ServicerContext) -> str:
         return checked_request_id(in_body, "request_id")
     metadata = dict(context.invocation_metadata() or ())
     return checked_request_id(metadata.get(REQUEST_ID_KEY), REQUEST_ID_KEY)
-
-
-async def abort(context: grpc.aio.ServicerContext, err: GenserveError, request_id: str | None) -> NoReturn:
-    trailing = [(ERROR_CODE_KEY, err.code.value)]
-    if request_id:
-        trailing.append((REQUEST_ID_KEY, request_id))
-    status = grpc.StatusCode[err.mapping.grpc_status]
-    await context.abort(status, err.message, trailing_metadata=tuple(trailing))
-    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
 
 
 async def guarded(
@@ -116,4 +106,13 @@ class ServiceCall:
         return await guarded(context, request_id, work)
 
 
-__all__ = ["ErrorCode", "ServiceCall", "abort", "guarded", "message_to_dict", "model_to_message"]
+__all__ = [
+    "ERROR_CODE_KEY",
+    "REQUEST_ID_KEY",
+    "ErrorCode",
+    "ServiceCall",
+    "abort",
+    "guarded",
+    "message_to_dict",
+    "model_to_message",
+]

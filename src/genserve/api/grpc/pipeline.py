@@ -51,11 +51,15 @@ class Editor(rpc.EditorServicer):
         return await self._call("edit", request, context, pb.EditResponse)
 
 
-def add_pipeline_services(server: grpc.aio.Server, call: ServiceCall) -> list[str]:
-    """Register the five servicers; returns their full service names (for health and reflection)."""
+def pipeline_service_names() -> list[str]:
+    """The five services' full names (for health and reflection)."""
+    return [pb.DESCRIPTOR.services_by_name[name].full_name for name in pb.DESCRIPTOR.services_by_name]
+
+
+def add_pipeline_services(server: grpc.aio.Server, call: ServiceCall) -> None:
+    """Register the five servicers."""
     rpc.add_LatentEncoderServicer_to_server(LatentEncoder(call), server)
     rpc.add_TextEncoderServicer_to_server(TextEncoder(call), server)
     rpc.add_SamplerServicer_to_server(Sampler(call), server)
     rpc.add_DecoderServicer_to_server(Decoder(call), server)
     rpc.add_EditorServicer_to_server(Editor(call), server)
-    return [pb.DESCRIPTOR.services_by_name[name].full_name for name in pb.DESCRIPTOR.services_by_name]

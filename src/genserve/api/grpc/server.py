@@ -6,20 +6,17 @@ from __future__ import annotations
 import logging
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from genserve.api.grpc.calls import ServiceCall
 from genserve.api.grpc.gen import image_generation_pb2, image_generation_pb2_grpc, monolithic_pb2_grpc
 from genserve.api.grpc.image_generation import ImageGeneration
 from genserve.api.grpc.lipsync import LipsyncServicer
 from genserve.api.grpc.lipsync import service_name as lipsync_service_name
-from genserve.api.grpc.pipeline import add_pipeline_services
+from genserve.api.grpc.pipeline import add_pipeline_services, pipeline_service_names
 from genserve.engine.runtime import Runtime
+from genserve.rpc.server import MIB, BuiltServer, Listener, bracket, build_server, server_options
 
 log = logging.getLogger("genserve.grpc")
-MIB = 1024 * 1024
 
 
 class GrpcDoor:
@@ -29,76 +26,58 @@ class GrpcDoor:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.settings = runtime.settings.grpc
-        self.server: grpc.aio.Server | None = None
-        self.health = HealthServicer()
+        self.built: BuiltServer | None = None
         self.service_names: list[str] = []
         self.ports: list[int] = []
 
     @property
-    def addresses(self) -> list[str]:
-        return [f"{_host(self.settings.host)}:{port}" for port in self.ports]
+    def server(self) -> grpc.aio.Server | None:
+        return self.built.server if self.built is not None else None
 
-    def _build(self) -> grpc.aio.Server:
+    @property
+    def addresses(self) -> list[str]:
+        return [f"{bracket(self.settings.host)}:{port}" for port in self.ports]
+
+    def _names(self) -> list[str]:
+        names = [
+            *pipeline_service_names(),
+            image_generation_pb2.DESCRIPTOR.services_by_name["ImageGenerationService"].full_name,
+        ]
+        if self.runtime.lipsync is not None:
+            names.append(lipsync_service_name())
+        return names
+
+    def _build(self) -> BuiltServer:
         settings, runtime = self.settings, self.runtime
-        limit = settings.max_message_mb * MIB
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                ("grpc.keepalive_time_ms", int(settings.keepalive_time_s * 1000)),
-                ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_s * 1000)),
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-                ("grpc.so_reuseport", 0),
-            ]
+        options = server_options(
+            settings.max_message_mb, settings.keepalive_time_s, settings.keepalive_timeout_s
         )
+        listeners = [Listener(settings.host, port, "grpc.host, grpc.ports") for port in settings.ports]
+        built = build_server(self._names(), listeners, options)
         timeout = runtime.settings.server.request_timeout_s
-        names = add_pipeline_services(server, ServiceCall(runtime.engine, timeout))
-        image_generation_pb2_grpc.add_ImageGenerationServiceServicer_to_server(
-            ImageGeneration(
-                runtime.engine,
-                runtime.models.registry,
-                settings.upload_max_mb * MIB,
-                timeout,
-                reply_max_bytes=limit,
-            ),
-            server,
+        add_pipeline_services(built.server, ServiceCall(runtime.engine, timeout))
+        image_generation = ImageGeneration(
+            runtime.engine,
+            runtime.models.registry,
+            settings.upload_max_mb * MIB,
+            timeout,
+            reply_max_bytes=settings.max_message_mb * MIB,
         )
-        names.append(image_generation_pb2.DESCRIPTOR.services_by_name["ImageGenerationService"].full_name)
+        image_generation_pb2_grpc.add_ImageGenerationServiceServicer_to_server(image_generation, built.server)
         if runtime.lipsync is not None:
             servicer = LipsyncServicer(runtime.engine, runtime.lipsync, timeout, timeout)
-            monolithic_pb2_grpc.add_MonolithicServiceServicer_to_server(servicer, server)
-            names.append(lipsync_service_name())
-        self.health = HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        self.service_names = names
-        reflection.enable_server_reflection(
-            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            server,
-        )
-        for port in settings.ports:
-            try:
-                bound = server.add_insecure_port(f"{_host(settings.host)}:{port}")
-            except RuntimeError:
-                bound = 0
-            if bound == 0:
-                raise OSError(f"cannot listen on {settings.host}:{port} (grpc.host, grpc.ports)")
-            self.ports.append(bound)
-        return server
+            monolithic_pb2_grpc.add_MonolithicServiceServicer_to_server(servicer, built.server)
+        return built
 
     async def start(self) -> None:
-        self.server = self._build()
-        await self.server.start()
-        serving = health_pb2.HealthCheckResponse.SERVING
-        for name in ["", *self.service_names]:
-            await self.health.set(name, serving)
+        self.built = self._build()
+        self.service_names, self.ports = self.built.names, self.built.ports
+        await self.built.server.start()
+        await self.built.mark_serving()
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new RPCs (health says NOT_SERVING), let running ones finish within the grace."""
-        if self.server is None:
+        if self.built is None:
             return
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
-
-
-def _host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+        await self.built.health.enter_graceful_shutdown()
+        await self.built.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
