@@ -35,11 +35,14 @@ def test_a_built_server_answers_health_for_its_services() -> None:
 
 
 def test_a_busy_port_is_refused_naming_its_settings() -> None:
+    async def scenario(port: int) -> None:  # grpc.aio builds servers on a running loop
+        listener = Listener("127.0.0.1", port, "grpc.host, grpc.ports")
+        build_server([], [listener], server_options(4, 60, 20))
+
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(OSError, match=rf"cannot listen on 127.0.0.1:{port} \(grpc.host, grpc.ports\)"):
-            build_server(
-                [], [Listener("127.0.0.1", port, "grpc.host, grpc.ports")], server_options(4, 60, 20)
-            )
+        expected = rf"cannot listen on 127.0.0.1:{port} \(grpc.host, grpc.ports\)"
+        with pytest.raises(OSError, match=expected):
+            asyncio.run(scenario(port))
