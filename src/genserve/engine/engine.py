@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +34,7 @@ from genserve.engine.events import (
     log_run,
 )
 from genserve.engine.jobs import Job, JobTable
-from genserve.engine.lanes import DeviceLoad, Lane, ServiceLane
+from genserve.engine.lanes import DeviceLoad, Lane, LaneTable, ServiceLane
 from genserve.engine.streaming import stream_run
 from genserve.errors import ErrorCode, GenserveError, as_genserve_error
 from genserve.services.base import RunContext, Service, parse_request
@@ -62,36 +62,13 @@ class Engine:
         services: Mapping[str, Service[Any, Any]] | None = None,
         service_lanes: Mapping[str, ServiceLane] | None = None,
     ) -> None:
-        if queue_size < 0:
-            raise ValueError(f"queue_size must be >= 0, got {queue_size}")
-        names = list(devices)
-        if not names or len(set(names)) != len(names):
-            raise ValueError(f"devices must be a non-empty list of distinct names, got {names}")
-        overrides = dict(device_workers or {})
-        unknown = sorted(set(overrides) - set(names))
-        if unknown:
-            raise ValueError(f"device_workers names devices this engine does not run: {', '.join(unknown)}")
         self._models = models
         self._sandbox = sandbox
         self._pipeline = pipeline
-        self._queue_size = queue_size
         self._services = dict(services) if services is not None else None
-        self._lanes: dict[str, Lane] = {}
-        for name in names:
-            workers = overrides.get(name, workers_per_device)
-            if workers < 1:
-                raise ValueError(f"workers for device {name} must be >= 1, got {workers}")
-            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"genserve-{name}")
-            self._lanes[name] = Lane(pool, workers, queue_size)
-        self._device_lanes = tuple(self._lanes)
-        for name, spec in (service_lanes or {}).items():
-            if name in self._lanes or spec.workers < 1 or spec.queue_size < 0:
-                raise ValueError(f"service lane {name!r}: a new name, workers >= 1 and queue_size >= 0")
-            pool = ThreadPoolExecutor(max_workers=spec.workers, thread_name_prefix=f"genserve-{name}")
-            lane = Lane(pool, spec.workers, spec.queue_size, is_device=False, batcher=spec.batcher)
-            self._lanes[name] = lane
-        self._lock = threading.Lock()  # guards the counters and _closed; never held while a service runs
-        self._closed = False
+        self._lanes = LaneTable(
+            devices, queue_size, workers_per_device, dict(device_workers or {}), service_lanes or {}
+        )
         self._jobs = JobTable()
         self.observers: list[RunObserver] = []
 
@@ -99,7 +76,7 @@ class Engine:
 
     @property
     def devices(self) -> tuple[str, ...]:
-        return self._device_lanes
+        return self._lanes.devices
 
     @property
     def services(self) -> Mapping[str, Service[Any, Any]]:
@@ -122,54 +99,24 @@ class Engine:
     @property
     def accepting(self) -> bool:
         """False once close() has begun: new requests are refused."""
-        with self._lock:
-            return not self._closed
+        return self._lanes.accepting
 
     def batcher(self, lane: str) -> DynamicBatcher | None:
         """The lane's batcher (its merged runs are in ``stats()``); None for a lane that merges nothing."""
-        return self._lane(lane).batcher
+        return self._lanes.get(lane).batcher
 
     def device_load(self, device: str) -> DeviceLoad:
-        lane = self._lane(device)
-        with self._lock:
-            return self._load_of(device, lane)
+        self._lanes.get(device)
+        return self._lanes.loads([device])[0]
 
     def loads(self) -> list[DeviceLoad]:
-        with self._lock:
-            return [self._load_of(name, lane) for name, lane in self._lanes.items()]
-
-    @staticmethod
-    def _load_of(device: str, lane: Lane) -> DeviceLoad:
-        return DeviceLoad(
-            device, lane.running, lane.admitted - lane.running, lane.workers, lane.workers + lane.queue_size
-        )
-
-    def _least_busy(self) -> str:
-        """The device with the fewest admitted requests per worker; ties go to the first listed."""
-        with self._lock:
-            return min(
-                self._device_lanes, key=lambda name: self._lanes[name].admitted / self._lanes[name].workers
-            )
+        return self._lanes.loads()
 
     def _pick_lane(self, service: Service[Any, Any] | str, device: str | None) -> str:
-        own = self._services_lane(service)
-        if own is not None:
-            return own
-        return device if device is not None else self._least_busy()
-
-    def _services_lane(self, service: Service[Any, Any] | str) -> str | None:
         found = self.services.get(service) if isinstance(service, str) else service
-        return found.lane if found is not None and found.lane in self._lanes else None
-
-    def _lane(self, device: str) -> Lane:
-        lane = self._lanes.get(device)
-        if lane is None:
-            raise GenserveError(
-                ErrorCode.INVALID_INPUT,
-                f"device: unknown device {device!r}; this server runs on {', '.join(self._lanes)}",
-                field="device",
-            )
-        return lane
+        if found is not None and found.lane in self._lanes:
+            return found.lane
+        return device if device is not None else self._lanes.least_busy()
 
     # -- running ------------------------------------------------------------------------------
 
@@ -203,7 +150,7 @@ class Engine:
             if resolved.lane is not None and resolved.lane not in self._lanes:
                 raise GenserveError(ErrorCode.UNAVAILABLE, f"service {resolved.name} is not served here")
             parsed = parse_request(resolved, request)
-            lane = self._lane(device_name)
+            lane = self._lanes.get(device_name)
             if progress is not None:
                 relay = ProgressRelay(asyncio.get_running_loop(), progress, rid)
             if chunks is not None:
@@ -301,7 +248,7 @@ class Engine:
         """
         resolved = self.service(service) if isinstance(service, str) else service
         lane_name = self._pick_lane(resolved, device)
-        lane = self._lane(lane_name)
+        lane = self._lanes.get(lane_name)
         parsed = parse_request(resolved, request)
         job = Job(job_id or str(uuid.uuid4()), lane_name, parsed)
         ctx = RunContext(
@@ -350,37 +297,13 @@ class Engine:
     def _admit(
         self,
         lane: Lane,
-        device: str,
+        name: str,
         service: Service[Any, Any],
         request: BaseModel,
         ctx: RunContext,
         job: Job | None = None,
     ) -> Future[BaseModel]:
-        with self._lock:
-            if self._closed:
-                raise GenserveError(ErrorCode.UNAVAILABLE, "engine is shutting down; request refused")
-            if lane.admitted >= lane.queue_size + lane.workers:
-                waiting = lane.admitted - lane.running
-                raise GenserveError(
-                    ErrorCode.RESOURCE_EXHAUSTED,
-                    f"queue for {_lane_label(device, lane)} is full ({waiting} waiting)",
-                    device=device,
-                    waiting=waiting,
-                    queue_size=lane.queue_size,
-                )
-            lane.admitted += 1
-        try:
-            work = lane.executor.submit(self._execute, lane, service, request, ctx, job)
-        except RuntimeError:  # the executor shut down between the check above and this submit
-            self._release(lane)
-            raise GenserveError(ErrorCode.UNAVAILABLE, "engine is shutting down; request refused") from None
-        # Added before asyncio wraps the future, so the slot is free by the time the caller resumes.
-        work.add_done_callback(lambda _: self._release(lane))
-        return work
-
-    def _release(self, lane: Lane) -> None:
-        with self._lock:
-            lane.admitted -= 1
+        return self._lanes.admit(name, self._execute, lane, service, request, ctx, job)
 
     @staticmethod
     async def _wait(work: Future[BaseModel], ctx: RunContext, timeout: float | None) -> BaseModel:
@@ -408,8 +331,7 @@ class Engine:
     ) -> BaseModel:
         if job is not None:
             self._jobs.started(job)
-        with self._lock:
-            lane.running += 1
+        self._lanes.started(lane)
         try:
             ctx.check_cancelled()  # the caller may have gone while this waited in the queue
             if service.batching is not None:
@@ -422,8 +344,7 @@ class Engine:
             logger.exception("service %s failed (request_id=%s)", service.name, ctx.request_id)
             raise as_genserve_error(exc) from exc
         finally:
-            with self._lock:
-                lane.running -= 1
+            self._lanes.ended(lane)
         if not isinstance(result, service.response_model):
             raise GenserveError(
                 ErrorCode.INTERNAL,
@@ -436,10 +357,7 @@ class Engine:
 
     def close(self) -> None:
         """Refuse new work, drop what has not started, and wait for running work to finish."""
-        with self._lock:
-            self._closed = True
-        for lane in self._lanes.values():
-            lane.executor.shutdown(wait=True, cancel_futures=True)
+        self._lanes.close()
 
     async def aclose(self) -> None:
         # Waiting for running work blocks, so it happens off the loop thread.
@@ -455,10 +373,6 @@ class Engine:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-def _lane_label(name: str, lane: Lane) -> str:
-    return f"device {name}" if lane.is_device else name
 
 
 def _abandon(work: Future[BaseModel], waiter: asyncio.Future[BaseModel], ctx: RunContext) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 
 from genserve.errors import ErrorCode, GenserveError
-from genserve.models.pools import PoolKeys
 from genserve.models.slots import ModelSlot, SlotState
 
 log = logging.getLogger("genserve.models.manager")
@@ -32,20 +31,20 @@ def victims_for(
     max_loaded: int,
     budget: int | None,
     policy: str,
-    keys: PoolKeys | None = None,
+    count_key: str = "models.max_loaded",
+    budget_key: str = "models.memory_budget_mb",
 ) -> list[ModelSlot]:
     """Models to evict so ``slot`` fits by count and by ``dev``'s budget; raises if it cannot fit.
 
-    ``slots`` are the pool's; ``keys`` name its settings in the refusal.
+    ``slots`` are the pool's; the keys name its settings in the refusal.
     """
-    keys = keys or PoolKeys()
     active = [s for s in slots if s is not slot and s.state is not SlotState.UNLOADED]
     candidates = evictable(slots, slot, policy)
     excess = len(active) + 1 - max_loaded
     if excess > len(candidates):
         raise GenserveError(
             ErrorCode.RESOURCE_EXHAUSTED,
-            f"cannot load {slot.label}: {keys.max_loaded}={max_loaded} models are loaded and "
+            f"cannot load {slot.label}: {count_key}={max_loaded} models are loaded and "
             f"{len(active) - len(candidates)} of them are in use or loading",
             max_loaded=max_loaded,
         )
@@ -65,7 +64,7 @@ def victims_for(
         raise GenserveError(
             ErrorCode.RESOURCE_EXHAUSTED,
             f"cannot load {slot.label} on {dev}: needs {needed} bytes, {available} of the "
-            f"{budget}-byte budget ({keys.memory_budget}) can be made free ({why})",
+            f"{budget}-byte budget ({budget_key}) can be made free ({why})",
             device=dev,
             needed_bytes=needed,
             available_bytes=available,
@@ -102,12 +101,12 @@ def never_fits(exc: GenserveError) -> bool:
     return needed is not None and budget is not None and needed > budget
 
 
-def after_waiting(exc: GenserveError, waited_s: float, keys: PoolKeys) -> GenserveError:
+def after_waiting(exc: GenserveError, waited_s: float, wait_key: str) -> GenserveError:
     """The refusal once a pool's capacity wait is over: what it waited for, and for how long."""
     if never_fits(exc):
         return exc
     return GenserveError(
         exc.code,
-        f"{exc.message}; none became free within {waited_s:g} s ({keys.capacity_wait})",
+        f"{exc.message}; none became free within {waited_s:g} s ({wait_key})",
         **{**exc.details, "waited_s": waited_s},
     )

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from genserve.errors import ErrorCode, GenserveError
+
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".onnx", ".gguf")
 
 
@@ -42,8 +44,22 @@ class ModelEntry:
     def key(self) -> tuple[str, str]:
         return (self.kind.value, self.name)
 
+    @property
+    def label(self) -> str:
+        return f"{self.kind.value}/{self.name}"
+
     def disk_bytes(self) -> int:
         """Size on disk: the first estimate of memory before a model is loaded."""
         if self.path.is_file():
             return self.path.stat().st_size
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+
+def parse_kind(kind: ModelKind | str) -> ModelKind:
+    """A kind from the wire or a caller, or INVALID_INPUT naming the kinds there are."""
+    try:
+        return ModelKind(kind)
+    except ValueError:
+        kinds = ", ".join(k.value for k in ModelKind)
+        message = f"kind: {kind!r} is not a model kind; choose one of {kinds}"
+        raise GenserveError(ErrorCode.INVALID_INPUT, message, field="kind") from None

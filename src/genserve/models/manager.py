@@ -27,28 +27,18 @@ from typing import Any
 import torch
 
 from genserve.errors import ErrorCode, GenserveError
-from genserve.models import capacity
 from genserve.models.devices import default_dtype, device_name, resolve_device
 from genserve.models.idle import IdleReaper
+from genserve.models.kinds import parse_kind
 from genserve.models.loaders.base import LoadedModel, Loader
-from genserve.models.pools import DEFAULT_POOL, Eviction, Pool, PoolKeys, pool_table
+from genserve.models.pools import DEFAULT_POOL, Eviction, Pool, PoolKeys, PoolTable
 from genserve.models.registry import WEIGHT_SUFFIXES, ModelEntry, ModelKind, ModelRegistry
 from genserve.models.slots import ModelSlot as _Slot
-from genserve.models.slots import ModelStats
+from genserve.models.slots import ModelStats, release
 from genserve.models.slots import SlotState as _State
+from genserve.models.waiting import RoomWaiter
 
 log = logging.getLogger(__name__)
-# A load waiting for room is re-tried this often even without a release seen here (a failed
-# load elsewhere, an unload by another manager call): one lock round-trip per try.
-RECHECK_S = 0.25
-
-
-def _budget_key(name: str) -> str:
-    """Spelled like loaded models' devices, so a budget for ``cuda`` applies to ``cuda:0``."""
-    try:
-        return device_name(torch.device(name.strip().lower()))
-    except RuntimeError:
-        return name
 
 
 class ModelManager:
@@ -83,12 +73,7 @@ class ModelManager:
             capacity_wait_s,
             default_keys or PoolKeys(),
         )
-        self._pool_of = pool_table(default, tuple(pools))
-        self._default_pool = default
-        self._budgets = {
-            pool.name: {_budget_key(k): int(v) for k, v in pool.memory_budget_bytes.items()}
-            for pool in {*self._pool_of.values()}
-        }
+        self._pools = PoolTable(default, pools)
         # Resolved now so that a bad setting stops the server at start-up, naming the value.
         self._default_device = resolve_device(default_device)
         self._dtype = dtype
@@ -96,7 +81,7 @@ class ModelManager:
         self._cond = threading.Condition(threading.Lock())
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._clock = itertools.count(1)
-        self._releases = 0  # counts models let go (unpinned, unloaded, failed loads): wakes waiters
+        self._room = RoomWaiter(self._cond)  # wakes loads waiting for room when a model is let go
         self._reaper = IdleReaper(self)
 
     # Public API -------------------------------------------------------------------------------
@@ -119,10 +104,12 @@ class ModelManager:
         ``on_load(ms)`` is called only in the request that actually loaded the model. In a pool
         with a capacity wait, ``check_cancelled`` (which raises) ends a wait for room early.
         """
-        owner = threading.get_ident()
-        entry = self._entry(kind, name)
-        slot, loaded = self._acquire_waiting(
-            entry, device, owner, pin=True, on_load=on_load, check_cancelled=check_cancelled
+        owner, entry = threading.get_ident(), self._entry(kind, name)
+        slot, loaded = self._room.retry(
+            lambda: self._acquire(entry, device, owner, pin=True, on_load=on_load),
+            self._pools.of[entry.kind],
+            entry.label,
+            check_cancelled=check_cancelled,
         )
         start = time.perf_counter()
         try:
@@ -153,11 +140,15 @@ class ModelManager:
 
         ``wait_s`` shortens the pool's capacity wait (a caller's own deadline).
         """
-        entry = self._entry(kind, name)
-        owner = threading.get_ident()
-        slot, _ = self._acquire_waiting(entry, device, owner, pin=False, on_load=on_load, wait_s=wait_s)
+        owner, entry = threading.get_ident(), self._entry(kind, name)
+        slot, _ = self._room.retry(
+            lambda: self._acquire(entry, device, owner, pin=False, on_load=on_load),
+            self._pools.of[entry.kind],
+            entry.label,
+            wait_s=wait_s,
+        )
         with self._cond:
-            return self._snapshot(slot)
+            return slot.snapshot()
 
     def unload(self, kind: ModelKind | str, name: str, timeout: float | None = None) -> bool:
         """Unload once the current users are done; new users wait, then load it again.
@@ -169,35 +160,31 @@ class ModelManager:
         return slot is not None and self._unload_slot(slot, timeout)
 
     @property
-    def max_loaded(self) -> int:
-        """The default pool's count limit."""
-        return self._default_pool.max_loaded
+    def max_loaded(self) -> int:  # the default pool's
+        return self._pools.default.max_loaded
 
     @property
-    def memory_budgets(self) -> dict[str, int]:
-        """The default pool's per-device budgets in bytes, keyed like loaded models' devices."""
-        return dict(self._budgets[self._default_pool.name])
+    def memory_budgets(self) -> dict[str, int]:  # the default pool's
+        return self.budgets(self._pools.default)
 
     def pool(self, kind: ModelKind | str) -> Pool:
-        return self._pool_of[self._kind(kind)]
+        return self._pools.of[parse_kind(kind)]
 
     @property
     def pools(self) -> list[Pool]:
         """Every pool, the default one first."""
-        others = sorted({*self._pool_of.values()} - {self._default_pool}, key=lambda p: p.name)
-        return [self._default_pool, *others]
+        return self._pools.pools
 
     def budgets(self, pool: Pool) -> dict[str, int]:
         """``pool``'s per-device budgets in bytes, keyed like loaded models' devices."""
-        return dict(self._budgets[pool.name])
+        return dict(self._pools.budgets[pool.name])
 
     def start_idle_reaper(self) -> None:
         """Unload models idle past their pool's ``idle_timeout_s``, in the background, until close()."""
         self._reaper.start()
 
     def unload_idle(self, idle_s: float | None = None) -> list[str]:
-        """One pass of the idle reaper: unloads (and names) the models idle past their pool's
-        timeout, or past ``idle_s`` for every pool when given."""
+        """One reaper pass: unloads the models idle past their pool's timeout (or ``idle_s``)."""
         return self._reaper.sweep(idle_s)
 
     def is_loaded(self, kind: ModelKind | str, name: str) -> bool:
@@ -208,7 +195,7 @@ class ModelManager:
     def stats(self) -> list[ModelStats]:
         with self._cond:
             slots = sorted(self._slots.values(), key=lambda s: s.entry.key)
-            return [self._snapshot(s) for s in slots if s.load_count or s.in_memory]
+            return [s.snapshot() for s in slots if s.load_count or s.in_memory]
 
     def loaded(self) -> list[ModelStats]:
         return [s for s in self.stats() if s.loaded]
@@ -224,60 +211,7 @@ class ModelManager:
     # Acquire and load -------------------------------------------------------------------------
 
     def _entry(self, kind: ModelKind | str, name: str) -> ModelEntry:
-        return self.registry.resolve(self._kind(kind), name)
-
-    @staticmethod
-    def _kind(kind: ModelKind | str) -> ModelKind:
-        try:
-            return ModelKind(kind)
-        except ValueError:
-            kinds = ", ".join(k.value for k in ModelKind)
-            message = f"kind: {kind!r} is not a model kind; choose one of {kinds}"
-            raise GenserveError(ErrorCode.INVALID_INPUT, message, field="kind") from None
-
-    def _acquire_waiting(
-        self,
-        entry: ModelEntry,
-        device: str | None,
-        owner: int,
-        *,
-        pin: bool,
-        on_load: Callable[[float], None] | None,
-        check_cancelled: Callable[[], None] | None = None,
-        wait_s: float | None = None,
-    ) -> tuple[_Slot, LoadedModel]:
-        """``_acquire``, retried while the pool is full of models in use, for up to its capacity wait.
-
-        A release (a model let go, unloaded, or a failed load) wakes the wait; it is re-checked
-        every RECHECK_S anyway. A model bigger than the whole budget is refused at once.
-        """
-        pool = self._pool_of[entry.kind]
-        limit = pool.capacity_wait_s if wait_s is None else max(min(wait_s, pool.capacity_wait_s), 0.0)
-        started = time.monotonic()
-        announced = False
-        while True:
-            with self._cond:
-                seen = self._releases
-            try:
-                return self._acquire(entry, device, owner, pin=pin, on_load=on_load)
-            except GenserveError as exc:
-                if limit <= 0 or not capacity.is_refusal(exc):
-                    raise
-                remaining = started + limit - time.monotonic()
-                if remaining <= 0 or capacity.never_fits(exc):
-                    raise capacity.after_waiting(exc, limit, pool.keys) from exc
-                if not announced:
-                    log.info("%s/%s waits for room: %s", entry.kind.value, entry.name, exc.message)
-                    announced = True
-            with self._cond:
-                self._cond.wait_for(lambda seen=seen: self._releases != seen, min(remaining, RECHECK_S))
-            if check_cancelled is not None:
-                check_cancelled()
-
-    def _released(self) -> None:
-        """Called with the manager lock held whenever a model is let go: wakes loads waiting for room."""
-        self._releases += 1
-        self._cond.notify_all()
+        return self.registry.resolve(parse_kind(kind), name)
 
     def _slot(self, entry: ModelEntry) -> _Slot:
         with self._cond:
@@ -348,7 +282,7 @@ class ModelManager:
             slot.last_used = time.time()
             slot.touched = next(self._clock)
             if not slot.pins:
-                self._released()
+                self._room.released()
 
     def _load(self, slot: _Slot, target: torch.device, pin_for: int | None) -> tuple[_Slot, LoadedModel]:
         """Called with ``slot.load_lock`` held and the slot unloaded."""
@@ -376,7 +310,7 @@ class ModelManager:
         except BaseException as exc:
             with self._cond:
                 slot.state, slot.device, slot.memory_bytes = _State.UNLOADED, None, 0
-                self._released()  # its reserved room is free again
+                self._room.released()  # its reserved room is free again
             if isinstance(exc, GenserveError) or not isinstance(exc, Exception):
                 raise  # a GenserveError already names the problem; Ctrl-C stays Ctrl-C
             message = f"failed to load {slot.label}: {type(exc).__name__}: {exc}"
@@ -394,68 +328,34 @@ class ModelManager:
 
     # Capacity ---------------------------------------------------------------------------------
 
-    def _pool_slots(self, pool: Pool) -> list[_Slot]:
-        return [s for s in self._slots.values() if self._pool_of[s.entry.kind] is pool]
-
     def _make_room(self, slot: _Slot, dev: str, needed: int) -> list[LoadedModel]:
-        """Evict what ``capacity`` picks for count and budget in the slot's pool; it raises before
-        anything is evicted."""
-        pool = self._pool_of[slot.entry.kind]
-        chosen = capacity.victims_for(
-            self._pool_slots(pool),
-            slot,
-            dev,
-            needed,
-            pool.max_loaded,
-            self._budgets[pool.name].get(dev),
-            pool.eviction,
-            pool.keys,
-        )
+        """Evict what the slot's pool picks for count and budget; it raises before anything is evicted."""
+        chosen = self._pools.victims_for(list(self._slots.values()), slot, dev, needed)
         return [self._evict(s, for_room=slot.label) for s in chosen]
 
     def _trim_to_budget(self, slot: _Slot) -> list[LoadedModel]:
-        """The disk size was only an estimate: if the real size overshoots, evict others (best effort)."""
-        pool = self._pool_of[slot.entry.kind]
-        budget = self._budgets[pool.name].get(slot.device or "")
-        if budget is None:
-            return []
-        chosen = capacity.over_budget(self._pool_slots(pool), slot, budget, pool.eviction)
+        chosen = self._pools.over_budget(list(self._slots.values()), slot)
         return [self._evict(s, for_room=slot.label) for s in chosen]
 
     def _evict(self, slot: _Slot, for_room: str | None = None) -> LoadedModel:
         """Take a model out of the table (manager lock held); the caller releases it after unlocking."""
-        loaded = slot.loaded
-        assert loaded is not None
         if for_room is None:
             log.info("unloading %s from %s", slot.label, slot.device)
         else:
-            slot.evictions += 1
-            policy = self._pool_of[slot.entry.kind].eviction
+            policy = self._pools.of[slot.entry.kind].eviction
             log.info("evicting %s from %s (%s) for %s", slot.label, slot.device, policy, for_room)
-        slot.loaded, slot.state, slot.device, slot.memory_bytes = None, _State.UNLOADED, None, 0
-        return loaded
-
-    def _release_all(self, models: list[LoadedModel]) -> None:
-        while models:
-            self._release(models.pop())
+        return slot.take_out(evicted=for_room is not None)
 
     @staticmethod
-    def _release(loaded: LoadedModel) -> None:
-        try:
-            if loaded.release is not None:
-                loaded.release()
-        except Exception:
-            log.exception("releasing a model failed; dropping it anyway")
-        # Drop the manager's references so the memory can go as soon as no request holds the model.
-        loaded.model, loaded.release = None, None
-        if loaded.device.type == "cuda" and torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    def _release_all(models: list[LoadedModel]) -> None:
+        while models:
+            release(models.pop())
 
     # Unload -----------------------------------------------------------------------------------
 
     def _find(self, kind: ModelKind | str, name: str) -> _Slot | None:
         """Finds loaded models whose files were deleted meanwhile too, so they can still be unloaded."""
-        kind = self._kind(kind)
+        kind = parse_kind(kind)
         try:
             names = [self._entry(kind, name).name]
         except GenserveError as exc:
@@ -491,13 +391,9 @@ class ModelManager:
                         )
                     self._cond.wait(remaining)
                 loaded = self._evict(slot)
-                self._released()
+                self._room.released()
             # Freed before the model lock opens, so a reload never overlaps the old copy.
-            self._release(loaded)
+            release(loaded)
             return True
         finally:
             slot.load_lock.release()
-
-    @staticmethod
-    def _snapshot(slot: _Slot) -> ModelStats:
-        return slot.snapshot()

@@ -9,12 +9,17 @@ and one table accounts for every loaded model's memory on every device.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
+
 from genserve.errors import ErrorCode, GenserveError
-from genserve.models.registry import ModelKind
+from genserve.models import capacity
+from genserve.models.devices import device_name
+from genserve.models.kinds import ModelKind
+from genserve.models.slots import ModelSlot
 
 Eviction = Literal["lru", "lfu"]
 DEFAULT_POOL = "models"
@@ -55,17 +60,68 @@ class Pool:
             )
 
 
-def pool_table(default: Pool, others: tuple[Pool, ...]) -> dict[ModelKind, Pool]:
-    """Each kind's pool; a kind named by two pools is a configuration error."""
-    table: dict[ModelKind, Pool] = {}
-    for pool in others:
-        for kind in pool.kinds:
-            if kind in table:
-                raise GenserveError(
-                    ErrorCode.INVALID_INPUT,
-                    f"model kind {kind.value} is in two pools: {table[kind].name} and {pool.name}",
-                )
-            table[kind] = pool
-    for kind in ModelKind:
-        table.setdefault(kind, default)
-    return table
+class PoolTable:
+    """Each kind's pool, and what the pool's rules choose for the manager (called with its lock held):
+    which idle models of the pool make room, by count and by the device's budget."""
+
+    def __init__(self, default: Pool, others: Sequence[Pool]) -> None:
+        self.default = default
+        self.of: dict[ModelKind, Pool] = {}
+        for pool in others:
+            for kind in pool.kinds:
+                if kind in self.of:
+                    raise GenserveError(
+                        ErrorCode.INVALID_INPUT,
+                        f"model kind {kind.value} is in two pools: {self.of[kind].name} and {pool.name}",
+                    )
+                self.of[kind] = pool
+        for kind in ModelKind:
+            self.of.setdefault(kind, default)
+        self.budgets = {
+            pool.name: {_budget_key(k): int(v) for k, v in pool.memory_budget_bytes.items()}
+            for pool in {*self.of.values()}
+        }
+
+    @property
+    def pools(self) -> list[Pool]:
+        """Every pool, the default one first."""
+        others = sorted({*self.of.values()} - {self.default}, key=lambda p: p.name)
+        return [self.default, *others]
+
+    def slots_of(self, pool: Pool, slots: Sequence[ModelSlot]) -> list[ModelSlot]:
+        return [s for s in slots if self.of[s.entry.kind] is pool]
+
+    def victims_for(
+        self, slots: Sequence[ModelSlot], slot: ModelSlot, dev: str, needed: int
+    ) -> list[ModelSlot]:
+        """Models to evict so ``slot`` fits its pool by count and ``dev``'s budget; raises if it cannot."""
+        pool = self.of[slot.entry.kind]
+        budget = self.budgets[pool.name].get(dev)
+        members, keys = self.slots_of(pool, slots), pool.keys
+        return capacity.victims_for(
+            members,
+            slot,
+            dev,
+            needed,
+            pool.max_loaded,
+            budget,
+            pool.eviction,
+            keys.max_loaded,
+            keys.memory_budget,
+        )
+
+    def over_budget(self, slots: Sequence[ModelSlot], slot: ModelSlot) -> list[ModelSlot]:
+        """The disk size was only an estimate: idle models to evict if the real size overshoots."""
+        pool = self.of[slot.entry.kind]
+        budget = self.budgets[pool.name].get(slot.device or "")
+        if budget is None:
+            return []
+        return capacity.over_budget(self.slots_of(pool, slots), slot, budget, pool.eviction)
+
+
+def _budget_key(name: str) -> str:
+    """Spelled like loaded models' devices, so a budget for ``cuda`` applies to ``cuda:0``."""
+    try:
+        return device_name(torch.device(name.strip().lower()))
+    except RuntimeError:
+        return name

@@ -6,14 +6,19 @@ the manager module holds the rules (loading, pinning, eviction), this one only t
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
+import torch
+
+from genserve.models.kinds import ModelEntry
 from genserve.models.loaders.base import LoadedModel
-from genserve.models.registry import ModelEntry
+
+log = logging.getLogger("genserve.models.manager")
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,15 @@ class ModelSlot:
     def label(self) -> str:
         return f"{self.entry.kind.value}/{self.entry.name}"
 
+    def take_out(self, *, evicted: bool) -> LoadedModel:
+        """The loaded model, leaving the slot unloaded (manager lock held); ``evicted``: to make room."""
+        loaded = self.loaded
+        assert loaded is not None
+        if evicted:
+            self.evictions += 1
+        self.loaded, self.state, self.device, self.memory_bytes = None, SlotState.UNLOADED, None, 0
+        return loaded
+
     def snapshot(self) -> ModelStats:
         count = self.request_count
         return ModelStats(
@@ -87,3 +101,16 @@ class ModelSlot:
             load_count=self.load_count,
             evictions=self.evictions,
         )
+
+
+def release(loaded: LoadedModel) -> None:
+    """Free a model taken out of the table: its loader's release, then every reference the manager held."""
+    try:
+        if loaded.release is not None:
+            loaded.release()
+    except Exception:
+        log.exception("releasing a model failed; dropping it anyway")
+    # Drop the manager's references so the memory can go as soon as no request holds the model.
+    loaded.model, loaded.release = None, None
+    if loaded.device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -130,8 +130,7 @@ def test_a_slot_that_stays_busy_is_refused_naming_max_models(
     assert stub.LoadModel(pb.LoadModelRequest(model_id="sanders", preferred_gpu=-1)).success
     # This test's lipsync.capacity_wait_s: 0.5 s (the module's server waits 30 s).
     short = dataclasses.replace(models.pool(ModelKind.LIPSYNC), capacity_wait_s=0.5)
-    monkeypatch.setitem(models._pool_of, ModelKind.LIPSYNC, short)
-    monkeypatch.setitem(models._budgets, short.name, models._budgets[short.name])
+    monkeypatch.setitem(models._pools.of, ModelKind.LIPSYNC, short)
     with models.use(ModelKind.LIPSYNC, "sanders"):
         started = time.monotonic()
         reply = stub.InferBatchComposite(request(1, model_id="bob"), timeout=60)  # no gRPC error

@@ -193,6 +193,6 @@ def test_settings_reach_the_pool_and_the_service(
 def test_an_idle_unload_wakes_waiting_requests(make_parts: MakeParts) -> None:
     parts = make_parts()
     parts.models.load(LIPSYNC, "a")
-    releases = parts.models._releases  # what a load waiting for room waits on
+    releases = parts.models._room.releases  # what a load waiting for room waits on
     assert parts.models.unload_idle(0) == ["a"]
-    assert parts.models._releases > releases
+    assert parts.models._room.releases > releases

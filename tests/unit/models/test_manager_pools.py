@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from genserve.errors import ErrorCode, GenserveError
-from genserve.models import manager as manager_module
+from genserve.models import waiting
 from genserve.models.pools import Pool, PoolKeys
 from genserve.models.registry import ModelKind
 from tests.unit.models.conftest import VAE, SafetensorsLoader, loaded_names, manager_for, started
@@ -61,7 +61,7 @@ def with_second_text_model(models: Path) -> None:
 
 
 def test_a_release_wakes_a_load_waiting_for_room(models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(manager_module, "RECHECK_S", 30.0)  # only the release can wake it in time
+    monkeypatch.setattr(waiting, "RECHECK_S", 30.0)  # only the release can wake it in time
     with_second_text_model(models)
     manager = manager_for(models, SafetensorsLoader(), pools=[text_pool(max_loaded=1, capacity_wait_s=30)])
     hold(manager, "t.safetensors", 0.2)

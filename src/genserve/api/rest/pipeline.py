@@ -3,11 +3,12 @@
 The body is validated by FastAPI against the service's own request model (so /openapi.json
 shows it) and handed to ``Engine.submit`` unchanged. A client that disconnects cancels its work:
 the route watches the connection while the engine runs and cancels the engine call when the
-client goes, which sets the run's cancel flag (the service stops at its next step).
+client goes, which sets the run's cancel flag (the service stops at its next step). The routes
+are built from the built-in services' own models; the engine that runs them is the app's.
 """
 
-# No `from __future__ import annotations`: FastAPI reads the body annotation, a per-service class
-# chosen at route-building time, when each endpoint is defined.
+# No `from __future__ import annotations`: FastAPI reads the body annotation, a per-service class,
+# when each endpoint is defined (at import).
 
 import asyncio
 import contextlib
@@ -19,11 +20,12 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from genserve.api.rest.dependencies import EngineDep, ServerSettingsDep
 from genserve.api.rest.errors import ERROR_RESPONSES, request_id_of
 from genserve.config import ServerSettings
-from genserve.engine.engine import Engine
 from genserve.errors import ErrorCode, GenserveError
 from genserve.services.base import Service
+from genserve.services.builtin import SERVICES
 from genserve.services.pipeline import examples
 
 TIMEOUT_HEADER = "x-request-timeout"
@@ -82,13 +84,20 @@ def request_timeout(request: Request, limits: ServerSettings) -> float:
     return value
 
 
-def _endpoint(engine: Engine, service: Service[Any, Any], limits: ServerSettings) -> Callable[..., Any]:
+def _endpoint(service: Service[Any, Any]) -> Callable[..., Any]:
+    """One route per service, so each declares its own body model (FastAPI validates it and
+    /openapi.json shows it with the spec's example)."""
     request_model = service.request_model
     shown = {
         "spec": {"summary": "The spec's example", "value": examples.REQUESTS.get(service.name, {})},
     }
 
-    async def endpoint(request: Request, body: request_model = Body(openapi_examples=shown)) -> Response:  # type: ignore[valid-type]
+    async def endpoint(
+        request: Request,
+        engine: EngineDep,
+        limits: ServerSettingsDep,
+        body: request_model = Body(openapi_examples=shown),  # type: ignore[valid-type]
+    ) -> Response:
         timeout = request_timeout(request, limits)
         submitted = engine.submit(service, body, request_id=request_id_of(request), timeout=timeout)
         try:
@@ -101,25 +110,27 @@ def _endpoint(engine: Engine, service: Service[Any, Any], limits: ServerSettings
     return endpoint
 
 
-def pipeline_router(engine: Engine, limits: ServerSettings) -> APIRouter:
-    router = APIRouter(tags=["pipeline"])
-    for path, name, summary in ROUTES:
-        service = engine.service(name)
-        ok = {"model": service.response_model, "description": "Success"}
-        spec_response = examples.RESPONSES.get(name)
-        if spec_response is not None:
-            ok["content"] = {"application/json": {"example": spec_response}}
-        router.add_api_route(
-            path,
-            _endpoint(engine, service, limits),
-            methods=["POST"],
-            name=name,
-            summary=summary,
-            description=service.description
-            + "\n\nModel names may be left out: the config's pipeline defaults apply. "
-            "Send `X-Request-ID` to choose the request id and `X-Request-Timeout` (seconds) to "
-            "ask for a shorter deadline than the server's.",
-            response_model=service.response_model,
-            responses={200: ok, **ERROR_RESPONSES},
-        )
-    return router
+def _add_route(path: str, name: str, summary: str) -> None:
+    service = SERVICES[name]
+    ok = {"model": service.response_model, "description": "Success"}
+    spec_response = examples.RESPONSES.get(name)
+    if spec_response is not None:
+        ok["content"] = {"application/json": {"example": spec_response}}
+    router.add_api_route(
+        path,
+        _endpoint(service),
+        methods=["POST"],
+        name=name,
+        summary=summary,
+        description=service.description
+        + "\n\nModel names may be left out: the config's pipeline defaults apply. "
+        "Send `X-Request-ID` to choose the request id and `X-Request-Timeout` (seconds) to "
+        "ask for a shorter deadline than the server's.",
+        response_model=service.response_model,
+        responses={200: ok, **ERROR_RESPONSES},
+    )
+
+
+router = APIRouter(tags=["pipeline"])
+for _path, _name, _summary in ROUTES:
+    _add_route(_path, _name, _summary)

@@ -22,7 +22,7 @@ def slots_in_use(waited_s: float) -> GenserveError:
     refused = GenserveError(
         ErrorCode.RESOURCE_EXHAUSTED, "cannot load lipsync/m: lipsync.max_models=1 ...", max_loaded=1
     )
-    return after_waiting(refused, waited_s, KEYS) if waited_s else refused
+    return after_waiting(refused, waited_s, KEYS.capacity_wait) if waited_s else refused
 
 
 def budget_in_use(needed: int, budget: int, waited_s: float) -> GenserveError:
@@ -34,7 +34,7 @@ def budget_in_use(needed: int, budget: int, waited_s: float) -> GenserveError:
         available_bytes=0,
         budget_bytes=budget,
     )
-    return after_waiting(refused, waited_s, KEYS)
+    return after_waiting(refused, waited_s, KEYS.capacity_wait)
 
 
 def test_a_slot_that_stays_busy_is_refused_naming_the_setting() -> None:
