@@ -8,26 +8,21 @@ error table. Modules that import torch are imported inside the commands so ``--h
 
 from __future__ import annotations
 
-import json
 import sys
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from genserve.cli import cluster, doors
 from genserve.cli import options as opt
-from genserve.cli.cluster import register_cluster_commands
-from genserve.cli.doors import register_door_commands
+from genserve.cli.context import fail, print_json, settings_of
 from genserve.cli.progress import ProgressView, route_logs
 from genserve.cli.workflow import workflow_app
-from genserve.config import ConfigError, Settings, load_settings
-from genserve.errors import ERROR_TABLE, ErrorCode, GenserveError, as_genserve_error
-
-if TYPE_CHECKING:
-    pass
+from genserve.errors import ErrorCode, GenserveError, as_genserve_error
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -42,29 +37,9 @@ app.add_typer(workflow_app, name="workflow")
 
 @app.callback()
 def main_options(ctx: typer.Context, config: opt.Config = None) -> None:
-    """genserve: serve the Qwen-Image-Edit pipeline over HTTP (`serve`) or run its services here."""
+    """genserve: serve generative models over REST, gRPC, Kafka, a drop folder and ComfyUI's API
+    (`serve`), run one door alone, run the pipeline's services here, or run an LLM cluster."""
     ctx.obj = config  # read by each command, so that --help works even with a broken config
-
-
-def _settings(ctx: typer.Context) -> Settings:
-    """Load the config once a command runs; a bad file or key stops here with exit code 2."""
-    config = ctx.find_root().obj
-    try:
-        return load_settings(config)
-    except ConfigError as exc:
-        Console(stderr=True, highlight=False).print(f"genserve: {exc}", markup=False)
-        raise typer.Exit(2) from None
-
-
-def _print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2))
-
-
-def _fail(err: GenserveError, request_id: str | None) -> typer.Exit:
-    """The spec's error JSON on stdout, one line for a person on stderr, the table's exit code."""
-    _print_json(err.to_dict(request_id))
-    typer.echo(f"genserve: {err.code.value}: {err.message}", err=True)
-    return typer.Exit(ERROR_TABLE[err.code].exit_code)
 
 
 def _stderr_is_tty() -> bool:
@@ -77,7 +52,7 @@ def _run_service(ctx: typer.Context, service: str, params: dict[str, Any]) -> No
     request_id: str | None = params.pop("request_id")
     json_input: Path | None = params.pop("json_input")
     quiet: bool = params.pop("quiet")
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     rid = request_id or str(uuid.uuid4())
     from genserve.app.runtime import build_runtime  # imports torch: only once a command runs
 
@@ -95,12 +70,12 @@ def _run_service(ctx: typer.Context, service: str, params: dict[str, Any]) -> No
             with ProgressView(console) as view:
                 response = runtime.engine.run_sync(service, request, request_id=rid, progress=view)
     except GenserveError as err:
-        raise _fail(err, rid) from None
+        raise fail(err, rid) from None
     except KeyboardInterrupt:
-        raise _fail(GenserveError(ErrorCode.CANCELLED, "interrupted"), rid) from None
+        raise fail(GenserveError(ErrorCode.CANCELLED, "interrupted"), rid) from None
     except Exception as exc:
-        raise _fail(as_genserve_error(exc), rid) from None
-    _print_json(response.model_dump(mode="json"))
+        raise fail(as_genserve_error(exc), rid) from None
+    print_json(response.model_dump(mode="json"))
 
 
 # -- pipeline commands (parameter names are the request's field names) --------------------------
@@ -242,7 +217,7 @@ def models_demo(
     if_missing: opt.IfMissing = False,
 ) -> None:
     """Build tiny demo models (random weights, real file formats) so every service runs on a fresh machine."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     from genserve.models.demo import pipeline as demo
 
     root = models_dir or settings.models.dir
@@ -271,7 +246,7 @@ def models_list(ctx: typer.Context, as_json: opt.AsJson = False) -> None:
     A CLI process has nothing loaded; `GET /api/v1/models` on a running server shows the same
     rows with what is loaded, where, and its stats.
     """
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     from genserve.app.runtime import build_runtime
     from genserve.models.inventory import configured_models, inventory
     from genserve.models.registry import ModelKind
@@ -284,7 +259,7 @@ def models_list(ctx: typer.Context, as_json: opt.AsJson = False) -> None:
         item = row.to_dict()
         kinds[item.pop("kind")].append(item)
     if as_json:
-        _print_json({"models_dir": str(settings.models.dir), "models": kinds, "loaded": loaded})
+        print_json({"models_dir": str(settings.models.dir), "models": kinds, "loaded": loaded})
         return
     table = Table(title=f"models in {settings.models.dir}")
     for column in ("kind", "name", "size on disk", "configured as", "loaded"):
@@ -300,12 +275,12 @@ def models_list(ctx: typer.Context, as_json: opt.AsJson = False) -> None:
 @app.command("devices")
 def devices(ctx: typer.Context, as_json: opt.AsJson = False) -> None:
     """List the devices models can run on (CUDA GPUs first, then the CPU) with their memory."""
-    _settings(ctx)  # a bad config stops every command, not only those that use it
+    settings_of(ctx)  # a bad config stops every command, not only those that use it
     from genserve.models.devices import list_devices
 
     found = [device.to_dict() for device in list_devices()]
     if as_json:
-        _print_json(found)
+        print_json(found)
         return
     table = Table()
     for column in ("name", "kind", "total", "free", "description"):
@@ -316,8 +291,8 @@ def devices(ctx: typer.Context, as_json: opt.AsJson = False) -> None:
     Console().print(table)
 
 
-register_door_commands(app, _settings, _fail)
-register_cluster_commands(app, _settings, _fail)
+doors.register(app)
+cluster.register(app)
 
 
 def main() -> None:

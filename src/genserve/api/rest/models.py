@@ -13,10 +13,10 @@ from typing import Any, Literal
 from fastapi import APIRouter, Body, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from genserve.api.rest.dependencies import ConfiguredModelsDep, ModelManagerDep
 from genserve.api.rest.errors import ERROR_RESPONSES, request_id_of
-from genserve.config import PipelineSettings
 from genserve.errors import GenserveError
-from genserve.models.inventory import configured_models, inventory
+from genserve.models.inventory import inventory
 from genserve.models.manager import ModelManager
 from genserve.models.registry import ModelKind
 
@@ -91,72 +91,83 @@ def _canonical(manager: ModelManager, kind: ModelKind, name: str) -> str:
         return name
 
 
-def models_router(manager: ModelManager, pipeline: PipelineSettings) -> APIRouter:
-    router = APIRouter(prefix="/api/v1/models", tags=["models"], responses=ERROR_RESPONSES)
-    configured = configured_models(pipeline)
+router = APIRouter(prefix="/api/v1/models", tags=["models"], responses=ERROR_RESPONSES)
 
-    @router.get("", response_model=ModelListResponse, summary="Every model on disk or configured")
-    async def list_models(
-        request: Request, kind: ModelKind | None = Query(None, description="Only this kind.")
-    ) -> ModelListResponse:
-        rows = await asyncio.to_thread(inventory, manager, configured, kind)
-        return ModelListResponse(
-            request_id=request_id_of(request),
-            models_dir=str(manager.registry.root),
-            models=[ModelRow(**row.to_dict()) for row in rows],
-        )
 
-    @router.get("/stats", response_model=StatsResponse, summary="Loaded models and per-model stats")
-    async def stats(request: Request) -> StatsResponse:
-        rows = manager.stats()
-        memory: dict[str, int] = {}
-        for row in rows:
-            if row.loaded and row.device:
-                memory[row.device] = memory.get(row.device, 0) + row.memory_bytes
-        return StatsResponse(
-            request_id=request_id_of(request),
-            max_loaded=manager.max_loaded,
-            loaded_count=sum(1 for row in rows if row.loaded),
-            memory_bytes_by_device=memory,
-            memory_budget_bytes=manager.memory_budgets,
-            models=[row.to_dict() for row in rows],
-        )
+@router.get("", response_model=ModelListResponse, summary="Every model on disk or configured")
+async def list_models(
+    request: Request,
+    manager: ModelManagerDep,
+    configured: ConfiguredModelsDep,
+    kind: ModelKind | None = Query(None, description="Only this kind."),
+) -> ModelListResponse:
+    rows = await asyncio.to_thread(inventory, manager, configured, kind)
+    return ModelListResponse(
+        request_id=request_id_of(request),
+        models_dir=str(manager.registry.root),
+        models=[ModelRow(**row.to_dict()) for row in rows],
+    )
 
-    @router.post("/{kind}/{name}/load", response_model=ModelActionResponse, summary="Load a model now")
-    async def load(
-        request: Request, kind: ModelKind, name: str, body: LoadRequest | None = Body(None)
-    ) -> ModelActionResponse:
-        device = body.device if body is not None else None
-        started = time.perf_counter()
-        was_loaded = manager.is_loaded(kind, name)
-        stats = await asyncio.to_thread(manager.load, kind, name, device)
-        return ModelActionResponse(
-            request_id=request_id_of(request),
-            kind=kind.value,
-            name=stats.name,
-            action="load",
-            changed=not was_loaded and stats.loaded,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            model=stats.to_dict(),
-        )
 
-    @router.post("/{kind}/{name}/unload", response_model=ModelActionResponse, summary="Unload a model")
-    async def unload(
-        request: Request, kind: ModelKind, name: str, body: UnloadRequest | None = Body(None)
-    ) -> ModelActionResponse:
-        timeout = body.timeout_s if body is not None else UnloadRequest().timeout_s
-        started = time.perf_counter()
-        changed = await asyncio.to_thread(manager.unload, kind, name, timeout)
-        key = (kind.value, _canonical(manager, kind, name))
-        after = next((s for s in manager.stats() if (s.kind, s.name) == key), None)
-        return ModelActionResponse(
-            request_id=request_id_of(request),
-            kind=kind.value,
-            name=after.name if after else name,
-            action="unload",
-            changed=changed,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            model=after.to_dict() if after else None,
-        )
+@router.get("/stats", response_model=StatsResponse, summary="Loaded models and per-model stats")
+async def stats(request: Request, manager: ModelManagerDep) -> StatsResponse:
+    rows = manager.stats()
+    memory: dict[str, int] = {}
+    for row in rows:
+        if row.loaded and row.device:
+            memory[row.device] = memory.get(row.device, 0) + row.memory_bytes
+    return StatsResponse(
+        request_id=request_id_of(request),
+        max_loaded=manager.max_loaded,
+        loaded_count=sum(1 for row in rows if row.loaded),
+        memory_bytes_by_device=memory,
+        memory_budget_bytes=manager.memory_budgets,
+        models=[row.to_dict() for row in rows],
+    )
 
-    return router
+
+@router.post("/{kind}/{name}/load", response_model=ModelActionResponse, summary="Load a model now")
+async def load(
+    request: Request,
+    manager: ModelManagerDep,
+    kind: ModelKind,
+    name: str,
+    body: LoadRequest | None = Body(None),
+) -> ModelActionResponse:
+    device = body.device if body is not None else None
+    started = time.perf_counter()
+    was_loaded = manager.is_loaded(kind, name)
+    stats = await asyncio.to_thread(manager.load, kind, name, device)
+    return ModelActionResponse(
+        request_id=request_id_of(request),
+        kind=kind.value,
+        name=stats.name,
+        action="load",
+        changed=not was_loaded and stats.loaded,
+        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        model=stats.to_dict(),
+    )
+
+
+@router.post("/{kind}/{name}/unload", response_model=ModelActionResponse, summary="Unload a model")
+async def unload(
+    request: Request,
+    manager: ModelManagerDep,
+    kind: ModelKind,
+    name: str,
+    body: UnloadRequest | None = Body(None),
+) -> ModelActionResponse:
+    timeout = body.timeout_s if body is not None else UnloadRequest().timeout_s
+    started = time.perf_counter()
+    changed = await asyncio.to_thread(manager.unload, kind, name, timeout)
+    key = (kind.value, _canonical(manager, kind, name))
+    after = next((s for s in manager.stats() if (s.kind, s.name) == key), None)
+    return ModelActionResponse(
+        request_id=request_id_of(request),
+        kind=kind.value,
+        name=after.name if after else name,
+        action="unload",
+        changed=changed,
+        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        model=after.to_dict() if after else None,
+    )

@@ -11,17 +11,20 @@ client that goes away cancels its generation at the next token.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from genserve.api.rest.dependencies import EngineDep, ModelManagerDep, ServerSettingsDep
 from genserve.api.rest.errors import request_id_of
 from genserve.api.rest.openai_wire import (
     OpenAIError,
@@ -87,122 +90,133 @@ async def _until_disconnect(request: Request, cancel: threading.Event) -> None:
     cancel.set()
 
 
-class _Door:
-    def __init__(self, engine: Engine, models: ModelManager, limits: ServerSettings) -> None:
-        self.engine = engine
-        self.models = models
-        self.limits = limits
+@dataclass(frozen=True)
+class _Answer:
+    """One request's answer in the making: what the response and its stream chunks are named."""
 
-    async def answer(self, request: Request, chat: bool) -> Response:
-        mapper: FieldMapper = chat_fields if chat else completion_fields
-        names: dict[str, str] = {}
+    chat: bool
+    request_id: str
+    answer_id: str
+    timeout: float
+
+
+async def _answer(request: Request, engine: Engine, limits: ServerSettings, *, chat: bool) -> Response:
+    mapper: FieldMapper = chat_fields if chat else completion_fields
+    names: dict[str, str] = {}
+    try:
         try:
-            try:
-                body = await request.json()
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise OpenAIError(400, "the request body is not valid JSON", None, "invalid_json") from None
-            fields, names = mapper(body)
-            parsed = parse_request(self.engine.service(SERVICE), fields)
-            timeout = request_timeout(request, self.limits)
-            rid = request_id_of(request) or str(uuid.uuid4())
-            answer_id = f"{'chatcmpl' if chat else 'cmpl'}-{rid}"
-            if body.get("stream") is True:
-                options = body.get("stream_options")
-                with_usage = isinstance(options, Mapping) and options.get("include_usage") is True
-                return await self._stream(request, parsed, rid, answer_id, timeout, chat, with_usage)
-            work = self.engine.submit(SERVICE, parsed, request_id=rid, timeout=timeout)
-            result = await run_while_connected(request, work)
-        except OpenAIError as err:
-            return _error(err)
-        except GenserveError as err:
-            return _error(OpenAIError.from_genserve(err, names))
-        except ClientDisconnected:
-            err = GenserveError(ErrorCode.CANCELLED, "the client disconnected; the work was cancelled")
-            return _error(OpenAIError.from_genserve(err))
-        assert isinstance(result, TextGenerationResponse)
-        return JSONResponse(
-            chat_completion(answer_id, result) if chat else text_completion(answer_id, result)
-        )
-
-    async def _stream(
-        self,
-        request: Request,
-        parsed: BaseModel,
-        rid: str,
-        answer_id: str,
-        timeout: float,
-        chat: bool,
-        with_usage: bool,
-    ) -> Response:
-        cancel = threading.Event()
-        watcher = asyncio.ensure_future(_until_disconnect(request, cancel))
-        items = self.engine.stream(SERVICE, parsed, request_id=rid, cancel=cancel, timeout=timeout)
-        try:
-            first = await anext(items)
-        except BaseException:
-            watcher.cancel()
-            await items.aclose()
-            raise
-        model = str(getattr(parsed, "model", ""))
-        created = int(time.time())
-
-        def event(payload: Mapping[str, Any]) -> str:
-            return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
-        async def events() -> AsyncIterator[str]:
-            try:
-                if chat:
-                    yield event(stream_chunk(chat, answer_id, model, created, None))
-                item: BaseModel | None = first
-                while item is not None:
-                    if isinstance(item, TextGenerationChunk):
-                        yield event(stream_chunk(chat, answer_id, model, created, item.text))
-                        item = await anext(items)
-                        continue
-                    assert isinstance(item, TextGenerationResponse)
-                    yield event(stream_chunk(chat, answer_id, model, created, "", item.finish_reason))
-                    if with_usage:
-                        last = stream_chunk(chat, answer_id, model, created, "")
-                        yield event({**last, "choices": [], "usage": usage(item)})
-                    yield "data: [DONE]\n\n"
-                    item = None
-            except GenserveError as err:  # mid-stream: the status is sent, so say it in the stream
-                yield event(OpenAIError.from_genserve(err).body())
-            finally:
-                watcher.cancel()
-                await items.aclose()
-
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
-
-    def model_card(self, name: str) -> dict[str, Any]:
-        path = self.models.registry.folder(ModelKind.LLM) / name
-        created = int(path.stat().st_mtime) if path.exists() else 0
-        return {"id": name, "object": "model", "created": created, "owned_by": "genserve"}
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise OpenAIError(400, "the request body is not valid JSON", None, "invalid_json") from None
+        fields, names = mapper(body)
+        parsed = parse_request(engine.service(SERVICE), fields)
+        timeout = request_timeout(request, limits)
+        rid = request_id_of(request) or str(uuid.uuid4())
+        answer = _Answer(chat, rid, f"{'chatcmpl' if chat else 'cmpl'}-{rid}", timeout)
+        if body.get("stream") is True:
+            options = body.get("stream_options")
+            with_usage = isinstance(options, Mapping) and options.get("include_usage") is True
+            return await _stream(request, engine, parsed, answer, with_usage)
+        work = engine.submit(SERVICE, parsed, request_id=rid, timeout=timeout)
+        result = await run_while_connected(request, work)
+    except OpenAIError as err:
+        return _error(err)
+    except GenserveError as err:
+        return _error(OpenAIError.from_genserve(err, names))
+    except ClientDisconnected:
+        err = GenserveError(ErrorCode.CANCELLED, "the client disconnected; the work was cancelled")
+        return _error(OpenAIError.from_genserve(err))
+    assert isinstance(result, TextGenerationResponse)
+    return JSONResponse(
+        chat_completion(answer.answer_id, result) if chat else text_completion(answer.answer_id, result)
+    )
 
 
-def openai_router(engine: Engine, models: ModelManager, limits: ServerSettings) -> APIRouter:
-    door = _Door(engine, models, limits)
-    router = APIRouter(prefix="/v1", tags=["openai"])
+async def _stream(
+    request: Request, engine: Engine, parsed: BaseModel, answer: _Answer, with_usage: bool
+) -> Response:
+    cancel = threading.Event()
+    watcher = asyncio.ensure_future(_until_disconnect(request, cancel))
+    items = engine.stream(
+        SERVICE, parsed, request_id=answer.request_id, cancel=cancel, timeout=answer.timeout
+    )
+    try:
+        first = await anext(items)
+    except BaseException:
+        watcher.cancel()
+        await items.aclose()
+        raise
+    chunk = functools.partial(
+        stream_chunk, answer.chat, answer.answer_id, str(getattr(parsed, "model", "")), int(time.time())
+    )
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    events = _events(answer.chat, chunk, first, items, watcher, with_usage)
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
-    @router.get("/models", summary="The language models in models/llm/ (OpenAI's model list)")
-    async def list_models() -> JSONResponse:
-        names = models.registry.available(ModelKind.LLM)
-        return JSONResponse({"object": "list", "data": [door.model_card(name) for name in names]})
 
-    @router.get("/models/{model}", summary="One language model (OpenAI's model object)")
-    async def get_model(model: str) -> JSONResponse:
-        if model not in models.registry.available(ModelKind.LLM):
-            message = f"The model {model!r} does not exist in models/llm/"
-            return _error(OpenAIError(404, message, "model", "model_not_found"))
-        return JSONResponse(door.model_card(model))
+def _event(payload: Mapping[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
-    @router.post("/chat/completions", summary="Chat completion", openapi_extra=_schema(ChatCompletionBody))
-    async def chat_completions(request: Request) -> Response:
-        return await door.answer(request, chat=True)
 
-    @router.post("/completions", summary="Text completion", openapi_extra=_schema(CompletionBody))
-    async def completions(request: Request) -> Response:
-        return await door.answer(request, chat=False)
+async def _events(
+    chat: bool,
+    chunk: Callable[..., dict[str, Any]],
+    first: BaseModel,
+    items: AsyncGenerator[BaseModel, None],
+    watcher: asyncio.Future[None],
+    with_usage: bool,
+) -> AsyncIterator[str]:
+    """The stream's server-sent events; ``chunk(text, finish_reason=None)`` is one chunk's payload."""
+    try:
+        if chat:
+            yield _event(chunk(None))
+        item: BaseModel | None = first
+        while item is not None:
+            if isinstance(item, TextGenerationChunk):
+                yield _event(chunk(item.text))
+                item = await anext(items)
+                continue
+            assert isinstance(item, TextGenerationResponse)
+            yield _event(chunk("", item.finish_reason))
+            if with_usage:
+                yield _event({**chunk(""), "choices": [], "usage": usage(item)})
+            yield "data: [DONE]\n\n"
+            item = None
+    except GenserveError as err:  # mid-stream: the status is sent, so say it in the stream
+        yield _event(OpenAIError.from_genserve(err).body())
+    finally:
+        watcher.cancel()
+        await items.aclose()
 
-    return router
+
+def _model_card(models: ModelManager, name: str) -> dict[str, Any]:
+    path = models.registry.folder(ModelKind.LLM) / name
+    created = int(path.stat().st_mtime) if path.exists() else 0
+    return {"id": name, "object": "model", "created": created, "owned_by": "genserve"}
+
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+@router.get("/models", summary="The language models in models/llm/ (OpenAI's model list)")
+async def list_models(models: ModelManagerDep) -> JSONResponse:
+    names = models.registry.available(ModelKind.LLM)
+    return JSONResponse({"object": "list", "data": [_model_card(models, name) for name in names]})
+
+
+@router.get("/models/{model}", summary="One language model (OpenAI's model object)")
+async def get_model(model: str, models: ModelManagerDep) -> JSONResponse:
+    if model not in models.registry.available(ModelKind.LLM):
+        message = f"The model {model!r} does not exist in models/llm/"
+        return _error(OpenAIError(404, message, "model", "model_not_found"))
+    return JSONResponse(_model_card(models, model))
+
+
+@router.post("/chat/completions", summary="Chat completion", openapi_extra=_schema(ChatCompletionBody))
+async def chat_completions(request: Request, engine: EngineDep, limits: ServerSettingsDep) -> Response:
+    return await _answer(request, engine, limits, chat=True)
+
+
+@router.post("/completions", summary="Text completion", openapi_extra=_schema(CompletionBody))
+async def completions(request: Request, engine: EngineDep, limits: ServerSettingsDep) -> Response:
+    return await _answer(request, engine, limits, chat=False)

@@ -8,7 +8,8 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
-from genserve.api.rest.metrics import CONTENT_TYPE, ServerMetrics
+from genserve.api.rest.dependencies import EngineDep, MetricsDep, ModelManagerDep
+from genserve.api.rest.metrics import CONTENT_TYPE
 from genserve.engine.engine import Engine
 from genserve.models.manager import ModelManager
 
@@ -31,24 +32,24 @@ def readiness(engine: Engine, models: ModelManager) -> dict[str, Any]:
     return {"status": "ready" if all(c["ok"] for c in checks.values()) else "not_ready", "checks": checks}
 
 
-def operations_router(engine: Engine, models: ModelManager, metrics: ServerMetrics) -> APIRouter:
-    router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"])
 
-    @router.get("/health/live", summary="The process answers")
-    async def live() -> dict[str, str]:
-        return {"status": "live"}
 
-    @router.get(
-        "/health/ready",
-        summary="Models folder readable and engine accepting work (503 otherwise)",
-        responses={503: {"description": "Not ready; `checks` says which part failed."}},
-    )
-    async def ready() -> JSONResponse:
-        report = readiness(engine, models)
-        return JSONResponse(report, status_code=200 if report["status"] == "ready" else 503)
+@router.get("/health/live", summary="The process answers")
+async def live() -> dict[str, str]:
+    return {"status": "live"}
 
-    @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-    async def prometheus() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    return router
+@router.get(
+    "/health/ready",
+    summary="Models folder readable and engine accepting work (503 otherwise)",
+    responses={503: {"description": "Not ready; `checks` says which part failed."}},
+)
+async def ready(engine: EngineDep, models: ModelManagerDep) -> JSONResponse:
+    report = readiness(engine, models)
+    return JSONResponse(report, status_code=200 if report["status"] == "ready" else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def prometheus(metrics: MetricsDep) -> Response:
+    return Response(metrics.render(), media_type=CONTENT_TYPE)

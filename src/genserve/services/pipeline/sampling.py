@@ -146,17 +146,8 @@ def sample(
     ctx: RunContext,
 ) -> torch.Tensor:
     """The denoising loop on a loaded ``DiffusionModel``; returns the normalised 5-D latent on CPU."""
-    transformer, device, dtype = model.transformer, model.device, model.dtype
-    batch, channels, _, height, width = latent.shape
-    takes = transformer.config.in_channels // 4  # 2x2 patches of the latent's channels
-    if channels != takes:
-        name = settings.get("unet_model_name") or "the diffusion model"
-        raise GenserveError(
-            ErrorCode.INVALID_INPUT,
-            f"latent_file: {channels} latent channels, but {name} takes {takes}",
-            field="latent_file",
-        )
-    guided = settings["cfg"] != 1.0
+    _check_channels(model, latent, settings)
+    batch, _, _, height, width = latent.shape
     sigmas = samplers.sigma_schedule(
         settings["scheduler"], settings["steps"], settings["shift"], settings["denoise"]
     )
@@ -165,67 +156,17 @@ def sample(
     seeds = settings.get("seeds") or [settings["seed"]]
     if batch % len(seeds):
         raise ValueError(f"{len(seeds)} seeds for a batch of {batch}")
-    chunk = batch // len(seeds)
-    generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
-    noise = torch.cat(
-        [
-            torch.randn((chunk, 1, channels, height, width), generator=g, dtype=torch.float32)
-            for g in generators
-        ]
-    )
-    noise = noise.view(batch, channels, 1, height, width)
+    noise = _seeded_noise(seeds, (batch // len(seeds), 1, *latent.shape[1:2], height, width))
+    noise = noise.view(latent.shape)
     x = pack(noise) * sigmas[0] + pack(latent.float()) * (1 - sigmas[0])
-    x = x.to(device=device, dtype=dtype)
-    references = [
-        pack(ref.to(device=device, dtype=dtype)).expand(batch, -1, -1) for ref in positive.reference_latents
-    ]
-    img_shapes = [
-        [
-            (1, height // 2, width // 2),
-            *[(1, r.shape[-2] // 2, r.shape[-1] // 2) for r in positive.reference_latents],
-        ]
-    ] * batch
+    x = x.to(device=model.device, dtype=model.dtype)
+    guided = settings["cfg"] != 1.0
     conditions = [positive] + ([negative] if guided and negative is not None else [])
-    prepared = []
-    for cond in conditions:
-        mask = cond.prompt_mask.to(device)
-        embeds = cond.prompt_embeds.to(device=device, dtype=dtype).expand(batch, -1, -1)
-        prepared.append((embeds, None if bool(mask.all()) else mask.expand(batch, -1)))
-    tokens = x.shape[1]
-
-    def velocity(
-        x_t: torch.Tensor, sigma: float, embeds: torch.Tensor, mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        hidden = torch.cat([x_t, *references], dim=1) if references else x_t
-        timestep = torch.full((batch,), sigma * 1000.0, device=device, dtype=dtype) / 1000
-        out = transformer(
-            hidden_states=hidden,
-            timestep=timestep,
-            encoder_hidden_states=embeds,
-            encoder_hidden_states_mask=mask,
-            img_shapes=img_shapes,
-            return_dict=False,
-        )[0]
-        return out[:, :tokens]
-
-    def denoiser(x_t: torch.Tensor, sigma: float) -> torch.Tensor:
-        ctx.check_cancelled()
-        cond = x_t - sigma * velocity(x_t, sigma, *prepared[0])
-        uncond = x_t - sigma * velocity(x_t, sigma, *prepared[1]) if len(prepared) > 1 else None
-        guided_x0 = samplers.cfg_combine(cond, uncond, settings["cfg"])
-        shape = (
-            batch,
-            tokens,
-            channels,
-            4,
-        )  # packed features are channel-major: norm per pixel over channels
-        normed = samplers.cfg_norm(guided_x0.view(shape), cond.view(shape), settings["cfg_norm_strength"], 2)
-        return normed.view_as(guided_x0)
-
+    denoiser = _Denoiser(model, conditions, positive.reference_latents, latent.shape, settings, ctx)
     noise_gens = [torch.Generator(device="cpu").manual_seed(s + 1 if s < MAX_SEED else 0) for s in seeds]
 
     def step_noise(like: torch.Tensor) -> torch.Tensor:
-        shape = (chunk, *like.shape[1:])
+        shape = (batch // len(seeds), *like.shape[1:])
         drawn = [torch.randn(shape, generator=g, dtype=torch.float32) for g in noise_gens]
         return torch.cat(drawn).to(like.device, like.dtype)
 
@@ -236,6 +177,79 @@ def sample(
     with torch.no_grad(), model.gate.applied(lora, settings["lora_strength"]):
         x = run(denoiser, x, sigmas, step_noise, on_step)
     return unpack(x.float().cpu(), height, width)
+
+
+def _check_channels(model: Any, latent: torch.Tensor, settings: dict[str, Any]) -> None:
+    takes = model.transformer.config.in_channels // 4  # 2x2 patches of the latent's channels
+    channels = latent.shape[1]
+    if channels != takes:
+        name = settings.get("unet_model_name") or "the diffusion model"
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT,
+            f"latent_file: {channels} latent channels, but {name} takes {takes}",
+            field="latent_file",
+        )
+
+
+def _seeded_noise(seeds: list[int], chunk_shape: tuple[int, ...]) -> torch.Tensor:
+    """One chunk of the batch per seed, each drawn by its own CPU generator (device-independent)."""
+    generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+    return torch.cat([torch.randn(chunk_shape, generator=g, dtype=torch.float32) for g in generators])
+
+
+class _Denoiser:
+    """x_t, sigma -> the guided x0 estimate: the transformer under each condition, CFG, then CFGNorm."""
+
+    def __init__(
+        self,
+        model: Any,
+        conditions: list[Encoding],
+        references: list[torch.Tensor],
+        shape: torch.Size,
+        settings: dict[str, Any],
+        ctx: RunContext,
+    ) -> None:
+        device, dtype = model.device, model.dtype
+        self.batch, self.channels, _, height, width = shape
+        self.transformer, self.device, self.dtype = model.transformer, device, dtype
+        self.cfg, self.cfg_norm_strength, self.ctx = settings["cfg"], settings["cfg_norm_strength"], ctx
+        self.references = [
+            pack(r.to(device=device, dtype=dtype)).expand(self.batch, -1, -1) for r in references
+        ]
+        own = (1, height // 2, width // 2)
+        self.img_shapes = [[own, *[(1, r.shape[-2] // 2, r.shape[-1] // 2) for r in references]]] * self.batch
+        self.prepared = []
+        for cond in conditions:
+            mask = cond.prompt_mask.to(device)
+            embeds = cond.prompt_embeds.to(device=device, dtype=dtype).expand(self.batch, -1, -1)
+            self.prepared.append((embeds, None if bool(mask.all()) else mask.expand(self.batch, -1)))
+
+    def velocity(
+        self, x_t: torch.Tensor, sigma: float, embeds: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        hidden = torch.cat([x_t, *self.references], dim=1) if self.references else x_t
+        timestep = torch.full((self.batch,), sigma * 1000.0, device=self.device, dtype=self.dtype) / 1000
+        out = self.transformer(
+            hidden_states=hidden,
+            timestep=timestep,
+            encoder_hidden_states=embeds,
+            encoder_hidden_states_mask=mask,
+            img_shapes=self.img_shapes,
+            return_dict=False,
+        )[0]
+        return out[:, : x_t.shape[1]]
+
+    def __call__(self, x_t: torch.Tensor, sigma: float) -> torch.Tensor:
+        self.ctx.check_cancelled()
+        cond = x_t - sigma * self.velocity(x_t, sigma, *self.prepared[0])
+        uncond = (
+            x_t - sigma * self.velocity(x_t, sigma, *self.prepared[1]) if len(self.prepared) > 1 else None
+        )
+        guided_x0 = samplers.cfg_combine(cond, uncond, self.cfg)
+        # Packed features are channel-major: CFGNorm normalises per pixel over the channels.
+        shape = (self.batch, x_t.shape[1], self.channels, 4)
+        normed = samplers.cfg_norm(guided_x0.view(shape), cond.view(shape), self.cfg_norm_strength, 2)
+        return normed.view_as(guided_x0)
 
 
 def run(request: SampleRequest, ctx: RunContext) -> SampleResponse:

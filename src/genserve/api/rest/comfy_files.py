@@ -1,0 +1,180 @@
+"""ComfyUI's file routes: ``/view`` reads a file, ``/upload/image`` stores an image for LoadImage.
+
+Both are confined to the workflows input and output folders (no ``..``, no absolute paths) and
+answer as ComfyUI does, with bare status codes and plain-text reasons. The bridge's uploads
+(``bridge-uploads/`` in the input folder) belong to its clients: ``/upload/image`` never replaces
+a different file there, whatever ``overwrite`` says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import mimetypes
+import os
+import re
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from PIL import Image, UnidentifiedImageError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+
+from genserve.api.rest.dependencies import ComfyFilesDep
+from genserve.storage.artifacts import write_bytes
+from genserve.workflows.nodes.image import BRIDGE_UPLOADS
+
+router = APIRouter(tags=["comfyui"])
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._ ()+-]")
+
+# Form fields by name -> (file name or None, content).
+FormFields = dict[str, tuple[str | None, bytes]]
+
+
+class _Refused(Exception):
+    """An upload ComfyUI would refuse, with its plain-text reason and status."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return os.path.commonpath([str(path), str(root)]) == str(root)
+
+
+def _folder(base: Path, subfolder: str) -> Path | None:
+    """``base/subfolder`` when it stays inside ``base`` (no ``..``, no absolute paths), else None."""
+    if subfolder and (os.path.isabs(subfolder) or "\x00" in subfolder):
+        return None
+    path = (base / subfolder).resolve()
+    return path if _inside(path, base.resolve()) else None
+
+
+def safe_upload_name(raw: str) -> str | None:
+    """The last path component, with anything but plain characters replaced: ``../x.png`` -> ``x.png``."""
+    name = _SAFE_NAME.sub("_", raw.replace("\\", "/").rsplit("/", 1)[-1]).strip()
+    return None if name in {"", ".", ".."} or name.startswith(".") else name
+
+
+@router.get("/view")
+async def view(files: ComfyFilesDep, filename: str = "", type: str = "output", subfolder: str = "") -> Response:
+    base = files.folders.get(type)
+    name = filename.replace("\\", "/")
+    if base is None or not name or "/" in name or name in {".", ".."} or "\x00" in name:
+        return Response(status_code=400)
+    folder = _folder(base, subfolder)
+    path = (folder / name).resolve() if folder is not None else None
+    if path is None or not _inside(path, base.resolve()):
+        return Response(status_code=403)
+    if not path.is_file():
+        return Response(status_code=404)
+    media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media, headers={"Content-Disposition": f'filename="{path.name}"'})
+
+
+@router.post("/upload/image")
+async def upload_image(request: Request, files: ComfyFilesDep) -> Response:
+    input_dir = files.folders["input"]
+    try:
+        fields = await _read_form(request, files.max_upload_bytes)
+        name, data = _image_part(fields)
+        folder, subfolder = _destination(fields, input_dir)
+    except _Refused as refused:
+        return Response(refused.message, status_code=refused.status)
+    overwrite = _text(fields, "overwrite").lower() in {"true", "1"}
+    protected = _inside(folder, (input_dir / BRIDGE_UPLOADS).resolve())
+    stored = await asyncio.to_thread(_store, folder, name, data, overwrite, protected)
+    return JSONResponse({"name": stored, "subfolder": subfolder, "type": "input"})
+
+
+async def _read_form(request: Request, max_upload_bytes: int) -> FormFields:
+    """The multipart body's fields, once the body is known to be multipart and small enough."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise _Refused("expected multipart/form-data")
+    body = await request.body()
+    if len(body) > max_upload_bytes:
+        raise _Refused(f"upload larger than {max_upload_bytes} bytes", 413)
+    try:  # the form parser reads the body cached above, not the stream again
+        return await _form_fields(request, max_upload_bytes)
+    except (MultiPartException, HTTPException) as exc:
+        detail = exc.message if isinstance(exc, MultiPartException) else exc.detail
+        raise _Refused(f"cannot read the multipart body: {detail}") from None
+
+
+async def _form_fields(request: Request, max_part_size: int) -> FormFields:
+    """Form fields by name; a repeated name keeps its last part.
+
+    Raises MultiPartException or Starlette's HTTPException (its wrapper inside an app) for a body
+    that is not valid multipart.
+    """
+    fields: FormFields = {}
+    async with request.form(max_part_size=max_part_size) as form:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                fields[name] = (value.filename, await value.read())
+            else:
+                fields[name] = (None, value.encode())
+    return fields
+
+
+def _text(fields: FormFields, key: str, default: bytes = b"") -> str:
+    return fields.get(key, (None, default))[1].decode(errors="replace")
+
+
+def _image_part(fields: FormFields) -> tuple[str, bytes]:
+    """The ``image`` file part's safe name and bytes, once they are known to be an image."""
+    if "image" not in fields or fields["image"][0] is None:
+        raise _Refused("no image part")
+    raw_name, data = fields["image"]
+    name = safe_upload_name(raw_name or "")
+    if name is None:
+        raise _Refused("invalid file name")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise _Refused("the file is not an image") from None
+    return name, data
+
+
+def _destination(fields: FormFields, input_dir: Path) -> tuple[Path, str]:
+    """The folder to store into and the ``subfolder`` as the answer names it."""
+    # Uploads land in the input folder only; outputs are the runner's.
+    if (_text(fields, "type", b"input") or "input") != "input":
+        raise _Refused("type must be input")
+    subfolder = _text(fields, "subfolder").strip().strip("/")
+    folder = _folder(input_dir, subfolder)
+    if folder is None:
+        raise _Refused("invalid subfolder")
+    return folder, subfolder
+
+
+def _store(folder: Path, name: str, data: bytes, overwrite: bool, protected: bool = False) -> str:
+    """Write the upload; without ``overwrite`` an existing name becomes ``stem (1).ext`` (ComfyUI).
+
+    In a ``protected`` folder (the bridge's uploads) ``overwrite`` only accepts the same bytes again
+    (a bridge re-sending a job's input to this backend); different bytes get a fresh name, as
+    without ``overwrite``, so no client can replace a file another client's job reads.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    if protected and overwrite and path.exists():
+        with contextlib.suppress(OSError):
+            if path.is_file() and path.read_bytes() == data:
+                return path.name
+        overwrite = False
+    if not overwrite:
+        stem, suffix = os.path.splitext(name)
+        counter = 1
+        while path.exists():
+            path = folder / f"{stem} ({counter}){suffix}"
+            counter += 1
+    write_bytes(path, data, durable=True)
+    return path.name

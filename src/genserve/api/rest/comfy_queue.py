@@ -1,0 +1,119 @@
+"""ComfyUI's prompt queue routes: submit a prompt, read and trim the queue and the history, stop
+the running prompt and free memory.
+
+``router`` holds the routes only ComfyUI's API uses; ``shared_router`` those whose path the bridge
+also uses at the root (GET ``/history``, ``/interrupt``, ``/free``), so the app can leave them out
+there (see ``comfy``). Bodies are read leniently, as ComfyUI reads them: an empty or malformed body
+is ``{}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from genserve.api.rest.dependencies import PromptQueueDep
+from genserve.errors import GenserveError
+from genserve.workflows.graph import GraphValidationError, node_errors
+
+router = APIRouter(tags=["comfyui"])
+shared_router = APIRouter(tags=["comfyui"])
+
+
+def _comfy_error(status: int, kind: str, message: str, errors: dict[str, Any] | None = None) -> JSONResponse:
+    body = {
+        "error": {"type": kind, "message": message, "details": "", "extra_info": {}},
+        "node_errors": errors or {},
+    }
+    return JSONResponse(body, status_code=status)
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    """The body as a JSON object; an empty or malformed body reads as {} (ComfyUI is as lenient)."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _refused(exc: GraphValidationError) -> JSONResponse:
+    """ComfyUI's answer to a prompt that fails validation: per-node errors when there are any."""
+    errors = node_errors(exc.problems)
+    if errors:
+        return _comfy_error(400, "prompt_outputs_failed_validation", "Prompt outputs failed validation", errors)
+    first = exc.problems[0]
+    return _comfy_error(400, first.kind, first.message)
+
+
+@router.post("/prompt")
+async def post_prompt(request: Request, executor: PromptQueueDep) -> JSONResponse:
+    body = await _json(request)
+    prompt = body.get("prompt")
+    if not isinstance(prompt, dict):
+        return _comfy_error(400, "no_prompt", "No prompt provided")
+    client_id = body.get("client_id")
+    extra = body.get("extra_data") if isinstance(body.get("extra_data"), dict) else {}
+    try:
+        prompt_id, number = await asyncio.to_thread(
+            executor.submit, prompt, client_id if isinstance(client_id, str) else None, extra
+        )
+    except GraphValidationError as exc:
+        return _refused(exc)
+    except GenserveError as exc:
+        return _comfy_error(503, "queue_unavailable", exc.message)
+    return JSONResponse({"prompt_id": prompt_id, "number": number, "node_errors": {}})
+
+
+@router.get("/queue")
+async def get_queue(executor: PromptQueueDep) -> dict[str, Any]:
+    return executor.queue()
+
+
+@router.post("/queue")
+async def post_queue(request: Request, executor: PromptQueueDep) -> Response:
+    body = await _json(request)
+    if body.get("clear"):
+        executor.delete_queued(None)
+    if isinstance(body.get("delete"), list):
+        executor.delete_queued([str(p) for p in body["delete"]])
+    return Response(status_code=200)
+
+
+@shared_router.get("/history")
+async def get_history(executor: PromptQueueDep, max_items: int | None = None) -> dict[str, Any]:
+    return executor.history(max_items=max_items)
+
+
+@router.get("/history/{prompt_id}")
+async def get_history_item(prompt_id: str, executor: PromptQueueDep) -> dict[str, Any]:
+    return executor.history(prompt_id)
+
+
+# The bridge answers GET /history at the root; this (delete) has no twin there, so it stays.
+@router.post("/history")
+async def post_history(request: Request, executor: PromptQueueDep) -> Response:
+    body = await _json(request)
+    if body.get("clear"):
+        executor.delete_history(None)
+    if isinstance(body.get("delete"), list):
+        executor.delete_history([str(p) for p in body["delete"]])
+    return Response(status_code=200)
+
+
+@shared_router.post("/interrupt")
+async def interrupt(request: Request, executor: PromptQueueDep) -> Response:
+    body = await _json(request)
+    prompt_id = body.get("prompt_id")
+    executor.interrupt(prompt_id if isinstance(prompt_id, str) else None)
+    return Response(status_code=200)
+
+
+@shared_router.post("/free")
+async def free(request: Request, executor: PromptQueueDep) -> Response:
+    body = await _json(request)
+    await asyncio.to_thread(executor.free, bool(body.get("unload_models")), bool(body.get("free_memory")))
+    return Response(status_code=200)
