@@ -1,9 +1,9 @@
 """Which backend takes the next job, and which backends are alive to take one.
 
-The original asked every backend for its queue on each request and crashed (or mis-scored) when
-one did not answer. Here a prober per backend keeps a health record up to date in the background
-(``GET /queue`` within ``probe_timeout_s``; slow counts as down), and ``pick`` reads only those
-records: a dead backend is simply not a candidate. The score is the backend's load (its own queue
+A request must never wait on (or fail with) a backend that does not answer, so a prober per
+backend keeps a health record up to date in the background (``GET /queue`` within
+``probe_timeout_s``; slow counts as down), and ``pick`` reads only those records: a dead backend
+is simply not a candidate. The score is the backend's load (its own queue
 or the bridge's jobs on it, whichever is larger) plus ``affinity_weight`` unless the backend
 already ran the workflow's models (it still holds them, so it skips the loading time).
 """

@@ -3,7 +3,7 @@
 It drives the API the way ComfyUI's own client scripts do: upload the input images the graph names,
 open ``/ws?clientId=<job id>`` first (so no message is missed), ``POST /prompt``, follow the socket
 to the prompt's final message, read ``/history/{id}``, fetch each file with ``/view``, and delete the
-history entry (the original bridge never did, and its backends' histories grew without end). An
+history entry (so a backend's history does not grow without end). An
 interrupted prompt writes its entry only once it has actually stopped, so that deletion waits for
 the prompt to leave the backend's queue (``_forget_when_ended``, in the background).
 

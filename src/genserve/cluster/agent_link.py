@@ -1,7 +1,7 @@
 """The agent's side of the coordinator: fetch the public key, register, keep ONE health stream.
 
-Fixes of the original's defects live here: health goes over one long-lived stream (not a new
-stream per heartbeat); when the stream breaks or the coordinator answers "unknown_agent" (it
+Health goes over one long-lived stream (not a new stream per heartbeat, which costs a connection
+setup each time); when the stream breaks or the coordinator answers "unknown_agent" (it
 restarted), the agent fetches the key and registers again by itself, with exponential backoff
 between failed tries; and a changed capability (a model now loaded, a new measured speed) is sent
 by registering again, since the proto's HealthUpdate has no field for it.

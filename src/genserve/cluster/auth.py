@@ -1,12 +1,12 @@
 """Session tokens: the coordinator signs one RS256 JWT per routed job; the chosen agent checks it.
 
-The original's defects are the design constraints here:
-- the key was regenerated at every start, orphaning agents and tokens: ``load_or_create_key``
-  keeps it in a 0600 file and reuses it;
-- an agent that could not fetch the key accepted any token: ``TokenVerifier`` has no key-less
-  mode, and the agent answers UNAUTHENTICATED until it has one;
-- a token could be replayed: ``ReplayGuard`` remembers every accepted jti until its exp, in a
-  SQLite file that outlives the agent's process, so a restart does not reopen the window.
+What must hold:
+- a restart keeps the key, so agents and issued tokens survive it: ``load_or_create_key`` keeps
+  it in a 0600 file and reuses it;
+- an agent without the key accepts no token: ``TokenVerifier`` has no key-less mode, and the
+  agent answers UNAUTHENTICATED until it has one;
+- a token is used once: ``ReplayGuard`` remembers every accepted jti until its exp, in a SQLite
+  file that outlives the agent's process, so a restart does not reopen the window.
 """
 
 from __future__ import annotations

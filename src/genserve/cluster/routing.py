@@ -1,16 +1,16 @@
-"""Which agent runs a job: the original's score, with its defects fixed.
+"""Which agent runs a job: the spec's score, and what it must get right.
 
 score = 0.4 free-memory share + 0.3 (1 - busy/max_jobs) + 0.2 (1 - min(rtt/500 ms, 1)) + 0.1 speed
 
-among agents that are alive (health within the timeout), serve the model and have room. Fixes:
+among agents that are alive (health within the timeout), serve the model and have room. Rules:
 - a CPU-only agent (total_vram_mb 0) is scored and judged by its free RAM share, not by the VRAM
-  it does not have (the original scored it 0 and marked it degraded forever);
+  it does not have (which would score it 0 and call it degraded forever);
 - the load term counts running and queued jobs and the jobs just routed to the agent
   (reservations), so a burst between two heartbeats spreads over the agents instead of piling on
   one. A health update clears the reservations older than RESERVATION_GRACE_S: by then the client
   has connected and the update's running count holds the job. Room (running + queued +
   reservations < max_jobs) counts the reservations too: judged on reported counts alone, a burst
-  between two heartbeats was all routed to one idle agent past its max_jobs. The price is that a
+  between two heartbeats would all go to one idle agent past its max_jobs. The price is that a
   job that finished before the next update still holds its slot until that update;
 - within TIE_MARGIN of the best score, an agent that already holds the model loaded wins (no
   load time); then the higher score; then the agent id, so the choice is reproducible;

@@ -79,9 +79,9 @@ class LipsyncRegistry:
     def missing(self, model_id: str) -> str | None:
         """What keeps a known id from loading (the first of its files that is not there), or None.
 
-        A configured id is known whether or not its folder exists, so without this check it was
-        listed as fine and failed only inside the loader with a message naming neither the model
-        nor the setting. Checked by Health, ListModels, LoadModel and before a request loads it.
+        A configured id is known whether or not its folder exists; this names the missing file and
+        its setting, which the loader's own error would not. Checked by Health, ListModels,
+        LoadModel and before a request loads it.
         """
         try:
             files = self.files(model_id)

@@ -2,7 +2,7 @@
 
 One session per loaded model, shared by every request: onnxruntime's ``InferenceSession.run`` is
 safe to call from several threads at once and keeps no per-call state in the session, so
-requests never share buffers (the original server's race). The backgrounds are decoded once at
+requests never share buffers and cannot race on them. The backgrounds are decoded once at
 load, so a request never reads a PNG, and they go with the model when it is unloaded.
 """
 

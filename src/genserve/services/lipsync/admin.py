@@ -90,7 +90,7 @@ class LipsyncAdmin:
         )
 
     def model_stats(self) -> list[LipsyncModelStats]:
-        """Every model id, loaded or not (the original listed only loaded ones), and whether it can load."""
+        """Every model id, loaded or not, and whether it can load: a client sees what it may ask for."""
         known = {s.name: s for s in self.models.stats() if s.kind == LIPSYNC.value}
         registry = self.registry
         rows = []

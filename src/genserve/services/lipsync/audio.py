@@ -111,8 +111,8 @@ def check_duration(nbytes: int, sample_rate: int, limit_s: float) -> None:
 def resample(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """Bring ``audio`` to 16 kHz; ``sample_rate`` 0 is the proto's unset default, meaning 16 kHz.
 
-    The original ignored ``sample_rate`` (a defect): audio at 48 kHz was treated as 16 kHz and came
-    out three times too slow. Here it is resampled with soxr (high quality, band-limited).
+    Audio at another rate read as 16 kHz would play three times too slow (48 kHz): it is
+    resampled with soxr (high quality, band-limited).
     """
     rate = check_sample_rate(sample_rate)
     if rate == SAMPLE_RATE:

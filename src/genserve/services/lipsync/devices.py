@@ -1,10 +1,9 @@
 """Which device a lip-sync model loads on: one rule for requests, preload and LoadModel.
 
-Before this rule each path decided on its own, and they disagreed: a config ``preferred_gpu: 0``
-on a host without that GPU made every request fail ("'cuda:0' is not an available device") while
-LoadModel fell back to the CPU. Now a configured GPU that is not there is a configuration the
-host cannot honour, not a request error: it is logged once (naming the model and the setting) and
-the choice falls back to automatic (``None``: the model manager's default device).
+One rule, so that the three paths cannot disagree about the same model. A configured GPU that is
+not there (``preferred_gpu: 0`` on a host without it) is a configuration the host cannot honour,
+not a request error: it is logged once (naming the model and the setting) and the choice falls
+back to automatic (``None``: the model manager's default device).
 
 LoadModel's ``preferred_gpu`` is proto3 ``int32``: a client that leaves it unset (the spec's own
 grpcurl example and Use Case 4) sends 0, indistinguishable from "GPU 0". On a host with no GPU,
