@@ -283,6 +283,11 @@ def test_lipsync_models_are_in_the_one_model_inventory(
         m for m in loaded if m["name"] == "sanders"
     ).items()
     assert stats["memory_bytes_by_device"]["cpu"] == sum(m["memory_bytes"] for m in loaded)
+    pools = {pool["name"]: pool for pool in stats["pools"]}
+    assert pools["lipsync"]["kinds"] == ["lipsync"] and pools["lipsync"]["max_loaded"] == 2
+    assert "lipsync" not in pools["models"]["kinds"] and "vae" in pools["models"]["kinds"]
+    assert pools["lipsync"]["memory_bytes_by_device"]["cpu"] >= sanders["memory_bytes"]
+    assert pools["lipsync"]["capacity_wait_s"] == 30 and pools["models"]["capacity_wait_s"] == 0
     memory = {
         (sample.labels["kind"], sample.labels["name"], sample.labels["device"]): sample.value
         for family in text_string_to_metric_families(metrics)

@@ -1,7 +1,9 @@
 """The REST door's app factory: one FastAPI app over one runtime and the workflow parts.
 
-Everything the routes need is passed in here (no globals, no ``app.state`` grab-bag), so tests
-and the server build apps the same way. The app owns none of it: the composition root starts and
+``build_app`` is the one place that knows what an app serves. Everything the routes need is
+passed in here and stored once, typed, on ``app.state`` (``dependencies.RestParts``), where routes
+reach it only through the accessors in ``dependencies``; the routers are module-level, so tests and
+the server build apps the same way. The app owns none of it: the composition root starts and
 stops the prompt queue and the bridge, and closes the runtime once every door has finished its
 last request (engine first, then models).
 """
@@ -14,18 +16,18 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from genserve import __version__
-from genserve.api.rest.bridge import bridge_router
-from genserve.api.rest.comfy import SHARED_PATHS, comfy_router
+from genserve.api.rest import bridge as bridge_api
+from genserve.api.rest import comfy, models, openai_compat, operations, pipeline
+from genserve.api.rest.dependencies import BridgeLimits, ComfyFiles, RestParts, parts_of, store_parts
 from genserve.api.rest.errors import install_error_handlers
 from genserve.api.rest.metrics import ServerMetrics
 from genserve.api.rest.middleware import RequestContextMiddleware
-from genserve.api.rest.models import models_router
-from genserve.api.rest.openai_compat import openai_router
-from genserve.api.rest.operations import operations_router
-from genserve.api.rest.pipeline import pipeline_router
 from genserve.bridge.aliases import WorkflowCatalog
 from genserve.bridge.dispatcher import Bridge
+from genserve.config import Settings
 from genserve.engine.runtime import Runtime
+from genserve.models.inventory import configured_models
+from genserve.workflows.nodes.builtin import PipelineResources
 from genserve.workflows.queue import PromptQueue
 
 DESCRIPTION = """\
@@ -71,52 +73,88 @@ def build_app(
     """ComfyUI's API is mounted when ``prompts`` is given, the bridge's when ``bridge`` and
     ``catalog`` are."""
     settings = runtime.settings
-    metrics = ServerMetrics(runtime.engine, runtime.models)
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            metrics.close()
-
+    parts = RestParts(
+        runtime=runtime,
+        metrics=ServerMetrics(runtime.engine, runtime.models),
+        configured_models=configured_models(settings.pipeline),
+        prompts=prompts,
+        comfy_files=_comfy_files(prompts, settings) if prompts is not None else None,
+        bridge=bridge,
+        catalog=catalog,
+        bridge_limits=_bridge_limits(settings) if bridge is not None and catalog is not None else None,
+    )
     app = FastAPI(
         title="genserve",
         version=__version__,
         description=DESCRIPTION,
         openapi_tags=TAGS,
-        lifespan=lifespan,
+        lifespan=_lifespan,
     )
+    store_parts(app, parts)
     install_error_handlers(app, settings.server.retry_after_s)
-    app.include_router(pipeline_router(runtime.engine, settings.server))
-    app.include_router(models_router(runtime.models, settings.pipeline))
-    app.include_router(operations_router(runtime.engine, runtime.models, metrics))
-    app.include_router(openai_router(runtime.engine, runtime.models, settings.server))
-    upload_limits: dict[str, int] = {}
-    if prompts is not None:
-        upload_limit = max(settings.server.max_body_bytes, int(settings.bridge.max_upload_mb * 2**20) + 2**16)
-        app.include_router(comfy_router(prompts, upload_limit), prefix=COMFY_PREFIX)
-        app.include_router(comfy_router(prompts, upload_limit, skip=SHARED_PATHS if bridge else frozenset()))
-        upload_limits |= {"/upload/image": upload_limit, f"{COMFY_PREFIX}/upload/image": upload_limit}
-    if bridge is not None and catalog is not None:
-        max_file = int(settings.bridge.max_upload_mb * 2**20)
-        app.include_router(
-            bridge_router(
-                bridge,
-                catalog,
-                upload_dir=settings.workflows.input_dir.resolve(),
-                max_file_bytes=max_file,
-                max_files=settings.bridge.max_upload_files,
-                listening_interval_s=settings.bridge.listening_interval_s,
-            )
-        )
-        upload_limits["/upload"] = max_file * settings.bridge.max_upload_files + 2**20
+    _include_routers(app, parts)
     app.add_middleware(
         RequestContextMiddleware,
-        metrics=metrics,
+        metrics=parts.metrics,
         max_body_bytes=settings.server.max_body_bytes,
         retry_after_s=settings.server.retry_after_s,
         access_log=settings.server.access_log,
-        body_limits=upload_limits,
+        body_limits=_body_limits(parts),
     )
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        parts_of(app).metrics.close()
+
+
+def _include_routers(app: FastAPI, parts: RestParts) -> None:
+    """Include order is match order, and the first route whose path matches but not its method
+    gives a 405 its ``Allow``: ComfyUI's GET /history stays ahead of its POST /history, and at the
+    root its POST /history ahead of the bridge's GET /history."""
+    for router in (pipeline.router, models.router, operations.router, openai_compat.router):
+        app.include_router(router)
+    if parts.prompts is not None:
+        app.include_router(comfy.shared_router, prefix=COMFY_PREFIX)
+        app.include_router(comfy.router, prefix=COMFY_PREFIX)
+        if parts.bridge is None:  # else the bridge answers the shared paths at the root
+            app.include_router(comfy.shared_router)
+        app.include_router(comfy.router)
+    if parts.bridge_limits is not None:
+        app.include_router(bridge_api.router)
+
+
+def _comfy_files(prompts: PromptQueue, settings: Settings) -> ComfyFiles:
+    resources: PipelineResources = prompts.resources
+    folders = {
+        "input": resources.input_dir,
+        "output": resources.output_dir or resources.sandbox.default_output_dir,
+    }
+    # A bridge re-sends its clients' uploads (up to bridge.max_upload_mb) here as a job's inputs.
+    upload_limit = max(settings.server.max_body_bytes, int(settings.bridge.max_upload_mb * 2**20) + 2**16)
+    return ComfyFiles(folders, upload_limit)
+
+
+def _bridge_limits(settings: Settings) -> BridgeLimits:
+    return BridgeLimits(
+        upload_dir=settings.workflows.input_dir.resolve(),
+        max_file_bytes=int(settings.bridge.max_upload_mb * 2**20),
+        max_files=settings.bridge.max_upload_files,
+        listening_interval_s=settings.bridge.listening_interval_s,
+    )
+
+
+def _body_limits(parts: RestParts) -> dict[str, int]:
+    """The upload routes' own body limits, above the server's ``max_body_bytes``."""
+    limits: dict[str, int] = {}
+    if parts.comfy_files is not None:
+        upload_limit = parts.comfy_files.max_upload_bytes
+        limits |= {"/upload/image": upload_limit, f"{COMFY_PREFIX}/upload/image": upload_limit}
+    if parts.bridge_limits is not None:
+        bridge_limits = parts.bridge_limits
+        limits["/upload"] = bridge_limits.max_file_bytes * bridge_limits.max_files + 2**20
+    return limits

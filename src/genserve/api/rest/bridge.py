@@ -1,4 +1,4 @@
-"""The workflow bridge's endpoints (spec 003) on the REST door, over one ``Bridge`` and its catalog.
+"""The workflow bridge's endpoints on the REST door, over one ``Bridge`` and its catalog.
 
 The spec is the contract: query keys (``clientId``, ``workflow``), bodies, ``{"detail": ...}`` with
 400 for every error, the WebSocket's ``{"status", "details"}`` messages, a multipart ``/history``

@@ -63,7 +63,9 @@ def safe_upload_name(raw: str) -> str | None:
 
 
 @router.get("/view")
-async def view(files: ComfyFilesDep, filename: str = "", type: str = "output", subfolder: str = "") -> Response:
+async def view(
+    files: ComfyFilesDep, filename: str = "", type: str = "output", subfolder: str = ""
+) -> Response:
     base = files.folders.get(type)
     name = filename.replace("\\", "/")
     if base is None or not name or "/" in name or name in {".", ".."} or "\x00" in name:

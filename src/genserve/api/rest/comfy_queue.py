@@ -44,7 +44,9 @@ def _refused(exc: GraphValidationError) -> JSONResponse:
     """ComfyUI's answer to a prompt that fails validation: per-node errors when there are any."""
     errors = node_errors(exc.problems)
     if errors:
-        return _comfy_error(400, "prompt_outputs_failed_validation", "Prompt outputs failed validation", errors)
+        return _comfy_error(
+            400, "prompt_outputs_failed_validation", "Prompt outputs failed validation", errors
+        )
     first = exc.problems[0]
     return _comfy_error(400, first.kind, first.message)
 

@@ -19,6 +19,7 @@ from genserve.errors import GenserveError
 from genserve.models.inventory import inventory
 from genserve.models.manager import ModelManager
 from genserve.models.registry import ModelKind
+from genserve.models.slots import ModelStats
 
 
 class _Body(BaseModel):
@@ -73,14 +74,58 @@ class ModelActionResponse(BaseModel):
     model: dict[str, Any] | None = Field(description="The model's stats after the action.")
 
 
-class StatsResponse(BaseModel):
-    status: Literal["success"] = "success"
-    request_id: str | None
+class PoolStats(BaseModel):
+    """One pool of the model manager: the kinds it holds, its rules and what it holds now."""
+
+    name: str
+    kinds: list[str]
     max_loaded: int
     loaded_count: int
     memory_bytes_by_device: dict[str, int]
     memory_budget_bytes: dict[str, int]
+    eviction_policy: str
+    idle_timeout_s: float
+    capacity_wait_s: float
+
+
+class StatsResponse(BaseModel):
+    status: Literal["success"] = "success"
+    request_id: str | None
+    max_loaded: int  # the default pool's; every pool's in ``pools``
+    loaded_count: int
+    memory_bytes_by_device: dict[str, int]  # every loaded model's, whichever its pool
+    memory_budget_bytes: dict[str, int]
+    pools: list[PoolStats]
     models: list[dict[str, Any]]
+
+
+def _pool_stats(manager: ModelManager, rows: list[ModelStats]) -> list[PoolStats]:
+    found = []
+    for pool in manager.pools:
+        kinds = [k.value for k in ModelKind if manager.pool(k) is pool]
+        held = [row for row in rows if row.loaded and row.kind in kinds]
+        found.append(
+            PoolStats(
+                name=pool.name,
+                kinds=kinds,
+                max_loaded=pool.max_loaded,
+                loaded_count=len(held),
+                memory_bytes_by_device=_by_device(held),
+                memory_budget_bytes=manager.budgets(pool),
+                eviction_policy=pool.eviction,
+                idle_timeout_s=pool.idle_timeout_s,
+                capacity_wait_s=pool.capacity_wait_s,
+            )
+        )
+    return found
+
+
+def _by_device(rows: list[ModelStats]) -> dict[str, int]:
+    memory: dict[str, int] = {}
+    for row in rows:
+        if row.loaded and row.device:
+            memory[row.device] = memory.get(row.device, 0) + row.memory_bytes
+    return memory
 
 
 def _canonical(manager: ModelManager, kind: ModelKind, name: str) -> str:
@@ -112,16 +157,13 @@ async def list_models(
 @router.get("/stats", response_model=StatsResponse, summary="Loaded models and per-model stats")
 async def stats(request: Request, manager: ModelManagerDep) -> StatsResponse:
     rows = manager.stats()
-    memory: dict[str, int] = {}
-    for row in rows:
-        if row.loaded and row.device:
-            memory[row.device] = memory.get(row.device, 0) + row.memory_bytes
     return StatsResponse(
         request_id=request_id_of(request),
         max_loaded=manager.max_loaded,
         loaded_count=sum(1 for row in rows if row.loaded),
-        memory_bytes_by_device=memory,
+        memory_bytes_by_device=_by_device(rows),
         memory_budget_bytes=manager.memory_budgets,
+        pools=_pool_stats(manager, rows),
         models=[row.to_dict() for row in rows],
     )
 
