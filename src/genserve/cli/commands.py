@@ -20,7 +20,7 @@ from rich.table import Table
 from genserve.cli import cluster, doors
 from genserve.cli import options as opt
 from genserve.cli.context import fail, print_json, settings_of
-from genserve.cli.progress import ProgressView, route_logs
+from genserve.cli.progress import ProgressView, restore_logs, route_logs
 from genserve.cli.workflow import workflow_app
 from genserve.errors import ErrorCode, GenserveError, as_genserve_error
 
@@ -65,10 +65,14 @@ def _run_service(ctx: typer.Context, service: str, params: dict[str, Any]) -> No
             base = loaded.body
         request = opt.request_body(base, params)
         console = Console(stderr=True) if not quiet and _stderr_is_tty() else None
-        with build_runtime(settings) as runtime:
-            route_logs(sys.stderr)
+        runtime = build_runtime(settings)
+        previous = route_logs(sys.stderr)  # this command's stderr, until the runtime has closed
+        try:
             with ProgressView(console) as view:
                 response = runtime.engine.run_sync(service, request, request_id=rid, progress=view)
+        finally:
+            runtime.close()
+            restore_logs(previous)
     except GenserveError as err:
         raise fail(err, rid) from None
     except KeyboardInterrupt:

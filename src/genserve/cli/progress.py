@@ -29,6 +29,14 @@ def route_logs(stream: TextIO) -> list[tuple[logging.StreamHandler[TextIO], Text
     return previous
 
 
+def restore_logs(previous: list[tuple[logging.StreamHandler[TextIO], TextIO]]) -> None:
+    """Undo ``route_logs``. A stream that has been closed meanwhile (a test runner's stderr, once
+    its command ended) gives way to the process's own stderr, so no later line is lost."""
+    for handler, stream in previous:
+        with handler.lock or contextlib.nullcontext():
+            handler.stream = sys.__stderr__ if getattr(stream, "closed", False) else stream
+
+
 class ProgressView:
     """Progress on stderr: a spinner line per model load, a bar for the sampling steps.
 
@@ -61,8 +69,7 @@ class ProgressView:
 
     def __exit__(self, *_: object) -> None:
         if self._progress is not None:
-            for handler, stream in self._restore:
-                handler.setStream(stream)
+            restore_logs(self._restore)
             self._progress.stop()
 
     def __call__(self, event: ProgressEvent) -> None:

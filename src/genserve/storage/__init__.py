@@ -1,1 +1,5 @@
-"""Sandboxed paths and the files that pass between services."""
+"""Storage: sandboxed paths (nothing outside the configured roots), atomic artifacts (latents,
+encodings, images), and the SQLite stores (the bridge's jobs, the Kafka answers copy).
+
+Imports config and errors only.
+"""

@@ -1,4 +1,5 @@
-"""One loader per model kind; ``default_loaders()`` is what the server wires into the manager."""
+"""One loader per model kind and format; ``default_loaders()`` is what the composition root wires
+into the manager. Imports the registry's types, storage and config only."""
 
 from __future__ import annotations
 
