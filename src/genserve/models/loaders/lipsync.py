@@ -179,9 +179,9 @@ def _warm_up(model: LipsyncModel) -> None:
         )
 
 
-def make_lipsync_loader(catalog: LipsyncRegistry) -> Loader:
+def make_lipsync_loader(registry: LipsyncRegistry) -> Loader:
     def load_lipsync(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-        files = catalog.files(entry.name)
+        files = registry.files(entry.name)
         providers, gpu_id = _providers(device)
         used_before = _gpu_used(gpu_id)
         session = _session(files.model, providers, "lip-sync model")

@@ -56,9 +56,9 @@ def _warn_once(model_id: str, gpu: int, ids: list[int]) -> None:
     )
 
 
-def configured_device(catalog: LipsyncRegistry, model_id: str, ids: list[int] | None = None) -> str | None:
+def configured_device(registry: LipsyncRegistry, model_id: str, ids: list[int] | None = None) -> str | None:
     """The config's ``preferred_gpu`` as a device name, or None for the automatic choice."""
-    configured = catalog.files(model_id).preferred_gpu
+    configured = registry.files(model_id).preferred_gpu
     if configured < 0:
         return None
     present = gpu_ids() if ids is None else ids
@@ -68,14 +68,14 @@ def configured_device(catalog: LipsyncRegistry, model_id: str, ids: list[int] | 
     return None
 
 
-def requested_device(catalog: LipsyncRegistry, model_id: str, preferred_gpu: int) -> str | None:
+def requested_device(registry: LipsyncRegistry, model_id: str, preferred_gpu: int) -> str | None:
     """LoadModel's ``preferred_gpu`` as a device name; None = automatic (the config's choice first).
 
     Raises INVALID_INPUT for a GPU id the host does not have, except 0 on a host with none (unset).
     """
     ids = gpu_ids()
     if preferred_gpu == AUTOMATIC or (preferred_gpu == 0 and not ids):
-        return configured_device(catalog, model_id, ids)
+        return configured_device(registry, model_id, ids)
     if preferred_gpu in ids:
         return f"cuda:{preferred_gpu}"
     raise GenserveError(

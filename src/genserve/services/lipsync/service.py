@@ -65,7 +65,7 @@ def _invalid(message: str, field: str) -> GenserveError:
 
 
 def validate(
-    request: LipsyncRequest, catalog: LipsyncRegistry, max_audio_s: float | None = None
+    request: LipsyncRequest, registry: LipsyncRegistry, max_audio_s: float | None = None
 ) -> np.ndarray:
     """Checks in the spec's order; returns the visual frames as a zero-copy ``[B,6,320,320]`` view.
 
@@ -92,7 +92,7 @@ def validate(
         raise _invalid("raw_audio is required (float32 PCM, 16 kHz, 640 ms)", "raw_audio")
     if request.raw_audio and max_audio_s is not None:
         check_duration(len(request.raw_audio), request.sample_rate, max_audio_s)
-    if not catalog.is_known(request.model_id):
+    if not registry.is_known(request.model_id):
         raise not_found(request.model_id)
     visual = np.frombuffer(request.visual_frames, dtype="<f4").reshape(
         batch, VISUAL_CHANNELS, IMAGE_SIZE, IMAGE_SIZE
@@ -138,7 +138,7 @@ def run(
     request: LipsyncRequest,
     ctx: RunContext,
     *,
-    catalog: LipsyncRegistry,
+    registry: LipsyncRegistry,
     compositor: Compositor,
     batch_on_cpu: bool = True,
     max_audio_s: float | None = None,
@@ -146,13 +146,13 @@ def run(
     """Validate, pin the model, prepare the audio; yield the inference to the engine, which merges
     it with concurrent requests for the same model (``Batching``); then composite and answer."""
     started = time.perf_counter()
-    visual = validate(request, catalog, max_audio_s)
+    visual = validate(request, registry, max_audio_s)
     batch, model_id = request.batch_size, request.model_id
     loads: list[float] = []
     device = None
     if not ctx.models.is_loaded(ModelKind.LIPSYNC, model_id):
-        catalog.check_available(model_id)  # names the missing file instead of the loader's bare name
-        device = configured_device(catalog, model_id)
+        registry.check_available(model_id)  # names the missing file instead of the loader's bare name
+        device = configured_device(registry, model_id)
     with ExitStack() as stack:
         model = _pinned(stack, ctx, model_id, device, loads)
         backgrounds, boxes = model.frames(request.start_frame_idx, batch)
@@ -208,7 +208,7 @@ def _model_of(request: LipsyncRequest) -> str:
 
 
 def make_service(
-    catalog: LipsyncRegistry,
+    registry: LipsyncRegistry,
     compositor: Compositor,
     lane: str = "lipsync",
     *,
@@ -225,7 +225,7 @@ def make_service(
         request_model=LipsyncRequest,
         response_model=LipsyncResponse,
         run=partial(
-            run, catalog=catalog, compositor=compositor, batch_on_cpu=batch_on_cpu, max_audio_s=max_audio_s
+            run, registry=registry, compositor=compositor, batch_on_cpu=batch_on_cpu, max_audio_s=max_audio_s
         ),
         description="Lip-sync inference + compositing (monolithic.MonolithicService/InferBatchComposite).",
         lane=lane,
