@@ -18,6 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,8 +104,56 @@ def _train_tokenizer(seed: int):  # -> tokenizers.Tokenizer
     raise RuntimeError("could not train a demo tokenizer whose template prefix is 64 tokens")
 
 
+def demo_text_encoder_config(tokenizer: Any) -> Any:  # -> Qwen2_5_VLConfig
+    """Qwen2.5-VL in miniature, with the real model's fixed constants (a text head dim of 128, a
+    vision head dim of 80, mrope sections 16/24/24, 14-pixel patches merged 2x2, a full-attention
+    vision block every 8th), so a single file of it derives its config like the 7B file does."""
+    from transformers import Qwen2_5_VLConfig
+
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    vocab = len(tokenizer)
+    return Qwen2_5_VLConfig(
+        text_config={
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 1,
+            "num_key_value_heads": 1,
+            "vocab_size": vocab,
+            "max_position_embeddings": 4096,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1_000_000.0,
+            "rope_scaling": {"mrope_section": [16, 24, 24], "rope_type": "default", "type": "default"},
+            "bos_token_id": None,
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 80,
+            "intermediate_size": 160,
+            "num_heads": 1,
+            "out_hidden_size": 128,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": [],
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        vocab_size=vocab,
+        hidden_size=128,
+        bos_token_id=None,
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+
+
 def build_text_encoder(folder: Path, seed: int) -> None:
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     tokenizer = Qwen2Tokenizer(
@@ -114,45 +163,7 @@ def build_text_encoder(folder: Path, seed: int) -> None:
         unk_token=None,
         bos_token=None,
     )
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
-    vocab = len(tokenizer)
-    config = Qwen2_5_VLConfig(
-        text_config={
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "vocab_size": vocab,
-            "max_position_embeddings": 4096,
-            "rope_theta": 1_000_000.0,
-            "rope_scaling": {"mrope_section": [4, 6, 6], "rope_type": "default", "type": "default"},
-            "bos_token_id": None,
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-        },
-        vision_config={
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": 64,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 112,
-            "fullatt_block_indexes": [1],
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        vocab_size=vocab,
-        hidden_size=64,
-        bos_token_id=None,
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-    )
+    config = demo_text_encoder_config(tokenizer)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     model.save_pretrained(folder)
@@ -163,16 +174,15 @@ def build_text_encoder(folder: Path, seed: int) -> None:
 def build_vae(folder: Path, seed: int):  # -> AutoencoderKLQwenImage
     from diffusers import AutoencoderKLQwenImage
 
-    rng = np.random.default_rng(seed)
+    # The real VAE's layout (two res blocks per level, what the Wan single-file conversion assumes)
+    # and its latents mean and std (diffusers' defaults), in a smaller width.
     torch.manual_seed(seed)
     vae = AutoencoderKLQwenImage(
         base_dim=8,
         z_dim=16,
         dim_mult=[1, 2, 4, 4],
-        num_res_blocks=1,
+        num_res_blocks=2,
         temperal_downsample=[False, True, True],
-        latents_mean=[round(float(v), 4) for v in rng.uniform(-0.5, 0.5, 16)],
-        latents_std=[round(float(v), 4) for v in rng.uniform(0.5, 2.0, 16)],
     ).eval()
     vae.save_pretrained(folder)
     return vae
@@ -182,16 +192,18 @@ def build_transformer(folder: Path, seed: int):  # -> QwenImageTransformer2DMode
     from diffusers import QwenImageTransformer2DModel
 
     torch.manual_seed(seed)
+    # Two blocks of one head, with the real model's head dim (128) and rope axes (16, 56, 56): the
+    # constants a single file's config is derived with.
     transformer = QwenImageTransformer2DModel(
         patch_size=2,
         in_channels=64,
         out_channels=16,
         num_layers=2,
-        attention_head_dim=32,
-        num_attention_heads=2,
-        joint_attention_dim=64,
+        attention_head_dim=128,
+        num_attention_heads=1,
+        joint_attention_dim=128,
         guidance_embeds=False,
-        axes_dims_rope=(8, 12, 12),
+        axes_dims_rope=(16, 56, 56),
     ).eval()
     transformer.save_pretrained(folder)
     return transformer

@@ -17,8 +17,12 @@ from dataclasses import dataclass, field
 import torch
 
 from genserve.errors import ErrorCode, GenserveError
+from genserve.models.formats import qwen_transformer
+from genserve.models.formats.layouts import diffusers_folder
+from genserve.models.formats.safetensors_header import is_safetensors, read_header
 from genserve.models.loaders.base import LoadedModel, module_bytes
 from genserve.models.loaders.lora import LoraWeights
+from genserve.models.loaders.single_file import load_single_file
 from genserve.models.registry import ModelEntry
 
 
@@ -92,17 +96,39 @@ class DiffusionModel:
 
 
 def load_transformer(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """A diffusers folder (``config.json`` + weights, also a snapshot's ``transformer/``) or a
+    ComfyUI single file (bare or prefixed keys, bf16 or fp8 plain or scaled)."""
     from diffusers import QwenImageTransformer2DModel
 
-    if not (entry.path / "config.json").is_file():
+    field_name = "unet_model_name"
+    folder = diffusers_folder(entry.path, "transformer")
+    if folder is not None:
+        transformer = QwenImageTransformer2DModel.from_pretrained(folder, torch_dtype=dtype).to(device).eval()
+        transformer.requires_grad_(False)
+    elif entry.path.is_file() and is_safetensors(entry.path):
+        header = read_header(entry.path, field_name)
+        if not qwen_transformer.is_qwen_transformer(header):
+            raise GenserveError(
+                ErrorCode.MODEL_NOT_FOUND,
+                f"{field_name}: {entry.name} is not a Qwen-Image transformer "
+                "(no txt_norm and img_in weights)",
+                field=field_name,
+            )
+        config = qwen_transformer.derive_config(header, field_name)
+        transformer = load_single_file(
+            lambda: QwenImageTransformer2DModel(**config), header, device, dtype, _transformer_key, field_name
+        )
+    else:
         raise GenserveError(
             ErrorCode.MODEL_NOT_FOUND,
-            f"diffusion model {entry.name} is not a diffusers folder (config.json + safetensors); "
-            "single-file transformers need a config folder and are not supported yet",
-            field="unet_model_name",
+            f"{field_name}: {entry.name} is neither a diffusers folder (config.json and weights) nor a "
+            "safetensors single file of a Qwen-Image transformer",
+            field=field_name,
         )
-    transformer = QwenImageTransformer2DModel.from_pretrained(entry.path, torch_dtype=dtype).to(device).eval()
-    transformer.requires_grad_(False)
     return LoadedModel(
         model=DiffusionModel(transformer), memory_bytes=module_bytes(transformer), device=device
     )
+
+
+def _transformer_key(key: str) -> str | None:
+    return None if key == qwen_transformer.ZERO_COND_MARKER else qwen_transformer.model_key(key)

@@ -1,4 +1,5 @@
-"""VAE loader: a diffusers ``AutoencoderKLQwenImage`` folder (config.json + safetensors).
+"""VAE loader: a diffusers ``AutoencoderKLQwenImage`` folder (config.json + safetensors, also a
+snapshot's ``vae/``), or ComfyUI's single file in the Wan-2.1 layout.
 
 The split pipeline encodes the image to edit twice: once as the sampler's latent (latent
 encoder) and once as a reference latent (text encoder), at the same size with the default
@@ -17,7 +18,11 @@ from typing import Any
 import torch
 
 from genserve.errors import ErrorCode, GenserveError
+from genserve.models.formats import wan_vae
+from genserve.models.formats.layouts import diffusers_folder
+from genserve.models.formats.safetensors_header import is_safetensors, read_header
 from genserve.models.loaders.base import LoadedModel, module_bytes
+from genserve.models.loaders.single_file import load_single_file
 from genserve.models.registry import ModelEntry
 
 ENCODE_CACHE_ENTRIES = 16
@@ -65,13 +70,35 @@ class Vae:
 def load_vae(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     from diffusers import AutoencoderKLQwenImage
 
-    if not (entry.path / "config.json").is_file():
+    field_name = "vae_model_name"
+    folder = diffusers_folder(entry.path, "vae")
+    if folder is not None:
+        module = AutoencoderKLQwenImage.from_pretrained(folder, torch_dtype=dtype).to(device).eval()
+        module.requires_grad_(False)
+    elif entry.path.is_file() and is_safetensors(entry.path):
+        header = read_header(entry.path, field_name)
+        if not wan_vae.is_wan_vae(header):
+            raise GenserveError(
+                ErrorCode.MODEL_NOT_FOUND,
+                f"{field_name}: {entry.name} is not a Qwen-Image VAE in the Wan-2.1 layout "
+                f"(no {wan_vae.MARKER})",
+                field=field_name,
+            )
+        config = wan_vae.derive_config(header, field_name)
+        module = load_single_file(
+            lambda: AutoencoderKLQwenImage(**config),
+            header,
+            device,
+            dtype,
+            lambda key: key,
+            field_name,
+            convert=wan_vae.to_diffusers,
+        )
+    else:
         raise GenserveError(
             ErrorCode.MODEL_NOT_FOUND,
-            f"VAE model {entry.name} is not a diffusers folder (config.json + safetensors); "
-            "single-file VAEs need a known config and key mapping and are not supported yet",
-            field="vae_model_name",
+            f"{field_name}: {entry.name} is neither a diffusers folder (config.json and weights) nor a "
+            "safetensors single file of the Qwen-Image VAE",
+            field=field_name,
         )
-    module = AutoencoderKLQwenImage.from_pretrained(entry.path, torch_dtype=dtype).to(device).eval()
-    module.requires_grad_(False)
     return LoadedModel(model=Vae(module), memory_bytes=module_bytes(module), device=device)

@@ -27,7 +27,7 @@ def test_encoding_files_keep_everything_sampling_needs(run, data_root: Path) -> 
     negative = torch.load(response.negative_encoding_file, weights_only=True)
     assert list(positive["prompt_embeds"].shape) == response.positive_shape
     assert list(negative["prompt_embeds"].shape) == response.negative_shape
-    assert response.positive_shape[0] == 1 and response.positive_shape[2] == 64  # the demo's hidden size
+    assert response.positive_shape[0] == 1 and response.positive_shape[2] == 128  # the demo's hidden size
     assert positive["prompt_mask"].shape == positive["prompt_embeds"].shape[:2]
     references = positive["reference_latents"]
     assert len(references) == 2 and all(r.shape[:3] == (1, 16, 1) for r in references)
