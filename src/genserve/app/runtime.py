@@ -8,6 +8,7 @@ reaches for a singleton. Every command and every door runs on the object this re
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -37,9 +38,10 @@ def build_models(settings: Settings) -> ModelManager:
     """The one model manager: the default pool from ``models.*``, the lip-sync pool from ``lipsync.*``."""
     registry = ModelRegistry(settings.models.dir, settings.lipsync.models)
     models = settings.models
+    hf_home = models.hf_home or Path.home() / ".cache" / "huggingface"
     return ModelManager(
         registry,
-        default_loaders(registry.lipsync),
+        default_loaders(registry.lipsync, models.dir, hf_home, models.allow_downloads),
         max_loaded=models.max_loaded,
         memory_budget_bytes={dev: mb * MIB for dev, mb in models.memory_budget_mb.items()},
         default_device=device_name(resolve_device(models.default_device)),

@@ -88,6 +88,12 @@ def load_settings(path: Path | str | None = None, environ: dict[str, str] | None
     env = _env_overrides(environ)
     if env:
         source += " + environment"
+    if (
+        environ.get("HF_HOME")
+        and "hf_home" not in data.get("models", {})
+        and "hf_home" not in env.get("models", {})
+    ):
+        env = _merge(env, {"models": {"hf_home": environ["HF_HOME"]}})  # the variable Hugging Face tools read
     try:
         return Settings.model_validate(_merge(data, env))
     except ValidationError as exc:

@@ -35,6 +35,16 @@ class ModelsSettings(Section):
     idle_timeout_s: float = Field(
         0.0, ge=0, description="Unload a model unused this long; 0 = keep until evicted."
     )
+    hf_home: Path | None = Field(
+        None,
+        description="The Hugging Face home whose hub cache (hub/models--<org>--<name>) is searched for "
+        "tokenizers and snapshots; null = $HF_HOME, else ~/.cache/huggingface.",
+    )
+    allow_downloads: bool = Field(
+        False,
+        description="Let a load fetch what a single file lacks (the text encoder's tokenizer and image "
+        "processor) into the hub cache when the host is online. Off: nothing is ever downloaded.",
+    )
     capacity_wait_s: float = Field(
         0.0,
         ge=0,

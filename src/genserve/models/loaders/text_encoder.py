@@ -1,4 +1,7 @@
-"""Qwen2.5-VL text encoder loader: a transformers folder with its tokenizer and image processor.
+"""Qwen2.5-VL text encoder loader: a transformers folder with its tokenizer and image processor,
+a diffusers snapshot's ``text_encoder/`` (with its ``tokenizer/`` and ``processor/``), or ComfyUI's
+single file (older key layout, bf16 or fp8 plain or scaled) with its tokenizer found beside it, in a
+snapshot, or in the Hugging Face cache.
 
 ``Qwen2VLProcessor`` cannot be built here (it insists on a video processor that needs
 torchvision), and the real checkpoint's processor fails the same way. ``EditPromptProcessor``
@@ -9,16 +12,25 @@ diffusers' pipelines accept it as their ``processor``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
 from genserve.errors import ErrorCode, GenserveError
-from genserve.models.loaders.base import LoadedModel, module_bytes
+from genserve.models.formats import qwen_vl
+from genserve.models.formats.layouts import diffusers_folder
+from genserve.models.formats.safetensors_header import is_safetensors, read_header
+from genserve.models.formats.tokenizer_files import TokenizerSource, find_tokenizer
+from genserve.models.loaders.base import LoadedModel, Loader, module_bytes
+from genserve.models.loaders.single_file import load_single_file
 from genserve.models.registry import ModelEntry
+
+log = logging.getLogger("genserve.models.loaders")
 
 IMAGE_PAD = "<|image_pad|>"
 # Qwen-Image-Edit's prompt template. Its system part is 64 tokens with the real tokenizer (and the
@@ -114,22 +126,102 @@ class TextEncoder:
         return next(self.model.parameters()).dtype
 
 
-def load_text_encoder(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+FIELD = "clip_model_name"
 
-    folder = entry.path
-    missing = [name for name in ("config.json", "preprocessor_config.json") if not (folder / name).is_file()]
-    if not folder.is_dir() or missing:
+
+def make_text_encoder_loader(
+    models_root: Path, hf_home: Path | None = None, allow_downloads: bool = False
+) -> Loader:
+    """The loader, knowing where to look for a single file's tokenizer (see tokenizer_files)."""
+
+    def load_text_encoder(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+        if entry.path.is_file() and is_safetensors(entry.path):
+            source = find_tokenizer(entry.path, models_root, hf_home, allow_downloads, FIELD)
+            model, tokenizer_dir, processor_dir = (
+                _from_single_file(entry, source, device, dtype),
+                source.tokenizer,
+                source.processor,
+            )
+        else:
+            model, tokenizer_dir, processor_dir = _from_folder(entry, device, dtype)
+        model.requires_grad_(False)
+        processor = EditPromptProcessor(_tokenizer(tokenizer_dir), _image_processor(processor_dir))
+        bundle = TextEncoder(model=model, processor=processor)
+        return LoadedModel(model=bundle, memory_bytes=module_bytes(model), device=device)
+
+    return load_text_encoder
+
+
+def _from_folder(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> tuple[Any, Path, Path]:
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    folder = diffusers_folder(entry.path, "text_encoder")
+    snapshot = (
+        folder is not None
+        and folder.name == "text_encoder"
+        and (folder.parent / "model_index.json").is_file()
+    )
+    tokenizer_dir = folder.parent / "tokenizer" if snapshot and folder else folder
+    processor_dir = folder.parent / "processor" if snapshot and folder else folder
+    missing = [] if folder is not None else ["config.json"]
+    if folder is not None and not (processor_dir / "preprocessor_config.json").is_file():
+        missing.append("processor/preprocessor_config.json" if snapshot else "preprocessor_config.json")
+    if missing:
         raise GenserveError(
             ErrorCode.MODEL_NOT_FOUND,
             f"text encoder {entry.name} is not a Qwen2.5-VL folder with tokenizer and image processor "
-            f"(missing: {', '.join(missing) or 'folder'})",
-            field="clip_model_name",
+            f"(missing: {', '.join(missing)})",
+            field=FIELD,
         )
+    assert folder is not None and tokenizer_dir is not None and processor_dir is not None
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=dtype).to(device).eval()
-    model.requires_grad_(False)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    image_processor = Qwen2VLImageProcessorPil.from_pretrained(folder)
-    bundle = TextEncoder(model=model, processor=EditPromptProcessor(tokenizer, image_processor))
-    return LoadedModel(model=bundle, memory_bytes=module_bytes(model), device=device)
+    return model, tokenizer_dir, processor_dir
+
+
+def _from_single_file(
+    entry: ModelEntry, source: TokenizerSource, device: torch.device, dtype: torch.dtype
+) -> Any:
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    header = read_header(entry.path, FIELD)
+    if not qwen_vl.is_old_layout(header):
+        raise GenserveError(
+            ErrorCode.MODEL_NOT_FOUND,
+            f"{FIELD}: {entry.name} is not a Qwen2.5-VL text encoder in ComfyUI's layout "
+            "(model.embed_tokens and visual.patch_embed weights)",
+            field=FIELD,
+        )
+    if source.config is not None:
+        config = Qwen2_5_VLConfig.from_pretrained(source.config.parent)
+    else:
+        config = qwen_vl.derive_config(header, _tokenizer(source.tokenizer), FIELD)
+    log.info("text encoder %s: tokenizer and image processor from %s", entry.name, source.origin)
+    return load_single_file(
+        lambda: Qwen2_5_VLForConditionalGeneration(config),
+        header,
+        device,
+        dtype,
+        qwen_vl.model_key,
+        FIELD,
+        convert=_tie_missing_head,
+    )
+
+
+def _tie_missing_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ComfyUI's files may leave out the LM head, which the pipeline never runs: the embeddings
+    stand in for it (tied), so the model is whole without inventing weights."""
+    if "lm_head.weight" not in state and "model.language_model.embed_tokens.weight" in state:
+        state["lm_head.weight"] = state["model.language_model.embed_tokens.weight"]
+    return state
+
+
+def _tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def _image_processor(folder: Path) -> Any:
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    return Qwen2VLImageProcessorPil.from_pretrained(folder)
