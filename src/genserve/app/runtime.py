@@ -36,9 +36,9 @@ __all__ = ["Runtime", "build_models", "build_runtime"]
 
 def build_models(settings: Settings) -> ModelManager:
     """The one model manager: the default pool from ``models.*``, the lip-sync pool from ``lipsync.*``."""
-    registry = ModelRegistry(settings.models.dir, settings.lipsync.models)
     models = settings.models
     hf_home = models.hf_home or Path.home() / ".cache" / "huggingface"
+    registry = ModelRegistry(models.dir, settings.lipsync.models, hf_home)
     return ModelManager(
         registry,
         default_loaders(registry.lipsync, models.dir, hf_home, models.allow_downloads),

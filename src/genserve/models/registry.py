@@ -4,6 +4,11 @@ A request names a model by its file or folder name inside its kind's folder; a n
 path component, so it can never escape that folder. A name with a weights suffix
 (``qwen_image_vae.safetensors``) also matches a diffusers folder with the same stem
 (``vae/qwen_image_vae/``), so requests written for ComfyUI's single files reach folder models.
+
+Hugging Face models are found too: a diffusers snapshot folder under ``diffusion_models/`` also
+answers for its VAE and text encoder (it is used as a whole), and a repo id (``Qwen/Qwen-Image-Edit-2509``)
+names the hub-cache folder ``models--Qwen--Qwen-Image-Edit-2509`` in the kind's folder, in
+``diffusion_models/``, or in the Hugging Face cache (``models.hf_home``).
 """
 
 from __future__ import annotations
@@ -13,10 +18,24 @@ from pathlib import Path
 
 from genserve.config.lipsync import LipsyncModelSettings
 from genserve.errors import ErrorCode, GenserveError
+from genserve.models.formats.layouts import CACHE_FOLDER, REPO_ID, cache_folder_name, is_snapshot
 from genserve.models.kinds import WEIGHT_SUFFIXES, ModelEntry, ModelKind
 from genserve.models.lipsync_registry import LipsyncRegistry
 
 __all__ = ["WEIGHT_SUFFIXES", "ModelEntry", "ModelKind", "ModelRegistry"]
+
+# The kinds a diffusers snapshot in diffusion_models/ also answers for (its vae/ and text_encoder/).
+SNAPSHOT_PARTS = (ModelKind.VAE, ModelKind.TEXT_ENCODER)
+
+
+def _children(folder: Path | None) -> list[Path]:
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _names(folder: Path) -> list[str]:
+    return [p.name for p in _children(folder)]
 
 
 class ModelRegistry:
@@ -26,9 +45,15 @@ class ModelRegistry:
     ``lipsync.models`` settings and the folders under ``lipsync/``) answers for that kind.
     """
 
-    def __init__(self, root: Path, lipsync_models: Mapping[str, LipsyncModelSettings] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        lipsync_models: Mapping[str, LipsyncModelSettings] | None = None,
+        hf_home: Path | None = None,
+    ) -> None:
         self.root = Path(root)
         self.lipsync = LipsyncRegistry(self.root, lipsync_models or {})
+        self.hub = Path(hf_home).expanduser() / "hub" if hf_home is not None else None
 
     def folder(self, kind: ModelKind) -> Path:
         return self.root / kind.value
@@ -36,33 +61,67 @@ class ModelRegistry:
     def available(self, kind: ModelKind) -> list[str]:
         if kind is ModelKind.LIPSYNC:
             return self.lipsync.ids()
-        folder = self.folder(kind)
-        if not folder.is_dir():
-            return []
-        return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+        found = set(_names(self.folder(kind)))
+        if kind in SNAPSHOT_PARTS:
+            found.update(p.name for p in _children(self.folder(ModelKind.DIFFUSION)) if is_snapshot(p))
+        if kind in SNAPSHOT_PARTS or kind is ModelKind.DIFFUSION:
+            found.update(self._cached_repo_ids())
+        return sorted(found)
 
     def entries(self, kind: ModelKind | None = None) -> list[ModelEntry]:
         kinds = [kind] if kind else list(ModelKind)
-        return [ModelEntry(k, name, self.folder(k) / name) for k in kinds for name in self.available(k)]
+        found = []
+        for k in kinds:
+            for name in self.available(k):
+                path = self.find(k, name) if k is not ModelKind.LIPSYNC else self.folder(k) / name
+                found.append(ModelEntry(k, name, path if path is not None else self.folder(k) / name))
+        return found
 
     def find(self, kind: ModelKind, name: str) -> Path | None:
         """What ``name`` means in the kind's folder: the file or folder of that name, else the
         diffusers folder a weights file name stands for (``qwen_image_vae.safetensors`` ->
-        ``qwen_image_vae/``). One rule for loading, ``FilesExist`` and uploads alike."""
-        folder = self.folder(kind)
-        if (folder / name).exists():
-            return folder / name
-        for suffix in WEIGHT_SUFFIXES:
-            stem = name.removesuffix(suffix)
-            if stem != name and (folder / stem).is_dir():
-                return folder / stem
+        ``qwen_image_vae/``), a snapshot in ``diffusion_models/`` for its parts, a repo id's cache
+        folder. One rule for loading, ``FilesExist`` and uploads alike."""
+        if REPO_ID.match(name):
+            return self._by_repo_id(kind, name)
+        folders = [self.folder(kind)]
+        if kind in SNAPSHOT_PARTS:
+            folders.append(self.folder(ModelKind.DIFFUSION))
+        for folder in folders:
+            snapshots_only = folder != self.folder(kind)
+            for candidate in (name, *(name.removesuffix(s) for s in WEIGHT_SUFFIXES if name.endswith(s))):
+                path = folder / candidate
+                if (
+                    path.exists()
+                    and (candidate == name or path.is_dir())
+                    and (not snapshots_only or is_snapshot(path))
+                ):
+                    return path
         return None
+
+    def _by_repo_id(self, kind: ModelKind, repo_id: str) -> Path | None:
+        name = cache_folder_name(repo_id)
+        roots = [self.folder(kind), self.folder(ModelKind.DIFFUSION), self.hub]
+        for root in roots:
+            if root is not None and (root / name / "snapshots").is_dir():
+                return root / name
+        return None
+
+    def _cached_repo_ids(self) -> list[str]:
+        """Diffusers snapshots in the Hugging Face cache, by repo id."""
+        found = []
+        for folder in _children(self.hub):
+            match = CACHE_FOLDER.match(folder.name)
+            if match and is_snapshot(folder):
+                found.append(f"{match.group(1)}/{match.group(2)}")
+        return found
 
     def resolve(self, kind: ModelKind | str, name: str, field: str = "model_name") -> ModelEntry:
         kind = ModelKind(kind)
         if kind is ModelKind.LIPSYNC:
             return self.lipsync.resolve(kind, name)
-        if not name or name.startswith(".") or "/" in name or "\\" in name or "\x00" in name:
+        plain = "/" not in name or REPO_ID.match(name)
+        if not name or name.startswith(".") or not plain or "\\" in name or "\x00" in name:
             raise GenserveError(
                 ErrorCode.INVALID_INPUT,
                 f"{field}: {name!r} is not a model name (a file or folder name)",
@@ -70,7 +129,7 @@ class ModelRegistry:
             )
         found = self.find(kind, name)
         if found is not None:
-            return ModelEntry(kind, found.name, found)
+            return ModelEntry(kind, name if REPO_ID.match(name) else found.name, found)
         names = self.available(kind)
         label = kind.label[0].upper() + kind.label[1:]
         raise GenserveError(

@@ -24,9 +24,20 @@ def test_names_resolve_inside_their_kind(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["../loras/a.safetensors", "..", "", "x/y", "/etc/passwd"])
+@pytest.mark.parametrize("name", ["../loras/a.safetensors", "..", "", "x/y/z", "x/../y", "/etc/passwd"])
 def test_names_never_escape(tmp_path: Path, name: str) -> None:
     (tmp_path / "vae").mkdir()
     with pytest.raises(GenserveError) as info:
         ModelRegistry(tmp_path).resolve("vae", name, "vae_model_name")
     assert info.value.code is ErrorCode.INVALID_INPUT
+
+
+def test_a_repo_id_is_a_name_looked_up_in_the_hub_cache_layout(tmp_path: Path) -> None:
+    """``org/name`` is a Hugging Face repo id, not a path: it names ``models--org--name`` only."""
+    (tmp_path / "vae").mkdir()
+    with pytest.raises(GenserveError) as info:
+        ModelRegistry(tmp_path).resolve("vae", "x/y", "vae_model_name")
+    assert info.value.code is ErrorCode.MODEL_NOT_FOUND and "x/y" in info.value.message
+    (tmp_path / "vae" / "models--x--y" / "snapshots" / "r1").mkdir(parents=True)
+    found = ModelRegistry(tmp_path).resolve("vae", "x/y", "vae_model_name")
+    assert (found.name, found.path) == ("x/y", tmp_path / "vae" / "models--x--y")

@@ -121,3 +121,46 @@ def write_text_encoder_files(folder: Path, out: Path) -> list[Path]:
         for name in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
             shutil.copy(folder / name, side / name)
     return written
+
+
+def write_snapshot(models: Path, out: Path) -> Path:
+    """The demo pipeline as a diffusers snapshot folder (``model_index.json``, ``transformer/``,
+    ``vae/``, ``text_encoder/``, ``tokenizer/``, ``processor/``), as Hugging Face users hold it."""
+    from genserve.models.demo.pipeline import DEMO_TEXT_ENCODER, DEMO_TRANSFORMER, DEMO_VAE
+
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(models / "diffusion_models" / DEMO_TRANSFORMER, out / "transformer", dirs_exist_ok=True)
+    shutil.copytree(models / "vae" / DEMO_VAE, out / "vae", dirs_exist_ok=True)
+    encoder = models / "text_encoders" / DEMO_TEXT_ENCODER
+    (out / "text_encoder").mkdir(exist_ok=True)
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        if (encoder / name).is_file():
+            shutil.copy(encoder / name, out / "text_encoder" / name)
+    tokenizer = ("tokenizer.json", "tokenizer_config.json")
+    for part, names in (("tokenizer", tokenizer), ("processor", (*tokenizer, "preprocessor_config.json"))):
+        (out / part).mkdir(exist_ok=True)
+        for name in names:
+            shutil.copy(encoder / name, out / part / name)
+    index = {
+        "_class_name": "QwenImageEditPlusPipeline",
+        "transformer": ["diffusers", "QwenImageTransformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKLQwenImage"],
+        "text_encoder": ["transformers", "Qwen2_5_VLForConditionalGeneration"],
+        "tokenizer": ["transformers", "Qwen2Tokenizer"],
+        "processor": ["transformers", "Qwen2VLProcessor"],
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+    }
+    (out / "model_index.json").write_text(json.dumps(index, indent=2))
+    return out
+
+
+def write_hub_cache(models: Path, hub: Path, repo_id: str, revision: str = "0123456789abcdef") -> Path:
+    """The same snapshot in the hub cache's layout: ``models--<org>--<name>/snapshots/<rev>`` with
+    ``refs/main`` naming the revision."""
+    from genserve.models.formats.layouts import cache_folder_name
+
+    folder = hub / cache_folder_name(repo_id)
+    write_snapshot(models, folder / "snapshots" / revision)
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(revision)
+    return folder

@@ -127,3 +127,31 @@ def test_text_encoder_files_encode_as_the_folder(
         with torch.no_grad():
             outputs.append(encoder.model.model(**inputs).last_hidden_state)
     close(outputs[1], outputs[0], fp8)
+
+
+def test_a_snapshot_and_a_hub_cache_serve_every_part(demo_models: Path, tmp_path: Path) -> None:
+    """A snapshot in diffusion_models/ answers for its VAE and text encoder too (by the same name),
+    and a repo id finds the hub-cache folder, in the models folder or under HF_HOME."""
+    from genserve.models.demo.single_files import write_hub_cache, write_snapshot
+    from genserve.models.loaders import default_loaders
+    from genserve.models.manager import ModelManager
+    from genserve.models.registry import ModelRegistry
+
+    root, hf_home = tmp_path / "models", tmp_path / "hf"
+    write_snapshot(demo_models, root / "diffusion_models" / "Qwen-Image-Edit-2509")
+    write_hub_cache(demo_models, hf_home / "hub", "genserve/demo-edit")
+    registry = ModelRegistry(root, hf_home=hf_home)
+    assert "Qwen-Image-Edit-2509" in registry.available(ModelKind.VAE)
+    assert "genserve/demo-edit" in registry.available(ModelKind.TEXT_ENCODER)
+    manager = ModelManager(registry, default_loaders(models_root=root, hf_home=hf_home), default_device="cpu")
+    want = load_vae(entry(ModelKind.VAE, demo_models / "vae" / DEMO_VAE), CPU, F32).model.module.state_dict()
+    try:
+        for name in ("Qwen-Image-Edit-2509", "genserve/demo-edit"):
+            for kind in (ModelKind.DIFFUSION, ModelKind.VAE, ModelKind.TEXT_ENCODER):
+                stats = manager.load(kind, name)
+                assert stats.loaded and stats.name == name, (kind, name)
+            with manager.use(ModelKind.VAE, name) as vae:
+                state = vae.module.state_dict()
+                assert all(torch.equal(state[k], v) for k, v in want.items())
+    finally:
+        manager.close()
