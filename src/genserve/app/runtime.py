@@ -21,8 +21,10 @@ from genserve.engine.engine import Engine
 from genserve.engine.lanes import ServiceLane
 from genserve.engine.runtime import Runtime
 from genserve.models.devices import device_name, resolve_device
+from genserve.models.kinds import ModelKind, parse_kind
 from genserve.models.loaders import default_loaders
 from genserve.models.manager import ModelManager
+from genserve.models.memory import ABLE, MemoryMode
 from genserve.models.registry import ModelRegistry
 from genserve.services.builtin import SERVICES
 from genserve.services.lipsync.admin import LipsyncAdmin
@@ -50,7 +52,16 @@ def build_models(settings: Settings) -> ModelManager:
         idle_timeout_s=models.idle_timeout_s,
         capacity_wait_s=models.capacity_wait_s,
         pools=[lipsync_pool(settings.lipsync)],
+        memory_modes=memory_modes(models.memory_mode, models.memory_modes),
     )
+
+
+def memory_modes(default: str, per_kind: dict[str, str]) -> dict[ModelKind, MemoryMode]:
+    """``models.memory_mode`` for the pipeline's kinds, overridden per kind by ``memory_modes``."""
+    modes = {kind: MemoryMode(default) for kind in ABLE}
+    for name, mode in per_kind.items():
+        modes[parse_kind(name)] = MemoryMode(mode)
+    return modes
 
 
 def build_runtime(settings: Settings) -> Runtime:

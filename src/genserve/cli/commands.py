@@ -245,7 +245,8 @@ def models_demo(
 
 @models_app.command("list")
 def models_list(ctx: typer.Context, as_json: opt.AsJson = False) -> None:
-    """List every model on disk or named by the config, by kind, with its size.
+    """List every model on disk or named by the config, by kind: the format detected from its
+    files, its weights' dtype, its size, and the memory mode (with its bytes) it would load with.
 
     A CLI process has nothing loaded; `GET /api/v1/models` on a running server shows the same
     rows with what is loaded, where, and its stats.
@@ -266,13 +267,26 @@ def models_list(ctx: typer.Context, as_json: opt.AsJson = False) -> None:
         print_json({"models_dir": str(settings.models.dir), "models": kinds, "loaded": loaded})
         return
     table = Table(title=f"models in {settings.models.dir}")
-    for column in ("kind", "name", "size on disk", "configured as", "loaded"):
+    for column in (
+        "kind",
+        "name",
+        "format",
+        "dtype",
+        "size on disk",
+        "memory mode",
+        "configured as",
+        "loaded",
+    ):
         table.add_column(column)
     for kind, items in kinds.items():
         for item in items:
             size = _human_bytes(item["size_bytes"]) if item["on_disk"] else "missing"
+            mode = (
+                f"{item['memory_mode']} ({_human_bytes(item['loaded_bytes'])})" if item["memory_mode"] else ""
+            )
             used = ", ".join(item["configured_as"])
-            table.add_row(kind, item["name"], size, used, "yes" if item["loaded"] else "")
+            row = (kind, item["name"], item["format"], item["dtype"], size, mode, used)
+            table.add_row(*row, "yes" if item["loaded"] else "")
     Console().print(table)
 
 

@@ -35,6 +35,16 @@ class ModelsSettings(Section):
     idle_timeout_s: float = Field(
         0.0, ge=0, description="Unload a model unused this long; 0 = keep until evicted."
     )
+    memory_mode: Literal["auto", "resident", "offloaded", "streamed"] = Field(
+        "auto",
+        description="How the pipeline's models sit on a GPU: auto picks resident when the model fits beside "
+        "the pool's others, offloaded (on the GPU only while in use) when it fits alone, streamed (blocks "
+        "brought in by groups; transformers only) when it does not fit. On a CPU auto is resident.",
+    )
+    memory_modes: dict[str, Literal["auto", "resident", "offloaded", "streamed"]] = Field(
+        default_factory=dict,
+        description="memory_mode per kind, e.g. {text_encoders: offloaded, diffusion_models: streamed}.",
+    )
     hf_home: Path | None = Field(
         None,
         description="The Hugging Face home whose hub cache (hub/models--<org>--<name>) is searched for "

@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from genserve.errors import ErrorCode, GenserveError
+from genserve.models.describe import describe
 from genserve.models.manager import ModelManager
-from genserve.models.registry import ModelKind
+from genserve.models.registry import ModelEntry, ModelKind
 from genserve.models.slots import ModelStats
 
 
@@ -24,6 +25,11 @@ class InventoryRow:
     size_bytes: int
     configured_as: list[str] = field(default_factory=list)
     stats: ModelStats | None = None
+    format: str = ""  # what the files are, detected from their contents
+    dtype: str = ""  # the dtype holding most of the weights
+    # The memory mode it has (loaded) or a load now would get, and the bytes it takes or would.
+    memory_mode: str = ""
+    loaded_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         row = asdict(self)
@@ -32,6 +38,14 @@ class InventoryRow:
             stats.pop(key, None)
         row.update(stats or {"loaded": False, "device": None, "memory_bytes": 0})
         return row
+
+
+def _described(manager: ModelManager, row: InventoryRow, entry: ModelEntry) -> None:
+    row.format, row.dtype = describe(entry)
+    try:
+        row.memory_mode, row.loaded_bytes = manager.plan(entry.kind, entry.name)
+    except GenserveError:
+        row.memory_mode = ""  # a name that does not resolve any more: nothing to plan
 
 
 def configured_models(pipeline: Any) -> dict[str, tuple[ModelKind, str]]:
@@ -52,6 +66,7 @@ def inventory(
     rows: dict[tuple[str, str], InventoryRow] = {}
     for entry in manager.registry.entries(kind):
         rows[entry.key] = InventoryRow(entry.kind.value, entry.name, True, entry.disk_bytes())
+        _described(manager, rows[entry.key], entry)
     for setting, (model_kind, name) in configured.items():
         if kind is not None and model_kind is not kind:
             continue
@@ -69,4 +84,5 @@ def inventory(
         key = (stats.kind, stats.name)
         row = rows.setdefault(key, InventoryRow(stats.kind, stats.name, False, 0))
         row.stats = stats
+        row.memory_mode, row.loaded_bytes = stats.memory_mode, stats.memory_bytes
     return [rows[key] for key in sorted(rows)]

@@ -28,14 +28,17 @@ import torch
 
 from genserve.errors import ErrorCode, GenserveError
 from genserve.models.devices import default_dtype, device_name, resolve_device
+from genserve.models.formats.sizes import loaded_bytes
 from genserve.models.idle import IdleReaper
 from genserve.models.kinds import parse_kind
 from genserve.models.loaders.base import LoadedModel, Loader
+from genserve.models.memory import HOST, MemoryMode, check_forced, choose, free_bytes, offload, onload, place
 from genserve.models.pools import DEFAULT_POOL, Eviction, Pool, PoolKeys, PoolTable
 from genserve.models.registry import WEIGHT_SUFFIXES, ModelEntry, ModelKind, ModelRegistry
 from genserve.models.slots import ModelSlot as _Slot
 from genserve.models.slots import ModelStats, release
 from genserve.models.slots import SlotState as _State
+from genserve.models.unloading import unload_slot
 from genserve.models.waiting import RoomWaiter
 
 log = logging.getLogger(__name__)
@@ -58,9 +61,11 @@ class ModelManager:
         capacity_wait_s: float = 0.0,
         pools: Sequence[Pool] = (),
         default_keys: PoolKeys | None = None,
+        memory_modes: Mapping[ModelKind, MemoryMode] | None = None,
     ) -> None:
         """``max_loaded`` .. ``capacity_wait_s`` are the default pool's rules (every kind that no
-        pool in ``pools`` names); ``pools`` give other kinds rules of their own."""
+        pool in ``pools`` names); ``pools`` give other kinds rules of their own. ``memory_modes``
+        forces a kind's memory mode (the rest: auto, see memory.py)."""
         self.registry = registry
         self._loaders: dict[ModelKind, Loader] = {ModelKind(k): v for k, v in loaders.items()}
         default = Pool(
@@ -74,6 +79,8 @@ class ModelManager:
             default_keys or PoolKeys(),
         )
         self._pools = PoolTable(default, pools)
+        self._modes = dict(memory_modes or {})
+        check_forced(self._modes)
         # Resolved now so that a bad setting stops the server at start-up, naming the value.
         self._default_device = resolve_device(default_device)
         self._dtype = dtype
@@ -113,7 +120,11 @@ class ModelManager:
         )
         start = time.perf_counter()
         try:
-            yield loaded.model
+            onload(slot, loaded, self._cond)
+            try:
+                yield loaded.model
+            finally:
+                offload(slot, loaded, self._cond)
         finally:
             self._unpin(slot, owner, (time.perf_counter() - start) * 1000.0, count=count)
 
@@ -171,8 +182,7 @@ class ModelManager:
         return self._pools.of[parse_kind(kind)]
 
     @property
-    def pools(self) -> list[Pool]:
-        """Every pool, the default one first."""
+    def pools(self) -> list[Pool]:  # the default one first
         return self._pools.pools
 
     def budgets(self, pool: Pool) -> dict[str, int]:
@@ -297,16 +307,19 @@ class ModelManager:
             )
         dev = device_name(target)
         dtype = default_dtype(target, self._dtype)
-        estimate = entry.disk_bytes()
+        estimate = loaded_bytes(entry, dtype)
         with self._cond:
-            victims = self._make_room(slot, dev, estimate)
-            slot.state, slot.device, slot.memory_bytes = _State.LOADING, dev, estimate
+            mode = self._mode_for(slot, dev, target, estimate)
+            reserved = estimate if mode is MemoryMode.RESIDENT else 0  # the others load on the host
+            victims = self._make_room(slot, dev, reserved)
+            slot.state, slot.device, slot.memory_bytes = _State.LOADING, dev, reserved
         self._release_all(victims)
         start = time.perf_counter()
         try:
-            loaded = loader(entry, target, dtype)
+            loaded = loader(entry, target if mode is MemoryMode.RESIDENT else HOST, dtype)
             if not isinstance(loaded, LoadedModel):
                 raise TypeError(f"loader returned {type(loaded).__name__}, not LoadedModel")
+            on_device, mode = place(loaded, target, mode)
         except BaseException as exc:
             with self._cond:
                 slot.state, slot.device, slot.memory_bytes = _State.UNLOADED, None, 0
@@ -317,14 +330,32 @@ class ModelManager:
             raise GenserveError(ErrorCode.INTERNAL, message, kind=entry.kind.value, name=entry.name) from exc
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         with self._cond:
-            slot.loaded, slot.state = loaded, _State.LOADED
-            slot.device, slot.memory_bytes = device_name(loaded.device), int(loaded.memory_bytes)
+            slot.loaded, slot.state, slot.mode, slot.target = loaded, _State.LOADED, mode.value, dev
+            where = {MemoryMode.OFFLOADED: HOST, MemoryMode.STREAMED: target}.get(mode, loaded.device)
+            slot.device, slot.memory_bytes = device_name(where), int(on_device)
             slot.load_time_ms, slot.load_count = elapsed_ms, slot.load_count + 1
             self._pin(slot, pin_for)
             extra = self._trim_to_budget(slot)
-        log.info("loaded %s on %s: %d bytes, %.0f ms", slot.label, slot.device, slot.memory_bytes, elapsed_ms)
+        where = f"{slot.device} ({mode.value})"
+        log.info("loaded %s on %s: %d bytes, %.0f ms", slot.label, where, slot.memory_bytes, elapsed_ms)
         self._release_all(extra)
         return slot, loaded
+
+    # Memory modes -----------------------------------------------------------------------------
+
+    def plan(self, kind: ModelKind | str, name: str) -> tuple[str, int]:
+        """(the memory mode a load now would get, the bytes it would take) on the default device."""
+        entry, target = self._entry(kind, name), self._default_device
+        size = loaded_bytes(entry, default_dtype(target, self._dtype))
+        with self._cond:
+            slot = self._slots.get(entry.key) or _Slot(entry)
+            return self._mode_for(slot, device_name(target), target, size).value, size
+
+    def _mode_for(self, slot: _Slot, dev: str, target: torch.device, size: int) -> MemoryMode:
+        """The pool's room on ``dev`` (its budget, the device's free memory) decides; manager lock held."""
+        room, held = self._pools.room(slot, dev, free_bytes(target), list(self._slots.values()))
+        forced = self._modes.get(slot.entry.kind, MemoryMode.AUTO)
+        return choose(slot.entry.kind, forced, size, room, held, on_host=target == HOST)
 
     # Capacity ---------------------------------------------------------------------------------
 
@@ -366,34 +397,4 @@ class ModelManager:
             return next((self._slots[(kind.value, n)] for n in names if (kind.value, n) in self._slots), None)
 
     def _unload_slot(self, slot: _Slot, timeout: float | None) -> bool:
-        owner = threading.get_ident()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not slot.load_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
-            raise GenserveError(ErrorCode.TIMEOUT, f"unload {slot.label}: still loading after {timeout} s")
-        try:
-            with self._cond:
-                if slot.state is not _State.LOADED:
-                    return False
-                if owner in slot.pins:
-                    raise GenserveError(
-                        ErrorCode.INVALID_INPUT, f"cannot unload {slot.label} from inside its own use() block"
-                    )
-                slot.state = _State.UNLOADING
-                while slot.pins:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        slot.state = _State.LOADED
-                        self._cond.notify_all()
-                        raise GenserveError(
-                            ErrorCode.TIMEOUT,
-                            f"unload {slot.label}: still in use by {sum(slot.pins.values())} request(s) "
-                            f"after {timeout} s; it stays loaded",
-                        )
-                    self._cond.wait(remaining)
-                loaded = self._evict(slot)
-                self._room.released()
-            # Freed before the model lock opens, so a reload never overlaps the old copy.
-            release(loaded)
-            return True
-        finally:
-            slot.load_lock.release()
+        return unload_slot(slot, timeout, self._cond, self._evict, self._room)

@@ -110,6 +110,16 @@ class PoolTable:
             keys.memory_budget,
         )
 
+    def room(
+        self, slot: ModelSlot, dev: str, free: int | None, slots: Sequence[ModelSlot]
+    ) -> tuple[int | None, int]:
+        """(the bytes ``slot``'s pool may hold on ``dev``: its budget or the free memory, whichever is
+        less, None when neither bounds it; the bytes its other models hold there now)."""
+        pool = self.of[slot.entry.kind]
+        bounds = [b for b in (self.budgets[pool.name].get(dev), free) if b is not None]
+        held = sum(s.memory_bytes for s in self.slots_of(pool, slots) if s.device == dev and s is not slot)
+        return (min(bounds) if bounds else None), held
+
     def over_budget(self, slots: Sequence[ModelSlot], slot: ModelSlot) -> list[ModelSlot]:
         """The disk size was only an estimate: idle models to evict if the real size overshoots."""
         pool = self.of[slot.entry.kind]

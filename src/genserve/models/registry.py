@@ -24,6 +24,7 @@ from genserve.models.lipsync_registry import LipsyncRegistry
 
 __all__ = ["WEIGHT_SUFFIXES", "ModelEntry", "ModelKind", "ModelRegistry"]
 
+SIDECAR = ".tokenizer"  # text_encoders/<stem>.tokenizer/ beside <stem>.safetensors (tokenizer_files)
 # The kinds a diffusers snapshot in diffusion_models/ also answers for (its vae/ and text_encoder/).
 SNAPSHOT_PARTS = (ModelKind.VAE, ModelKind.TEXT_ENCODER)
 
@@ -62,6 +63,10 @@ class ModelRegistry:
         if kind is ModelKind.LIPSYNC:
             return self.lipsync.ids()
         found = set(_names(self.folder(kind)))
+        if kind is ModelKind.TEXT_ENCODER:  # a single file's tokenizer folder is part of it, not a model
+            found -= {
+                n for n in found if n.endswith(SIDECAR) and n.removesuffix(SIDECAR) + ".safetensors" in found
+            }
         if kind in SNAPSHOT_PARTS:
             found.update(p.name for p in _children(self.folder(ModelKind.DIFFUSION)) if is_snapshot(p))
         if kind in SNAPSHOT_PARTS or kind is ModelKind.DIFFUSION:

@@ -36,6 +36,7 @@ class ModelStats:
     pinned: int
     load_count: int = 0
     evictions: int = 0
+    memory_mode: str = "resident"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +67,10 @@ class ModelSlot:
     load_time_ms: float = 0.0
     load_count: int = 0
     evictions: int = 0  # times capacity took it out (unload requests not counted)
+    mode: str = "resident"  # the memory mode it was loaded with (memory.py)
+    target: str | None = None  # the device it computes on (``device`` is where its weights are)
+    place_lock: threading.Lock = field(default_factory=threading.Lock)  # model-level offload's moves
+    on_device: int = 0  # users that brought an offloaded model onto its device (under place_lock)
 
     @property
     def in_memory(self) -> bool:
@@ -82,6 +87,7 @@ class ModelSlot:
         if evicted:
             self.evictions += 1
         self.loaded, self.state, self.device, self.memory_bytes = None, SlotState.UNLOADED, None, 0
+        self.mode, self.target, self.on_device = "resident", None, 0
         return loaded
 
     def snapshot(self) -> ModelStats:
@@ -100,6 +106,7 @@ class ModelSlot:
             pinned=sum(self.pins.values()),
             load_count=self.load_count,
             evictions=self.evictions,
+            memory_mode=self.mode,
         )
 
 

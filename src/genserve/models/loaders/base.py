@@ -19,6 +19,11 @@ class LoadedModel:
     memory_bytes: int
     device: torch.device
     release: Callable[[], None] | None = field(default=None, repr=False)
+    # Model-level offload: puts the weights on a device (the host between uses, the device in use).
+    move: Callable[[torch.device], None] | None = field(default=None, repr=False)
+    # Block streaming: weights stay on the host and come onto ``device`` a group of blocks at a
+    # time; returns the bytes on the device at once (the largest group, plus what is in no block).
+    stream: Callable[[torch.device], int] | None = field(default=None, repr=False)
 
 
 class Loader(Protocol):

@@ -14,7 +14,8 @@ conversion is reused. What it gets wrong is fixed here before it runs: bare (Lig
 ``.alpha`` are passed through unconverted and unprefixed, so peft would load nothing; peft's
 ``base_model.model.`` prefix is kept, so no module matches; a diffusers-layout file with ``.alpha``
 keys gets a doubled ``transformer.`` prefix; and a ``lora_adapter_metadata`` config without the
-``transformer.`` prefix is filtered away, leaving peft's default alpha of 8.
+``transformer.`` prefix (or one missing fields) is filtered to a config peft cannot build an adapter
+from. Each of these either loads nothing, silently, or fails on the first run that uses the LoRA.
 """
 
 from __future__ import annotations

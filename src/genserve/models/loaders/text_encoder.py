@@ -147,7 +147,7 @@ def make_text_encoder_loader(
         model.requires_grad_(False)
         processor = EditPromptProcessor(_tokenizer(tokenizer_dir), _image_processor(processor_dir))
         bundle = TextEncoder(model=model, processor=processor)
-        return LoadedModel(model=bundle, memory_bytes=module_bytes(model), device=device)
+        return LoadedModel(model=bundle, memory_bytes=module_bytes(model), device=device, move=model.to)
 
     return load_text_encoder
 

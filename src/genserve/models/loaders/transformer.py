@@ -23,6 +23,7 @@ from genserve.models.formats.safetensors_header import is_safetensors, read_head
 from genserve.models.loaders.base import LoadedModel, module_bytes
 from genserve.models.loaders.lora import LoraWeights
 from genserve.models.loaders.single_file import load_single_file
+from genserve.models.memory import HOST
 from genserve.models.registry import ModelEntry
 
 
@@ -82,6 +83,7 @@ class DiffusionModel:
 
     transformer: torch.nn.Module
     gate: AdapterGate = field(init=False)
+    streamed_to: torch.device | None = None  # block streaming: where the blocks compute
 
     def __post_init__(self) -> None:
         self.gate = AdapterGate(self.transformer)
@@ -92,7 +94,25 @@ class DiffusionModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
+        """Where inputs go: the streaming device, else where the weights are."""
+        return self.streamed_to or next(self.transformer.parameters()).device
+
+    def stream(self, device: torch.device) -> int:
+        """diffusers' group offloading by single blocks; the bytes on ``device`` at once."""
+        from diffusers.hooks import apply_group_offloading
+
+        apply_group_offloading(
+            self.transformer,
+            onload_device=device,
+            offload_device=HOST,
+            offload_type="block_level",
+            num_blocks_per_group=1,
+        )
+        self.streamed_to = device
+        blocks = list(getattr(self.transformer, "transformer_blocks", []))
+        in_blocks = sum(module_bytes(block) for block in blocks)
+        largest = max((module_bytes(block) for block in blocks), default=0)
+        return module_bytes(self.transformer) - in_blocks + largest
 
 
 def load_transformer(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> LoadedModel:
@@ -125,8 +145,13 @@ def load_transformer(entry: ModelEntry, device: torch.device, dtype: torch.dtype
             "safetensors single file of a Qwen-Image transformer",
             field=field_name,
         )
+    model = DiffusionModel(transformer)
     return LoadedModel(
-        model=DiffusionModel(transformer), memory_bytes=module_bytes(transformer), device=device
+        model=model,
+        memory_bytes=module_bytes(transformer),
+        device=device,
+        move=transformer.to,
+        stream=model.stream,
     )
 
 

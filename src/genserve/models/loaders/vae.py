@@ -101,4 +101,4 @@ def load_vae(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> Loa
             "safetensors single file of the Qwen-Image VAE",
             field=field_name,
         )
-    return LoadedModel(model=Vae(module), memory_bytes=module_bytes(module), device=device)
+    return LoadedModel(model=Vae(module), memory_bytes=module_bytes(module), device=device, move=module.to)

@@ -24,6 +24,8 @@ from genserve.models.loaders.transformer import DiffusionModel, load_transformer
 CPU = torch.device("cpu")
 STRENGTHS = (0.3, 1.0, -1.0)
 FILE_LAYOUTS = ("Lightning", "ComfyUI", "kohya", "peft")
+# AdapterGate keeps every LoRA it has loaded as one more adapter on the shared transformer.
+pytestmark = pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute:UserWarning")
 
 
 def _load(path: Path) -> LoraWeights:

@@ -1,0 +1,74 @@
+"""What a model on disk is, read from its files (never its name): the format genserve detected and
+its weights' dtype, for ``genserve models list`` and ``/api/v1/models``."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from genserve.errors import GenserveError
+from genserve.models.formats import fp8, qwen_transformer, qwen_vl, wan_vae
+from genserve.models.formats.layouts import CACHE_FOLDER, snapshot_of
+from genserve.models.formats.safetensors_header import Header, is_safetensors, read_header
+from genserve.models.formats.sizes import weight_files
+from genserve.models.kinds import ModelEntry, ModelKind
+
+
+def describe(entry: ModelEntry) -> tuple[str, str]:
+    """(format, dtype); an unreadable file says so rather than failing the listing."""
+    try:
+        return _format(entry), _dtype(entry)
+    except (GenserveError, OSError, ValueError):
+        return "unreadable", ""
+
+
+def _format(entry: ModelEntry) -> str:
+    path = entry.path
+    if entry.kind is ModelKind.LIPSYNC:
+        return "ONNX lip-sync folder"
+    if path.is_dir():
+        snapshot = snapshot_of(path)
+        cache = " (Hugging Face cache)" if CACHE_FOLDER.match(path.name) else ""
+        if (snapshot / "model_index.json").is_file():
+            return "diffusers snapshot" + cache
+        library = "transformers" if entry.kind in (ModelKind.TEXT_ENCODER, ModelKind.LLM) else "diffusers"
+        return (
+            f"{library} folder{cache}"
+            if (snapshot / "config.json").is_file()
+            else "folder without config.json"
+        )
+    if not is_safetensors(path):
+        return f"{path.suffix.lstrip('.') or 'unknown'} file"
+    header = read_header(path)
+    return _single_file(entry.kind, header)
+
+
+def _single_file(kind: ModelKind, header: Header) -> str:
+    scheme = fp8.detect(header)
+    quant = f", {scheme.label}" if scheme.label else ""
+    if kind is ModelKind.DIFFUSION and qwen_transformer.is_qwen_transformer(header):
+        keys = "prefixed" if any(k.startswith(qwen_transformer.PREFIX) for k in header.names()) else "bare"
+        marker = ", Edit-2511" if header.has(qwen_transformer.ZERO_COND_MARKER) else ""
+        return f"ComfyUI single file ({keys} keys{quant}{marker})"
+    if kind is ModelKind.VAE and wan_vae.is_wan_vae(header):
+        return "Wan-2.1 single file"
+    if kind is ModelKind.TEXT_ENCODER and qwen_vl.is_old_layout(header):
+        return f"ComfyUI single file (Qwen2.5-VL{quant})"
+    if kind is ModelKind.LORA:
+        from genserve.models.loaders.lora import LAYOUTS
+
+        counts = {name: sum(bool(p.fullmatch(k)) for k in header.names()) for name, p in LAYOUTS.items()}
+        best = max(counts, key=lambda name: counts[name])
+        return f"{best} LoRA" if counts[best] == len(header.tensors) else "not a Qwen-Image LoRA"
+    return "safetensors file of another model"
+
+
+def _dtype(entry: ModelEntry) -> str:
+    """The dtype holding most of the weights' bytes (F8_E4M3, BF16, F32, ...)."""
+    files: list[Path] = weight_files(entry) if entry.kind is not ModelKind.LIPSYNC else []
+    weights: Counter[str] = Counter()
+    for file in files:
+        for key, info in read_header(file).tensors.items():
+            if key not in fp8.MARKERS and not key.endswith(fp8.SCALE_SUFFIXES):
+                weights[info.dtype] += info.numel
+    return weights.most_common(1)[0][0] if weights else ""

@@ -1,0 +1,53 @@
+"""How many bytes a model takes once loaded in its compute dtype, read from its files' headers.
+
+A file's size on disk misleads: an fp8 file loaded in bf16 takes twice its size, in fp32 on a CPU
+four times. The manager reserves this figure before a load, so the budget and the memory mode
+are decided on what the model will really take.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from genserve.errors import GenserveError
+from genserve.models.formats.fp8 import MARKERS, SCALE_SUFFIXES
+from genserve.models.formats.layouts import diffusers_folder, snapshot_of
+from genserve.models.formats.safetensors_header import DTYPES, is_safetensors, read_header
+from genserve.models.kinds import ModelEntry, ModelKind
+
+COMPONENT = {ModelKind.DIFFUSION: "transformer", ModelKind.VAE: "vae", ModelKind.TEXT_ENCODER: "text_encoder"}
+
+
+def weight_files(entry: ModelEntry) -> list[Path]:
+    """The safetensors files that hold ``entry``'s weights (a snapshot's component only)."""
+    path = entry.path
+    if path.is_file():
+        return [path] if is_safetensors(path) else []
+    component = COMPONENT.get(entry.kind)
+    folder = diffusers_folder(path, component) if component else None
+    return sorted((folder or snapshot_of(path)).rglob("*.safetensors"))
+
+
+def loaded_bytes(entry: ModelEntry, dtype: torch.dtype) -> int:
+    """Floating tensors counted in ``dtype``, the rest as stored; scales and markers not at all.
+    Files that are not safetensors, or not readable (the loader names the problem), count their
+    size on disk."""
+    try:
+        return _from_headers(weight_files(entry), dtype) or entry.disk_bytes()
+    except GenserveError:
+        return entry.disk_bytes()
+
+
+def _from_headers(files: list[Path], dtype: torch.dtype) -> int:
+    size = torch.tensor([], dtype=dtype).element_size()
+    total = 0
+    for file in files:
+        for key, info in read_header(file).tensors.items():
+            if key in MARKERS or key.endswith(SCALE_SUFFIXES):
+                continue
+            stored = DTYPES.get(info.dtype, torch.uint8)
+            each = size if stored.is_floating_point else torch.tensor([], dtype=stored).element_size()
+            total += info.numel * each
+    return total
