@@ -219,8 +219,15 @@ def models_demo(
     seed: opt.DemoSeed = 0,
     force: opt.Force = False,
     if_missing: opt.IfMissing = False,
+    formats: opt.Formats = False,
 ) -> None:
-    """Build tiny demo models (random weights, real file formats) so every service runs on a fresh machine."""
+    """Build tiny demo models (random weights, real file formats) so every service runs on a fresh machine.
+
+    With --formats, also write them again in every layout users hold (ComfyUI single files with bare or
+    prefixed keys, fp8 plain or scaled, the Wan-layout VAE, the old-layout text encoder with its
+    tokenizer folder, LoRAs in the Lightning, ComfyUI, kohya and peft layouts, a diffusers snapshot and a
+    hub-cache folder), each named demo_*, to try them through the same loaders.
+    """
     settings = settings_of(ctx)
     from genserve.models.demo import pipeline as demo
 
@@ -240,6 +247,11 @@ def models_demo(
         typer.echo(f"  skipped  {label} (exists; --force rebuilds it)")
     for image in report.images:
         typer.echo(f"  image    {image}")
+    if formats:
+        from genserve.models.demo.layouts import write_every_layout
+
+        for path in write_every_layout(root):
+            typer.echo(f"  layout   {path.relative_to(root)}")
     typer.echo(f"done in {report.seconds:.1f} s")
 
 

@@ -84,6 +84,10 @@ Force = Annotated[bool, typer.Option("--force", help="Rebuild models that alread
 IfMissing = Annotated[
     bool, typer.Option("--if-missing", help="Do nothing (exit 0) when the folder already holds the demo set.")
 ]
+Formats = Annotated[
+    bool,
+    typer.Option("--formats", help="Also write the demo models in every file layout users hold (demo_*)."),
+]
 
 # -- common to every pipeline command --------------------------------------------------------------
 RequestId = Annotated[

@@ -39,6 +39,13 @@ def _names(folder: Path) -> list[str]:
     return [p.name for p in _children(folder)]
 
 
+def _repo_id(folder_name: str) -> str | None:
+    """A hub-cache folder's repo id (``models--Qwen--Qwen-Image`` -> ``Qwen/Qwen-Image``): it is
+    listed, and asked for, by that."""
+    match = CACHE_FOLDER.match(folder_name)
+    return f"{match.group(1)}/{match.group(2)}" if match else None
+
+
 class ModelRegistry:
     """Reads the models folder on every call, so models dropped in while running are found.
 
@@ -62,7 +69,7 @@ class ModelRegistry:
     def available(self, kind: ModelKind) -> list[str]:
         if kind is ModelKind.LIPSYNC:
             return self.lipsync.ids()
-        found = set(_names(self.folder(kind)))
+        found = {_repo_id(n) or n for n in _names(self.folder(kind))}
         if kind is ModelKind.TEXT_ENCODER:  # a single file's tokenizer folder is part of it, not a model
             found -= {
                 n for n in found if n.endswith(SIDECAR) and n.removesuffix(SIDECAR) + ".safetensors" in found
@@ -116,9 +123,9 @@ class ModelRegistry:
         """Diffusers snapshots in the Hugging Face cache, by repo id."""
         found = []
         for folder in _children(self.hub):
-            match = CACHE_FOLDER.match(folder.name)
-            if match and is_snapshot(folder):
-                found.append(f"{match.group(1)}/{match.group(2)}")
+            repo_id = _repo_id(folder.name)
+            if repo_id and is_snapshot(folder):
+                found.append(repo_id)
         return found
 
     def resolve(self, kind: ModelKind | str, name: str, field: str = "model_name") -> ModelEntry:

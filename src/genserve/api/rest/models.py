@@ -54,6 +54,12 @@ class ModelRow(BaseModel):
     load_time_ms: float = 0.0
     load_count: int = 0
     pinned: int = 0
+    format: str = Field("", description="What the files are, detected from their contents.")
+    dtype: str = Field("", description="The dtype that holds most of the weights (F32, BF16, F8_E4M3...).")
+    memory_mode: str = Field(
+        "", description="resident, offloaded or streamed: what it has if loaded, else what a load would get."
+    )
+    loaded_bytes: int = Field(0, description="Bytes it takes (or would take) on its device in that mode.")
 
 
 class ModelListResponse(BaseModel):
