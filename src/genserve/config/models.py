@@ -45,6 +45,11 @@ class ModelsSettings(Section):
         default_factory=dict,
         description="memory_mode per kind, e.g. {text_encoders: offloaded, diffusion_models: streamed}.",
     )
+    fp8_storage: bool = Field(
+        False,
+        description="Keep an fp8 transformer file's weights in fp8 in memory (half of bf16) and compute in "
+        "the compute dtype; unscaled fp8 files only (scaled ones are dequantised).",
+    )
     hf_home: Path | None = Field(
         None,
         description="The Hugging Face home whose hub cache (hub/models--<org>--<name>) is searched for "

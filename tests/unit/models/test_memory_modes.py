@@ -100,3 +100,26 @@ def test_an_offloaded_text_encoder_is_on_its_device_only_while_in_use(demo_model
                 assert encoder.model.model(**inputs).last_hidden_state.shape[-1] == 128
     finally:
         models.close()
+
+
+def test_fp8_storage_keeps_an_unscaled_fp8_file_in_fp8(demo_models: Path, tmp_path: Path) -> None:
+    from genserve.models.demo.single_files import write_transformer_files
+    from genserve.models.loaders.transformer import make_transformer_loader
+
+    files = {
+        p.name: p
+        for p in write_transformer_files(demo_models / "diffusion_models" / DEMO_TRANSFORMER, tmp_path)
+    }
+    entry = ModelEntry(DIFFUSION, "demo_fp8_e4m3fn.safetensors", files["demo_fp8_e4m3fn.safetensors"])
+    cpu = torch.device("cpu")
+    upcast = make_transformer_loader(fp8_storage=False)(entry, cpu, torch.float32)
+    stored = make_transformer_loader(fp8_storage=True)(entry, cpu, torch.float32)
+    assert stored.memory_bytes < upcast.memory_bytes / 2
+    assert any(p.dtype == torch.float8_e4m3fn for p in stored.model.transformer.parameters())
+    want, got = transformer_output(upcast.model.transformer), transformer_output(stored.model.transformer)
+    assert (got - want).abs().max() <= 0.15 * want.abs().max()  # biases are stored in fp8 too
+    scaled = ModelEntry(DIFFUSION, "s", files["demo_fp8_scaled.safetensors"])
+    assert (
+        make_transformer_loader(fp8_storage=True)(scaled, cpu, torch.float32).memory_bytes
+        == upcast.memory_bytes
+    )

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import torch
 
 from genserve.errors import ErrorCode, GenserveError
-from genserve.models.formats import qwen_transformer
+from genserve.models.formats import fp8, qwen_transformer
 from genserve.models.formats.layouts import diffusers_folder
 from genserve.models.formats.safetensors_header import is_safetensors, read_header
-from genserve.models.loaders.base import LoadedModel, module_bytes
+from genserve.models.loaders.base import LoadedModel, Loader, module_bytes
 from genserve.models.loaders.lora import LoraWeights
 from genserve.models.loaders.single_file import load_single_file
 from genserve.models.memory import HOST
@@ -115,44 +115,65 @@ class DiffusionModel:
         return module_bytes(self.transformer) - in_blocks + largest
 
 
+def make_transformer_loader(fp8_storage: bool = False) -> Loader:
+    """The transformer loader; with ``fp8_storage`` an unscaled fp8 file keeps its weights in fp8 and
+    computes in the compute dtype (diffusers' layerwise casting): half a bf16 model's memory."""
+
+    def load_transformer(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+        transformer, fp8 = _load_module(entry, device, dtype)
+        if fp8_storage and fp8:
+            _keep_fp8(transformer, dtype)
+        model = DiffusionModel(transformer)
+        memory = module_bytes(transformer)
+        return LoadedModel(
+            model=model, memory_bytes=memory, device=device, move=transformer.to, stream=model.stream
+        )
+
+    return load_transformer
+
+
 def load_transformer(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     """A diffusers folder (``config.json`` + weights, also a snapshot's ``transformer/``) or a
     ComfyUI single file (bare or prefixed keys, bf16 or fp8 plain or scaled)."""
+    return make_transformer_loader()(entry, device, dtype)
+
+
+def _load_module(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, bool]:
+    """The transformer, and whether its file stores unscaled fp8 weights."""
     from diffusers import QwenImageTransformer2DModel
 
     field_name = "unet_model_name"
     folder = diffusers_folder(entry.path, "transformer")
     if folder is not None:
         transformer = QwenImageTransformer2DModel.from_pretrained(folder, torch_dtype=dtype).to(device).eval()
-        transformer.requires_grad_(False)
-    elif entry.path.is_file() and is_safetensors(entry.path):
-        header = read_header(entry.path, field_name)
-        if not qwen_transformer.is_qwen_transformer(header):
-            raise GenserveError(
-                ErrorCode.MODEL_NOT_FOUND,
-                f"{field_name}: {entry.name} is not a Qwen-Image transformer "
-                "(no txt_norm and img_in weights)",
-                field=field_name,
-            )
-        config = qwen_transformer.derive_config(header, field_name)
-        transformer = load_single_file(
-            lambda: QwenImageTransformer2DModel(**config), header, device, dtype, _transformer_key, field_name
-        )
-    else:
+        return transformer.requires_grad_(False), False
+    if not (entry.path.is_file() and is_safetensors(entry.path)):
         raise GenserveError(
             ErrorCode.MODEL_NOT_FOUND,
             f"{field_name}: {entry.name} is neither a diffusers folder (config.json and weights) nor a "
             "safetensors single file of a Qwen-Image transformer",
             field=field_name,
         )
-    model = DiffusionModel(transformer)
-    return LoadedModel(
-        model=model,
-        memory_bytes=module_bytes(transformer),
-        device=device,
-        move=transformer.to,
-        stream=model.stream,
+    header = read_header(entry.path, field_name)
+    if not qwen_transformer.is_qwen_transformer(header):
+        raise GenserveError(
+            ErrorCode.MODEL_NOT_FOUND,
+            f"{field_name}: {entry.name} is not a Qwen-Image transformer (no txt_norm and img_in weights)",
+            field=field_name,
+        )
+    config = qwen_transformer.derive_config(header, field_name)
+    transformer = load_single_file(
+        lambda: QwenImageTransformer2DModel(**config), header, device, dtype, _transformer_key, field_name
     )
+    return transformer, fp8.detect(header, field_name).kind == "fp8"
+
+
+def _keep_fp8(transformer: torch.nn.Module, dtype: torch.dtype) -> None:
+    """The file's values are exact in fp8 (an unscaled cast), so storing them as fp8 loses nothing;
+    norms and embeddings stay in the compute dtype (diffusers' default skip list)."""
+    from diffusers.hooks import apply_layerwise_casting
+
+    apply_layerwise_casting(transformer, storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
 
 
 def _transformer_key(key: str) -> str | None:
