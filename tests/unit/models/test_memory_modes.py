@@ -123,3 +123,29 @@ def test_fp8_storage_keeps_an_unscaled_fp8_file_in_fp8(demo_models: Path, tmp_pa
         make_transformer_loader(fp8_storage=True)(scaled, cpu, torch.float32).memory_bytes
         == upcast.memory_bytes
     )
+
+
+def test_a_lora_applies_unfused_on_an_fp8_stored_base(demo_models: Path, tmp_path: Path) -> None:
+    from genserve.models.demo.lora_files import write_lora_layouts
+    from genserve.models.demo.pipeline import DEMO_LORA
+    from genserve.models.demo.single_files import write_transformer_files
+    from genserve.models.loaders.lora import load_lora
+    from genserve.models.loaders.transformer import make_transformer_loader
+
+    files = {
+        p.name: p
+        for p in write_transformer_files(demo_models / "diffusion_models" / DEMO_TRANSFORMER, tmp_path)
+    }
+    lightning = write_lora_layouts(tmp_path / "loras", demo_models / "loras" / DEMO_LORA)[0]
+    cpu = torch.device("cpu")
+    lora = load_lora(ModelEntry(ModelKind.LORA, lightning.name, lightning), cpu, torch.float32).model
+    entry = ModelEntry(DIFFUSION, "f", files["demo_fp8_e4m3fn.safetensors"])
+    outputs = {}
+    for storage in (False, True):
+        model = make_transformer_loader(fp8_storage=storage)(entry, cpu, torch.float32).model
+        assert model.dtype == torch.float32  # inputs go in the compute dtype, not the stored fp8
+        base = transformer_output(model.transformer)
+        with model.gate.applied(lora, 1.0):
+            outputs[storage] = transformer_output(model.transformer)
+        assert (outputs[storage] - base).abs().max() > 1e-3  # the LoRA changed the output
+    assert (outputs[True] - outputs[False]).abs().max() <= 0.15 * outputs[False].abs().max()

@@ -28,8 +28,9 @@ from genserve.models.registry import ModelEntry
 
 
 class AdapterGate:
-    def __init__(self, transformer: torch.nn.Module) -> None:
+    def __init__(self, transformer: torch.nn.Module, compute_dtype: torch.dtype | None = None) -> None:
         self._transformer = transformer
+        self._compute_dtype = compute_dtype
         self._cond = threading.Condition()
         self._active: tuple[str, float] | None = None
         self._users = 0
@@ -73,8 +74,19 @@ class AdapterGate:
                     field="lora_model_name",
                 ) from exc
             self._adapters.add(lora.adapter_name)
+            self._adapters_in_compute_dtype()
         model.enable_adapters()
         model.set_adapters([lora.adapter_name], weights=[float(strength)])
+
+
+    def _adapters_in_compute_dtype(self) -> None:
+        """peft makes the adapters in the base weights' dtype; on an fp8-stored base that is fp8,
+        which cannot compute: the adapters (small) are kept in the compute dtype, unfused."""
+        if self._compute_dtype is None:
+            return
+        for name, param in self._transformer.named_parameters():
+            if "lora_" in name and param.dtype != self._compute_dtype:
+                param.data = param.data.to(self._compute_dtype)
 
 
 @dataclass
@@ -84,13 +96,15 @@ class DiffusionModel:
     transformer: torch.nn.Module
     gate: AdapterGate = field(init=False)
     streamed_to: torch.device | None = None  # block streaming: where the blocks compute
+    compute_dtype: torch.dtype | None = None  # when the weights are stored in another (fp8 storage)
 
     def __post_init__(self) -> None:
-        self.gate = AdapterGate(self.transformer)
+        self.gate = AdapterGate(self.transformer, self.compute_dtype)
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype
+        """The dtype inputs are given in: the compute dtype, whatever the weights are stored in."""
+        return self.compute_dtype or next(self.transformer.parameters()).dtype
 
     @property
     def device(self) -> torch.device:
@@ -123,7 +137,7 @@ def make_transformer_loader(fp8_storage: bool = False) -> Loader:
         transformer, fp8 = _load_module(entry, device, dtype)
         if fp8_storage and fp8:
             _keep_fp8(transformer, dtype)
-        model = DiffusionModel(transformer)
+        model = DiffusionModel(transformer, compute_dtype=dtype)
         memory = module_bytes(transformer)
         return LoadedModel(
             model=model, memory_bytes=memory, device=device, move=transformer.to, stream=model.stream
