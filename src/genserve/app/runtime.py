@@ -43,7 +43,7 @@ def build_models(settings: Settings) -> ModelManager:
     registry = ModelRegistry(models.dir, settings.lipsync.models, hf_home)
     return ModelManager(
         registry,
-        default_loaders(registry.lipsync, models.dir, hf_home, models.allow_downloads, models.fp8_storage),
+        default_loaders(registry.lipsync, models.dir, hf_home, models.allow_downloads),
         max_loaded=models.max_loaded,
         memory_budget_bytes={dev: mb * MIB for dev, mb in models.memory_budget_mb.items()},
         default_device=device_name(resolve_device(models.default_device)),
@@ -53,6 +53,7 @@ def build_models(settings: Settings) -> ModelManager:
         capacity_wait_s=models.capacity_wait_s,
         pools=[lipsync_pool(settings.lipsync)],
         memory_modes=memory_modes(models.memory_mode, models.memory_modes),
+        fp8_storage=models.fp8_storage,
     )
 
 

@@ -293,9 +293,9 @@ def models_list(ctx: typer.Context, as_json: opt.AsJson = False) -> None:
     for kind, items in kinds.items():
         for item in items:
             size = _human_bytes(item["size_bytes"]) if item["on_disk"] else "missing"
-            mode = (
-                f"{item['memory_mode']} ({_human_bytes(item['loaded_bytes'])})" if item["memory_mode"] else ""
-            )
+            stored = ", fp8" if item["fp8_stored"] else ""
+            size_there = _human_bytes(item["loaded_bytes"])
+            mode = f"{item['memory_mode']}{stored} ({size_there})" if item["memory_mode"] else ""
             used = ", ".join(item["configured_as"])
             row = (kind, item["name"], item["format"], item["dtype"], size, mode, used)
             table.add_row(*row, "yes" if item["loaded"] else "")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from genserve.config.base import Section
 
@@ -38,18 +38,27 @@ class ModelsSettings(Section):
     memory_mode: Literal["auto", "resident", "offloaded", "streamed"] = Field(
         "auto",
         description="How the pipeline's models sit on a GPU: auto picks resident when the model fits beside "
-        "the pool's others, offloaded (on the GPU only while in use) when it fits alone, streamed (blocks "
-        "brought in by groups; transformers only) when it does not fit. On a CPU auto is resident.",
+        "what the pool keeps there and its largest offloaded model, offloaded (on the GPU only while in use, "
+        "in turn with the other offloaded ones) when it fits beside what the pool keeps there, streamed "
+        "(blocks brought in by groups; transformers only) otherwise. On a CPU auto is resident.",
     )
     memory_modes: dict[str, Literal["auto", "resident", "offloaded", "streamed"]] = Field(
         default_factory=dict,
         description="memory_mode per kind, e.g. {text_encoders: offloaded, diffusion_models: streamed}.",
     )
-    fp8_storage: bool = Field(
-        False,
-        description="Keep an fp8 transformer file's weights in fp8 in memory (half of bf16) and compute in "
-        "the compute dtype; unscaled fp8 files only (scaled ones are dequantised).",
+    fp8_storage: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Keep an unscaled fp8 transformer file's weights in fp8 in memory (half of bf16), "
+        "computing in the compute dtype: on always, auto only where the bf16 weights would not be resident "
+        "but the fp8 ones would, off never. Scaled fp8 files are always dequantised. true/false: on/off.",
     )
+
+    @field_validator("fp8_storage", mode="before")
+    @classmethod
+    def _fp8_switch(cls, value: object) -> object:
+        # YAML reads a bare on/off as a boolean.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
     hf_home: Path | None = Field(
         None,
         description="The Hugging Face home whose hub cache (hub/models--<org>--<name>) is searched for "

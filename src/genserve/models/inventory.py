@@ -30,6 +30,7 @@ class InventoryRow:
     # The memory mode it has (loaded) or a load now would get, and the bytes it takes or would.
     memory_mode: str = ""
     loaded_bytes: int = 0
+    fp8_stored: bool = False  # its weights kept (or to be kept) in fp8
 
     def to_dict(self) -> dict[str, Any]:
         row = asdict(self)
@@ -43,7 +44,7 @@ class InventoryRow:
 def _described(manager: ModelManager, row: InventoryRow, entry: ModelEntry) -> None:
     row.format, row.dtype = describe(entry)
     try:
-        row.memory_mode, row.loaded_bytes = manager.plan(entry.kind, entry.name)
+        row.memory_mode, row.loaded_bytes, row.fp8_stored = manager.plan(entry.kind, entry.name)
     except GenserveError:
         row.memory_mode = ""  # a name that does not resolve any more: nothing to plan
 
@@ -84,5 +85,9 @@ def inventory(
         key = (stats.kind, stats.name)
         row = rows.setdefault(key, InventoryRow(stats.kind, stats.name, False, 0))
         row.stats = stats
-        row.memory_mode, row.loaded_bytes = stats.memory_mode, stats.memory_bytes
+        row.memory_mode, row.loaded_bytes, row.fp8_stored = (
+            stats.memory_mode,
+            stats.memory_bytes,
+            stats.fp8_stored,
+        )
     return [rows[key] for key in sorted(rows)]

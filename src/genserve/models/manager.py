@@ -28,11 +28,11 @@ import torch
 
 from genserve.errors import ErrorCode, GenserveError
 from genserve.models.devices import default_dtype, device_name, resolve_device
-from genserve.models.formats.sizes import loaded_bytes
 from genserve.models.idle import IdleReaper
 from genserve.models.kinds import parse_kind
 from genserve.models.loaders.base import LoadedModel, Loader
-from genserve.models.memory import HOST, MemoryMode, check_forced, choose, free_bytes, offload, onload, place
+from genserve.models.memory import HOST, MemoryMode, keep_fp8, offload, onload, place
+from genserve.models.placement import Placement
 from genserve.models.pools import DEFAULT_POOL, Eviction, Pool, PoolKeys, PoolTable
 from genserve.models.registry import WEIGHT_SUFFIXES, ModelEntry, ModelKind, ModelRegistry
 from genserve.models.slots import ModelSlot as _Slot
@@ -62,10 +62,11 @@ class ModelManager:
         pools: Sequence[Pool] = (),
         default_keys: PoolKeys | None = None,
         memory_modes: Mapping[ModelKind, MemoryMode] | None = None,
+        fp8_storage: str = "auto",
     ) -> None:
         """``max_loaded`` .. ``capacity_wait_s`` are the default pool's rules (every kind that no
         pool in ``pools`` names); ``pools`` give other kinds rules of their own. ``memory_modes``
-        forces a kind's memory mode (the rest: auto, see memory.py)."""
+        forces a kind's memory mode (the rest: auto); ``fp8_storage`` is on, off or auto (memory.py)."""
         self.registry = registry
         self._loaders: dict[ModelKind, Loader] = {ModelKind(k): v for k, v in loaders.items()}
         default = Pool(
@@ -79,14 +80,14 @@ class ModelManager:
             default_keys or PoolKeys(),
         )
         self._pools = PoolTable(default, pools)
-        self._modes = dict(memory_modes or {})
-        check_forced(self._modes)
         # Resolved now so that a bad setting stops the server at start-up, naming the value.
         self._default_device = resolve_device(default_device)
         self._dtype = dtype
         default_dtype(self._default_device, dtype)
         self._cond = threading.Condition(threading.Lock())
         self._slots: dict[tuple[str, str], _Slot] = {}
+        slots = lambda: list(self._slots.values())  # noqa: E731
+        self._placement = Placement(self._pools, slots, self._cond, memory_modes or {}, fp8_storage)
         self._clock = itertools.count(1)
         self._room = RoomWaiter(self._cond)  # wakes loads waiting for room when a model is let go
         self._reaper = IdleReaper(self)
@@ -307,18 +308,20 @@ class ModelManager:
             )
         dev = device_name(target)
         dtype = default_dtype(target, self._dtype)
-        estimate = loaded_bytes(entry, dtype)
+        estimate, narrow = self._placement.estimate(slot, dev, target, dtype)
         with self._cond:
-            mode = self._mode_for(slot, dev, target, estimate)
+            mode = self._placement.mode(slot, dev, target, estimate)
             reserved = estimate if mode is MemoryMode.RESIDENT else 0  # the others load on the host
             victims = self._make_room(slot, dev, reserved)
             slot.state, slot.device, slot.memory_bytes = _State.LOADING, dev, reserved
         self._release_all(victims)
         start = time.perf_counter()
         try:
-            loaded = loader(entry, target if mode is MemoryMode.RESIDENT else HOST, dtype)
+            # Models narrowed to fp8 load on the host first, so bf16 weights never need the device.
+            loaded = loader(entry, target if mode is MemoryMode.RESIDENT and not narrow else HOST, dtype)
             if not isinstance(loaded, LoadedModel):
                 raise TypeError(f"loader returned {type(loaded).__name__}, not LoadedModel")
+            narrow = narrow and keep_fp8(loaded)
             on_device, mode = place(loaded, target, mode)
         except BaseException as exc:
             with self._cond:
@@ -331,6 +334,7 @@ class ModelManager:
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         with self._cond:
             slot.loaded, slot.state, slot.mode, slot.target = loaded, _State.LOADED, mode.value, dev
+            slot.fp8 = narrow
             where = {MemoryMode.OFFLOADED: HOST, MemoryMode.STREAMED: target}.get(mode, loaded.device)
             slot.device, slot.memory_bytes = device_name(where), int(on_device)
             slot.load_time_ms, slot.load_count = elapsed_ms, slot.load_count + 1
@@ -343,19 +347,15 @@ class ModelManager:
 
     # Memory modes -----------------------------------------------------------------------------
 
-    def plan(self, kind: ModelKind | str, name: str) -> tuple[str, int]:
-        """(the memory mode a load now would get, the bytes it would take) on the default device."""
-        entry, target = self._entry(kind, name), self._default_device
-        size = loaded_bytes(entry, default_dtype(target, self._dtype))
+    def plan(self, kind: ModelKind | str, name: str) -> tuple[str, int, bool]:
+        """(the memory mode a load now would get, the bytes it would take, whether it would keep
+        fp8) on the default device."""
+        entry, target, dev = self._entry(kind, name), self._default_device, device_name(self._default_device)
         with self._cond:
             slot = self._slots.get(entry.key) or _Slot(entry)
-            return self._mode_for(slot, device_name(target), target, size).value, size
-
-    def _mode_for(self, slot: _Slot, dev: str, target: torch.device, size: int) -> MemoryMode:
-        """The pool's room on ``dev`` (its budget, the device's free memory) decides; manager lock held."""
-        room, held = self._pools.room(slot, dev, free_bytes(target), list(self._slots.values()))
-        forced = self._modes.get(slot.entry.kind, MemoryMode.AUTO)
-        return choose(slot.entry.kind, forced, size, room, held, on_host=target == HOST)
+        size, fp8 = self._placement.estimate(slot, dev, target, default_dtype(target, self._dtype))
+        with self._cond:
+            return self._placement.mode(slot, dev, target, size).value, size, fp8
 
     # Capacity ---------------------------------------------------------------------------------
 

@@ -8,20 +8,28 @@ device's free memory and the model's size in the compute dtype.
   on its device keeps its blocks in host RAM and brings them onto the device one group at a time.
 
 ``auto`` (the default) picks the first that fits: resident when the model fits beside what the
-pool already holds on the device; offloaded when it fits on its own; streamed (transformers only)
-when it does not fit at all. Each mode can be forced in config (``models.memory_mode``, and per
-kind ``models.memory_modes``); a forced mode a kind cannot take is refused at start-up.
+pool keeps on the device plus the largest of its offloaded models (they come on in turn); offloaded
+when it fits beside what the pool keeps there; streamed (transformers only) otherwise.
+Each mode can be forced in config (``models.memory_mode``, and per kind ``models.memory_modes``);
+a forced mode a kind cannot take is refused at start-up.
+
+fp8 storage (``models.fp8_storage``) is a further lever for the transformer: an unscaled fp8 file
+can keep its weights in fp8 (half of bf16) and compute in the compute dtype. ``auto`` does so
+wherever the bf16 weights would not be resident: resident in fp8 beats bf16 brought over the bus,
+and fp8 brought over the bus moves half the bytes; ``on`` always, ``off`` never.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from enum import StrEnum
 
 import torch
 
 from genserve.errors import ErrorCode, GenserveError
-from genserve.models.kinds import ModelKind
+from genserve.models.formats.sizes import loaded_bytes, plain_fp8
+from genserve.models.kinds import ModelEntry, ModelKind
 from genserve.models.loaders.base import LoadedModel
 from genserve.models.slots import ModelSlot
 
@@ -52,22 +60,53 @@ def check_forced(modes: dict[ModelKind, MemoryMode]) -> None:
 
 
 def choose(
-    kind: ModelKind, forced: MemoryMode, size: int, room: int | None, held: int, on_host: bool = False
+    kind: ModelKind,
+    forced: MemoryMode,
+    size: int,
+    room: int | None,
+    held: int,
+    peak: int = 0,
+    on_host: bool = False,
 ) -> MemoryMode:
     """The mode for a model of ``size`` bytes when ``room`` bytes (None: unbounded) are on the
-    device for its pool and ``held`` of them already hold other models of the pool. On the host
-    itself (``on_host``: a CPU) there is nowhere to offload to: auto is resident there, and a
-    budget that does not fit is refused by the manager, naming it."""
+    device for its pool, ``held`` of them kept by other models of the pool and ``peak`` more needed
+    while the largest of its offloaded models is in use. On the host itself (``on_host``: a CPU)
+    there is nowhere to offload to: auto is resident there, and a budget that does not fit is
+    refused by the manager, naming it."""
     allowed = ABLE.get(kind, {MemoryMode.RESIDENT})
     if forced is not MemoryMode.AUTO:
         return forced if forced in allowed else MemoryMode.RESIDENT
-    if on_host or room is None or size + held <= room:
+    if on_host or fits(size, room, held, peak):
         return MemoryMode.RESIDENT
-    if size <= room and MemoryMode.OFFLOADED in allowed:
+    if fits(size, room, held) and MemoryMode.OFFLOADED in allowed:
         return MemoryMode.OFFLOADED
     if MemoryMode.STREAMED in allowed:
         return MemoryMode.STREAMED
     return MemoryMode.RESIDENT  # what cannot fit is refused by the budget, naming it
+
+
+def fits(size: int, room: int | None, held: int, peak: int = 0) -> bool:
+    return room is None or size + held + peak <= room
+
+
+def fp8_size(
+    policy: str, entry: ModelEntry, dtype: torch.dtype, resident: Callable[[int], bool]
+) -> int | None:
+    """The bytes of ``entry`` kept in fp8 when ``policy`` (on, off, auto) keeps it so, else None.
+    ``resident`` says whether a size would be resident; auto keeps fp8 where bf16 would not be."""
+    if policy == "off" or entry.kind is not ModelKind.DIFFUSION or not plain_fp8(entry):
+        return None
+    if policy == "on" or not resident(loaded_bytes(entry, dtype)):
+        return loaded_bytes(entry, dtype, keep_fp8=True)
+    return None
+
+
+def keep_fp8(loaded: LoadedModel) -> bool:
+    """Narrow a model to fp8 storage where its loader offers it; whether it did."""
+    if loaded.narrow is None:
+        return False
+    loaded.memory_bytes = loaded.narrow()
+    return True
 
 
 def free_bytes(device: torch.device) -> int | None:
@@ -84,7 +123,7 @@ def place(loaded: LoadedModel, target: torch.device, mode: MemoryMode) -> tuple[
         return loaded.stream(target), mode
     if mode is MemoryMode.OFFLOADED and loaded.move is not None:
         return loaded.memory_bytes, mode
-    if mode is not MemoryMode.RESIDENT and loaded.move is not None:
+    if loaded.device != target and loaded.move is not None:
         loaded.move(target)
         loaded.device = target
     return loaded.memory_bytes, MemoryMode.RESIDENT

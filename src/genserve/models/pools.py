@@ -112,13 +112,19 @@ class PoolTable:
 
     def room(
         self, slot: ModelSlot, dev: str, free: int | None, slots: Sequence[ModelSlot]
-    ) -> tuple[int | None, int]:
-        """(the bytes ``slot``'s pool may hold on ``dev``: its budget or the free memory, whichever is
-        less, None when neither bounds it; the bytes its other models hold there now)."""
+    ) -> tuple[int | None, int, int]:
+        """(the bytes ``slot``'s pool may hold on ``dev``: its budget or what the device's free memory
+        and the pool's own models there add up to, whichever is less, None when neither bounds it;
+        the bytes its other models keep there; the largest of its offloaded models that come there
+        in turn, the peak they add while in use)."""
         pool = self.of[slot.entry.kind]
-        bounds = [b for b in (self.budgets[pool.name].get(dev), free) if b is not None]
-        held = sum(s.memory_bytes for s in self.slots_of(pool, slots) if s.device == dev and s is not slot)
-        return (min(bounds) if bounds else None), held
+        mine = [s for s in self.slots_of(pool, slots) if s is not slot]
+        offloaded = [s.memory_bytes for s in mine if s.mode == "offloaded" and s.target == dev]
+        held = sum(s.memory_bytes for s in mine if s.device == dev and s.mode != "offloaded")
+        on_device = sum(s.memory_bytes for s in mine if s.device == dev)  # an offloaded one in use too
+        usable = None if free is None else free + on_device
+        bounds = [b for b in (self.budgets[pool.name].get(dev), usable) if b is not None]
+        return (min(bounds) if bounds else None), held, max(offloaded, default=0)
 
     def over_budget(self, slots: Sequence[ModelSlot], slot: ModelSlot) -> list[ModelSlot]:
         """The disk size was only an estimate: idle models to evict if the real size overshoots."""

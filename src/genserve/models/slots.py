@@ -37,6 +37,7 @@ class ModelStats:
     load_count: int = 0
     evictions: int = 0
     memory_mode: str = "resident"
+    fp8_stored: bool = False  # its weights kept in fp8, computing in the compute dtype
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +70,7 @@ class ModelSlot:
     evictions: int = 0  # times capacity took it out (unload requests not counted)
     mode: str = "resident"  # the memory mode it was loaded with (memory.py)
     target: str | None = None  # the device it computes on (``device`` is where its weights are)
+    fp8: bool = False  # weights kept in fp8 (fp8 storage)
     place_lock: threading.Lock = field(default_factory=threading.Lock)  # model-level offload's moves
     on_device: int = 0  # users that brought an offloaded model onto its device (under place_lock)
 
@@ -87,7 +89,7 @@ class ModelSlot:
         if evicted:
             self.evictions += 1
         self.loaded, self.state, self.device, self.memory_bytes = None, SlotState.UNLOADED, None, 0
-        self.mode, self.target, self.on_device = "resident", None, 0
+        self.mode, self.target, self.on_device, self.fp8 = "resident", None, 0, False
         return loaded
 
     def snapshot(self) -> ModelStats:
@@ -107,6 +109,7 @@ class ModelSlot:
             load_count=self.load_count,
             evictions=self.evictions,
             memory_mode=self.mode,
+            fp8_stored=self.fp8,
         )
 
 

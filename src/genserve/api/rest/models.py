@@ -60,6 +60,9 @@ class ModelRow(BaseModel):
         "", description="resident, offloaded or streamed: what it has if loaded, else what a load would get."
     )
     loaded_bytes: int = Field(0, description="Bytes it takes (or would take) on its device in that mode.")
+    fp8_stored: bool = Field(
+        False, description="Weights kept in fp8, computing in the compute dtype (models.fp8_storage)."
+    )
 
 
 class ModelListResponse(BaseModel):

@@ -22,6 +22,27 @@ HEAD_DIM = 128
 ROPE_AXES = (16, 56, 56)
 ZERO_COND_MARKER = "__index_timestep_zero__"
 _BLOCK = re.compile(r"^transformer_blocks\.(\d+)\.")
+# Modules that fp8 storage leaves in the compute dtype (diffusers' default skip list for layerwise
+# casting): small, and where fp8's error would show. The rest of the Linear layers store fp8.
+FP8_WIDE = ("pos_embed", "patch_embed", "norm", "^proj_in$", "^proj_out$")
+
+
+def fp8_stored(header: Header) -> set[str]:
+    """The tensors (file keys) that fp8 storage keeps in fp8: the weights and biases of every Linear
+    (2-D weight) layer, unless it or a module around it matches ``FP8_WIDE``."""
+    modules = {
+        model_key(k)[: -len(".weight")]
+        for k, t in header.tensors.items()
+        if k.endswith(".weight") and len(t.shape) == 2
+    }
+    narrow = {m for m in modules if not _wide(m)}
+    return {k for k in header.tensors if model_key(k).rpartition(".")[0] in narrow}
+
+
+def _wide(module: str) -> bool:
+    parts = module.split(".")
+    names = [".".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(re.search(pattern, name) for pattern in FP8_WIDE for name in names)
 
 
 def is_qwen_transformer(header: Header) -> bool:

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from genserve.errors import GenserveError
-from genserve.models.formats.fp8 import MARKERS, SCALE_SUFFIXES
+from genserve.models.formats import qwen_transformer
+from genserve.models.formats.fp8 import MARKERS, SCALE_SUFFIXES, detect
 from genserve.models.formats.layouts import diffusers_folder, snapshot_of
 from genserve.models.formats.safetensors_header import DTYPES, is_safetensors, read_header
 from genserve.models.kinds import ModelEntry, ModelKind
@@ -30,24 +31,40 @@ def weight_files(entry: ModelEntry) -> list[Path]:
     return sorted((folder or snapshot_of(path)).rglob("*.safetensors"))
 
 
-def loaded_bytes(entry: ModelEntry, dtype: torch.dtype) -> int:
-    """Floating tensors counted in ``dtype``, the rest as stored; scales and markers not at all.
-    Files that are not safetensors, or not readable (the loader names the problem), count their
-    size on disk."""
+def loaded_bytes(entry: ModelEntry, dtype: torch.dtype, keep_fp8: bool = False) -> int:
+    """Floating tensors counted in ``dtype`` (those fp8 storage keeps narrow at one byte, when
+    ``keep_fp8``), the rest as stored; scales and markers not at all. Files that are not
+    safetensors, or not readable (the loader names the problem), count their size on disk."""
     try:
-        return _from_headers(weight_files(entry), dtype) or entry.disk_bytes()
+        return _from_headers(weight_files(entry), dtype, keep_fp8) or entry.disk_bytes()
     except GenserveError:
         return entry.disk_bytes()
 
 
-def _from_headers(files: list[Path], dtype: torch.dtype) -> int:
+def plain_fp8(entry: ModelEntry) -> bool:
+    """A single file storing its weights as unscaled fp8: what fp8 storage keeps as it is."""
+    files = weight_files(entry)
+    if not (entry.path.is_file() and files):
+        return False
+    try:
+        return detect(read_header(files[0])).kind == "fp8"
+    except GenserveError:
+        return False
+
+
+def _from_headers(files: list[Path], dtype: torch.dtype, keep_fp8: bool) -> int:
     size = torch.tensor([], dtype=dtype).element_size()
     total = 0
     for file in files:
-        for key, info in read_header(file).tensors.items():
+        header = read_header(file)
+        narrow = qwen_transformer.fp8_stored(header) if keep_fp8 else set()
+        for key, info in header.tensors.items():
             if key in MARKERS or key.endswith(SCALE_SUFFIXES):
                 continue
             stored = DTYPES.get(info.dtype, torch.uint8)
-            each = size if stored.is_floating_point else torch.tensor([], dtype=stored).element_size()
+            if stored.is_floating_point:
+                each = 1 if key in narrow else size
+            else:
+                each = torch.tensor([], dtype=stored).element_size()
             total += info.numel * each
     return total

@@ -15,7 +15,6 @@ def default_loaders(
     models_root: Path | None = None,
     hf_home: Path | None = None,
     allow_downloads: bool = False,
-    fp8_storage: bool = False,
 ) -> dict[ModelKind, Loader]:
     """Every kind's loader; lip-sync's reads its files through ``lipsync`` (none: not loaded here);
     the text encoder's looks for a single file's tokenizer under ``models_root`` and ``hf_home``."""
@@ -24,7 +23,7 @@ def default_loaders(
     from genserve.models.loaders.llm import load_llm
     from genserve.models.loaders.lora import load_lora
     from genserve.models.loaders.text_encoder import make_text_encoder_loader
-    from genserve.models.loaders.transformer import make_transformer_loader
+    from genserve.models.loaders.transformer import load_transformer
     from genserve.models.loaders.vae import load_vae
 
     # The manager logs every load with its time; transformers' per-load "Loading weights" bar would
@@ -35,7 +34,7 @@ def default_loaders(
         ModelKind.TEXT_ENCODER: make_text_encoder_loader(
             models_root or Path("models"), hf_home, allow_downloads
         ),
-        ModelKind.DIFFUSION: make_transformer_loader(fp8_storage),
+        ModelKind.DIFFUSION: load_transformer,
         ModelKind.LORA: load_lora,
         ModelKind.LLM: load_llm,
     }

@@ -24,6 +24,9 @@ class LoadedModel:
     # Block streaming: weights stay on the host and come onto ``device`` a group of blocks at a
     # time; returns the bytes on the device at once (the largest group, plus what is in no block).
     stream: Callable[[torch.device], int] | None = field(default=None, repr=False)
+    # fp8 storage: keep the weights of an unscaled fp8 file in fp8, computing in the compute dtype;
+    # returns the bytes after. Offered only by a loader whose file stores its weights so.
+    narrow: Callable[[], int] | None = field(default=None, repr=False)
 
 
 class Loader(Protocol):

@@ -20,7 +20,7 @@ from genserve.errors import ErrorCode, GenserveError
 from genserve.models.formats import fp8, qwen_transformer
 from genserve.models.formats.layouts import diffusers_folder
 from genserve.models.formats.safetensors_header import is_safetensors, read_header
-from genserve.models.loaders.base import LoadedModel, Loader, module_bytes
+from genserve.models.loaders.base import LoadedModel, module_bytes
 from genserve.models.loaders.lora import LoraWeights
 from genserve.models.loaders.single_file import load_single_file
 from genserve.models.memory import HOST
@@ -78,7 +78,6 @@ class AdapterGate:
         model.enable_adapters()
         model.set_adapters([lora.adapter_name], weights=[float(strength)])
 
-
     def _adapters_in_compute_dtype(self) -> None:
         """peft makes the adapters in the base weights' dtype; on an fp8-stored base that is fp8,
         which cannot compute: the adapters (small) are kept in the compute dtype, unfused."""
@@ -129,27 +128,25 @@ class DiffusionModel:
         return module_bytes(self.transformer) - in_blocks + largest
 
 
-def make_transformer_loader(fp8_storage: bool = False) -> Loader:
-    """The transformer loader; with ``fp8_storage`` an unscaled fp8 file keeps its weights in fp8 and
-    computes in the compute dtype (diffusers' layerwise casting): half a bf16 model's memory."""
-
-    def load_transformer(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-        transformer, fp8 = _load_module(entry, device, dtype)
-        if fp8_storage and fp8:
-            _keep_fp8(transformer, dtype)
-        model = DiffusionModel(transformer, compute_dtype=dtype)
-        memory = module_bytes(transformer)
-        return LoadedModel(
-            model=model, memory_bytes=memory, device=device, move=transformer.to, stream=model.stream
-        )
-
-    return load_transformer
-
-
 def load_transformer(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     """A diffusers folder (``config.json`` + weights, also a snapshot's ``transformer/``) or a
-    ComfyUI single file (bare or prefixed keys, bf16 or fp8 plain or scaled)."""
-    return make_transformer_loader()(entry, device, dtype)
+    ComfyUI single file (bare or prefixed keys, bf16 or fp8 plain or scaled). An unscaled fp8 file
+    offers ``narrow``: its weights kept in fp8 (the manager decides, see fp8 storage)."""
+    transformer, fp8 = _load_module(entry, device, dtype)
+    model = DiffusionModel(transformer, compute_dtype=dtype)
+
+    def narrow() -> int:
+        _keep_fp8(transformer, dtype)
+        return module_bytes(transformer)
+
+    return LoadedModel(
+        model=model,
+        memory_bytes=module_bytes(transformer),
+        device=device,
+        move=transformer.to,
+        stream=model.stream,
+        narrow=narrow if fp8 else None,
+    )
 
 
 def _load_module(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, bool]:
@@ -184,10 +181,15 @@ def _load_module(entry: ModelEntry, device: torch.device, dtype: torch.dtype) ->
 
 def _keep_fp8(transformer: torch.nn.Module, dtype: torch.dtype) -> None:
     """The file's values are exact in fp8 (an unscaled cast), so storing them as fp8 loses nothing;
-    norms and embeddings stay in the compute dtype (diffusers' default skip list)."""
+    the modules ``FP8_WIDE`` names stay in the compute dtype (sizes.loaded_bytes counts the same)."""
     from diffusers.hooks import apply_layerwise_casting
 
-    apply_layerwise_casting(transformer, storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+    apply_layerwise_casting(
+        transformer,
+        storage_dtype=torch.float8_e4m3fn,
+        compute_dtype=dtype,
+        skip_modules_pattern=qwen_transformer.FP8_WIDE,
+    )
 
 
 def _transformer_key(key: str) -> str | None:
