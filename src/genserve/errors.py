@@ -7,6 +7,8 @@ the CLI exits with ``exit_code``.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -97,7 +99,25 @@ class GenserveError(Exception):
 
 
 def as_genserve_error(exc: BaseException, fallback: ErrorCode = ErrorCode.INTERNAL) -> GenserveError:
-    """Wrap an unexpected exception so that a door can still answer with a documented code."""
+    """Wrap an unexpected exception so that a door can still answer with a documented code; its
+    text keeps the cause but not the server's paths (``without_paths``)."""
     if isinstance(exc, GenserveError):
         return exc
-    return GenserveError(fallback, f"{type(exc).__name__}: {exc}")
+    return GenserveError(fallback, without_paths(f"{type(exc).__name__}: {exc}"))
+
+
+# An absolute path: a slash, then names, whose first is a folder at the file system's root.
+_ABSOLUTE = re.compile(r"(?<![\w.:/])/([\w.-]+)(?:/[^\s'\"<>:,;()]*)?")
+
+
+def without_paths(text: str) -> str:
+    """``text`` with every absolute server path cut to its last name: library errors (``OSError``,
+    safetensors, PIL) quote the paths they opened, and no answer may carry one. Only paths under a
+    real top-level folder are cut, so URL paths such as ``/api/v1/models`` stay as they are."""
+
+    def cut(match: re.Match[str]) -> str:
+        if not os.path.isdir("/" + match.group(1)):
+            return match.group(0)
+        return "<" + (match.group(0).rstrip("/").rsplit("/", 1)[-1] or "/") + ">"
+
+    return _ABSOLUTE.sub(cut, text)

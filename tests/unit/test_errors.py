@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
-from genserve.errors import ERROR_TABLE, ErrorCode, GenserveError, as_genserve_error
+from genserve.errors import ERROR_TABLE, ErrorCode, GenserveError, as_genserve_error, without_paths
 
 SPEC_CODES = {
     "MODEL_NOT_FOUND",
@@ -45,3 +46,10 @@ def test_unexpected_exceptions_become_internal() -> None:
     assert wrapped.code is ErrorCode.INTERNAL and "boom" in wrapped.message
     original = GenserveError(ErrorCode.TIMEOUT, "late")
     assert as_genserve_error(original) is original
+
+
+def test_unexpected_errors_keep_their_cause_but_not_server_paths(tmp_path: Path) -> None:
+    weights = tmp_path / "models" / "vae" / "broken.safetensors"
+    wrapped = as_genserve_error(OSError(f"Unable to load weights from checkpoint file '{weights}'"))
+    assert "broken.safetensors" in wrapped.message and str(tmp_path) not in wrapped.message
+    assert without_paths("POST /api/v1/models/vae/x/unload: 404") == "POST /api/v1/models/vae/x/unload: 404"

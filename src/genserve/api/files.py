@@ -8,18 +8,29 @@ and a crash leaves it where the next start finds it. Outputs land in ``files.out
 the spec's names (``latent_{id}.pt``, ..., ``metadata_{id}.json``), with ``response_{id}.json`` in
 the spec's success or error format; the request then moves to ``done/``, or to ``failed/`` with a
 copy of its error response. A bad file fails alone: the worker goes on.
+
+Anyone who can write into the folder can put anything there under a matching name, so a request
+is read only when it is a regular file, never through a symlink (which could point anywhere),
+never a FIFO (whose open would wait for a writer) or a device, and only up to
+``files.max_request_bytes``; and the reading happens on a worker thread, so a slow disk never
+stalls the REST and gRPC doors that share the event loop. A refused file gets the same error
+response as any bad request, naming neither a path nor anything read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
+from genserve.api.json_limits import check_json_depth
 from genserve.api.request_ids import checked_request_id
 from genserve.engine.runtime import Runtime
 from genserve.errors import ErrorCode, GenserveError, as_genserve_error
@@ -28,8 +39,11 @@ from genserve.storage.artifacts import file_tag, write_json
 log = logging.getLogger("genserve.files")
 
 REQUEST_FILE = re.compile(r"request_(.+)\.json")
-MAX_REQUEST_BYTES = 1024 * 1024
 RETRY_FULL_QUEUE_S = 1.0
+# Opened without following a symlink and without waiting (a FIFO's open waits for a writer).
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+_KEYS_SHOWN = 5  # unknown keys named in an error, each cut to _KEY_CHARS
+_KEY_CHARS = 40
 
 
 class FileDoor:
@@ -39,6 +53,8 @@ class FileDoor:
         self.input_dir = settings.input_dir
         self.output_dir = settings.output_dir
         self.poll_interval_s = settings.poll_interval_s
+        self.max_request_bytes = settings.max_request_bytes
+        self.max_json_depth = runtime.settings.server.max_json_depth
         self.claimed = self.input_dir / "claimed"
         self.done = self.input_dir / "done"
         self.failed = self.input_dir / "failed"
@@ -98,43 +114,17 @@ class FileDoor:
         request_id: str | None = None
         try:
             request_id = checked_request_id(raw_id, "file name")
-            service, body = self._read(claimed)
+            raw = await asyncio.to_thread(read_request_file, claimed, self.max_request_bytes)
+            service, body = parse_request(raw, self.max_json_depth)
             response = await self._run(service, body, request_id)
         except GenserveError as err:
-            self._finish(claimed, request_id or raw_id, err.to_dict(request_id), failed=True)
+            outcome, failed = err.to_dict(request_id), True
         except Exception as exc:  # the worker must outlive any one file
             log.exception("drop-folder request %s failed unexpectedly", claimed.name)
-            err = as_genserve_error(exc)
-            self._finish(claimed, request_id or raw_id, err.to_dict(request_id), failed=True)
+            outcome, failed = as_genserve_error(exc).to_dict(request_id), True
         else:
-            self._finish(claimed, request_id, response, failed=False)
-
-    def _read(self, claimed: Path) -> tuple[str, dict[str, Any]]:
-        if claimed.stat().st_size > MAX_REQUEST_BYTES:
-            raise GenserveError(
-                ErrorCode.PAYLOAD_TOO_LARGE, f"request file larger than {MAX_REQUEST_BYTES} bytes"
-            )
-        try:
-            data = json.loads(claimed.read_bytes())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise GenserveError(ErrorCode.INVALID_INPUT, f"request file is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise GenserveError(
-                ErrorCode.INVALID_INPUT, 'request file must be {"service": ..., "input": {...}}'
-            )
-        unknown = sorted(set(data) - {"service", "input", "request_id"})
-        if unknown:
-            raise GenserveError(
-                ErrorCode.INVALID_INPUT, f"{', '.join(unknown)}: unknown key(s); expected service and input"
-            )
-        service, body = data.get("service"), data.get("input")
-        if not isinstance(service, str) or not service:
-            raise GenserveError(
-                ErrorCode.INVALID_INPUT, "service: required, e.g. latent_encoder", field="service"
-            )
-        if not isinstance(body, dict):
-            raise GenserveError(ErrorCode.INVALID_INPUT, "input: required, an object of the service's fields")
-        return service, body
+            outcome, failed = response, False
+        await asyncio.to_thread(self._finish, claimed, request_id or raw_id, outcome, failed=failed)
 
     async def _run(self, service: str, body: dict[str, Any], request_id: str) -> dict[str, Any]:
         engine = self.runtime.engine
@@ -166,3 +156,68 @@ class FileDoor:
             return
         outcome = response.get("error_code", "ok")
         log.info("drop-folder request %s: %s", request_id, outcome, extra={"request_id": request_id})
+
+
+def read_request_file(path: Path, max_bytes: int) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``max_bytes``; blocking, so it runs
+    on a worker thread. The type is checked on the opened descriptor, so a file swapped after a
+    check cannot slip through."""
+    not_regular = GenserveError(
+        ErrorCode.INVALID_INPUT,
+        "the request file is not a regular file (symlinks, FIFOs, devices and folders are not read)",
+    )
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # the name is a symlink
+            raise not_regular from None
+        message = f"the request file cannot be read ({exc.strerror})"  # strerror names no path
+        raise GenserveError(ErrorCode.INVALID_INPUT, message) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise not_regular
+        chunks: list[bytes] = []
+        total = 0
+        while info.st_size <= max_bytes and total <= max_bytes:  # it may grow while read
+            chunk = os.read(fd, max_bytes + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    finally:
+        os.close(fd)
+    if info.st_size > max_bytes or total > max_bytes:
+        raise GenserveError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"the request file is larger than {max_bytes} bytes (files.max_request_bytes)",
+            limit_bytes=max_bytes,
+        )
+    return b"".join(chunks)
+
+
+def parse_request(raw: bytes, max_depth: int) -> tuple[str, dict[str, Any]]:
+    """The service name and its input from a request file's bytes."""
+    check_json_depth(raw, max_depth, "server.max_json_depth", "the request file")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise GenserveError(ErrorCode.INVALID_INPUT, f"the request file is not valid JSON{where}") from None
+    if not isinstance(data, dict):
+        raise GenserveError(ErrorCode.INVALID_INPUT, 'request file must be {"service": ..., "input": {...}}')
+    unknown = sorted(set(data) - {"service", "input", "request_id"})
+    if unknown:
+        shown = ", ".join(repr(key[:_KEY_CHARS]) for key in unknown[:_KEYS_SHOWN])
+        more = f" and {len(unknown) - _KEYS_SHOWN} more" if len(unknown) > _KEYS_SHOWN else ""
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT, f"{shown}{more}: unknown key(s); expected service and input"
+        )
+    service, body = data.get("service"), data.get("input")
+    if not isinstance(service, str) or not service:
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT, "service: required, e.g. latent_encoder", field="service"
+        )
+    if not isinstance(body, dict):
+        raise GenserveError(ErrorCode.INVALID_INPUT, "input: required, an object of the service's fields")
+    return service, body

@@ -76,7 +76,9 @@ def build_runtime(settings: Settings) -> Runtime:
     workers = {device_name(resolve_device(d)): n for d, n in settings.engine.device_workers.items()}
     models = build_models(settings)
     storage = settings.storage
-    sandbox = Sandbox(storage.read_roots, storage.write_roots, storage.default_output_dir)
+    sandbox = Sandbox(
+        storage.read_roots, storage.write_roots, storage.default_output_dir, storage.max_image_pixels
+    )
     services = dict(SERVICES)
     service_lanes: dict[str, ServiceLane] = {}
     closers: list[Callable[[], None]] = []

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import uvicorn
@@ -21,10 +22,16 @@ import uvicorn
 from genserve.api.files import FileDoor
 from genserve.api.grpc.server import GrpcDoor
 from genserve.api.rest import build_app
+from genserve.api.rest.dependencies import parts_of
+from genserve.app.http_protocol import bounded_httptools
+from genserve.app.malloc_tuning import IdleTrimmer
 from genserve.app.runtime import Runtime, build_runtime
 from genserve.app.web import WebParts, build_web_parts
+from genserve.auth.exposure import check_exposure
+from genserve.auth.keys import KeyStore
 from genserve.config import ConfigError, Settings
-from genserve.errors import GenserveError
+from genserve.errors import ErrorCode, GenserveError
+from genserve.rpc.tls import check_pem, read_pem
 
 log = logging.getLogger("genserve.server")
 
@@ -44,10 +51,32 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def url_of(sock: socket.socket) -> str:
+def url_of(sock: socket.socket, tls: bool = False) -> str:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
+    return f"{'https' if tls else 'http'}://{shown}:{port}"
+
+
+def check_tls(cert: Path | None, key: Path | None, section: str) -> bool:
+    """Whether ``section`` serves TLS; a certificate without its key (or a bad pair) stops start-up
+    naming the settings, not somewhere inside the TLS library."""
+    names = f"{section}.tls_cert_file, {section}.tls_key_file"
+    if (cert is None) != (key is None):
+        raise GenserveError(ErrorCode.INVALID_INPUT, f"{names}: set both or neither", field=names)
+    if cert is not None and key is not None:
+        read_pem(cert, f"{section}.tls_cert_file")
+        read_pem(key, f"{section}.tls_key_file")
+        check_pem(cert, key, None, names)
+    return cert is not None
+
+
+def check_access(settings: Settings) -> None:
+    """A door beyond loopback with no API keys stops start-up unless auth.allow_anonymous says so."""
+    listeners = {"server.host": settings.server.host}
+    if settings.grpc.enabled:
+        listeners["grpc.host"] = settings.grpc.host
+    keys = KeyStore(settings.auth.keys_file)
+    check_exposure(listeners, bool(keys), settings.auth.allow_anonymous)
 
 
 class BackgroundDoor(Protocol):
@@ -71,12 +100,23 @@ class RestServer(uvicorn.Server):
     ) -> None:
         settings = runtime.settings.server
         self.web = web if web is not None else build_web_parts(runtime)
-        app = build_app(runtime, prompts=self.web.prompts, bridge=self.web.bridge, catalog=self.web.catalog)
+        web = self.web
+        app = build_app(
+            runtime,
+            prompts=web.prompts,
+            bridge=web.bridge,
+            catalog=web.catalog,
+            client_owners=web.client_owners,
+        )
+        self.metrics = parts_of(app).metrics
         config = uvicorn.Config(
             app,
+            ssl_certfile=settings.tls_cert_file,
+            ssl_keyfile=settings.tls_key_file,
             log_config=None,  # genserve's logging is already configured
             access_log=False,  # the app logs each request with its request id
             server_header=False,
+            http=bounded_httptools(settings.max_header_bytes),
             timeout_graceful_shutdown=settings.shutdown_grace_s,
             lifespan="on",
         )
@@ -85,9 +125,18 @@ class RestServer(uvicorn.Server):
         self.grpc = grpc_door
         self.others = list(others)
         self.sock = sock
-        self.url = url_of(sock)
+        self.url = url_of(sock, settings.tls_cert_file is not None)
         self.stop_signals: list[int] = []
         self._preload: asyncio.Task[None] | None = None
+        self.trimmer = IdleTrimmer(self._busy, settings.trim_idle_s)
+        self._seen_requests = 0
+
+    def _busy(self) -> bool:
+        """Work running or waiting in the engine, or any HTTP request since the last look."""
+        seen = self.metrics.requests_started
+        working = any(load.running or load.waiting for load in self.runtime.engine.loads())
+        busy, self._seen_requests = working or seen != self._seen_requests, seen
+        return busy
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self.runtime.models.start_idle_reaper()
@@ -100,6 +149,7 @@ class RestServer(uvicorn.Server):
         for door in self.others:
             await door.start()
         await super().startup(sockets)
+        self.trimmer.start()
         if self.started:
             host = self.sock.getsockname()[0]
             note = " (every interface)" if host in ("0.0.0.0", "::") else ""
@@ -129,6 +179,7 @@ class RestServer(uvicorn.Server):
             # uvicorn closes WebSockets (1012) first thing in its shutdown: a bridge client must
             # hear before that whether its job stays queued.
             await self.web.bridge.announce_shutdown()
+        await self.trimmer.stop()
         stopping = [super().shutdown(sockets)]
         if self.grpc is not None:
             stopping.append(self.grpc.stop())
@@ -150,6 +201,10 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         settings.server.host = host
     if port is not None:
         settings.server.port = port
+    check_access(settings)
+    check_tls(settings.server.tls_cert_file, settings.server.tls_key_file, "server")
+    if settings.grpc.enabled:
+        check_tls(settings.grpc.tls_cert_file, settings.grpc.tls_key_file, "grpc")
     runtime = build_runtime(settings)
     if not runtime.models.registry.entries():
         log.warning(

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from genserve.bridge.admission import QueueLimits
 from genserve.bridge.aliases import WorkflowCatalog
 from genserve.bridge.backends import Backend, LocalBackend
 from genserve.bridge.dispatcher import Bridge
@@ -18,6 +19,7 @@ from genserve.bridge.remote import ComfyBackend
 from genserve.engine.runtime import Runtime
 from genserve.errors import ErrorCode, GenserveError
 from genserve.storage.jobs import JobStore
+from genserve.storage.owners import ClientOwners
 from genserve.workflows.demo import write_demo_catalog
 from genserve.workflows.nodes.builtin import PipelineResources, pipeline_registry
 from genserve.workflows.nodes.image import BRIDGE_UPLOADS
@@ -32,6 +34,7 @@ class WebParts:
     prompts: PromptQueue | None = None
     bridge: Bridge | None = None
     catalog: WorkflowCatalog | None = None
+    client_owners: ClientOwners | None = None
 
     async def start(self) -> None:
         if self.prompts is not None:
@@ -45,6 +48,8 @@ class WebParts:
         if self.bridge is not None:
             await self.bridge.stop()
             self.bridge.store.close()
+        if self.client_owners is not None:
+            self.client_owners.close()
         if self.prompts is not None:
             await asyncio.to_thread(self.prompts.stop)
 
@@ -55,7 +60,7 @@ def build_web_parts(runtime: Runtime) -> WebParts:
     if not settings.bridge.enabled:
         return WebParts(prompts)
     bridge, catalog = build_bridge(runtime, prompts)
-    return WebParts(prompts, bridge, catalog)
+    return WebParts(prompts, bridge, catalog, ClientOwners(settings.bridge.jobs_db))
 
 
 def build_prompt_queue(runtime: Runtime) -> PromptQueue:
@@ -123,6 +128,7 @@ def build_bridge(runtime: Runtime, prompts: PromptQueue | None) -> tuple[Bridge,
                     entry.url,
                     input_dir=input_dir,
                     cancel_timeout_s=settings.probe_timeout_s,
+                    watch_interval_s=settings.probe_interval_s,
                 )
             )
     settings.jobs_db.parent.mkdir(parents=True, exist_ok=True)
@@ -135,5 +141,6 @@ def build_bridge(runtime: Runtime, prompts: PromptQueue | None) -> tuple[Bridge,
         affinity_weight=settings.affinity_weight,
         retention_s=settings.retention_hours * 3600,
         upload_dir=input_dir / BRIDGE_UPLOADS,
+        limits=QueueLimits(settings.max_queued_per_client, settings.max_queued, settings.retry_after_s),
     )
     return bridge, catalog

@@ -1,39 +1,44 @@
 """The bridge's queue worker: durable jobs in, backends picked, progress out, results kept.
 
-Jobs live in the JobStore (SQLite) from ``submit`` until ``/history`` takes their results, so a
-restart loses nothing: ``start`` puts jobs that were running back in the queue. One dispatch loop
-hands queued jobs, oldest first, to the backend ``balancer.pick`` chooses (a job stays on that
+Jobs live in the JobStore (SQLite) from ``submit`` until ``/history`` has delivered their
+results, so a restart loses nothing: ``start`` puts jobs that were running back in the queue.
+``submit`` admits a job within the queue's bounds (``admission``). One dispatch loop hands queued
+jobs, round-robin across clients, to the backend ``balancer.pick`` chooses (a job stays on that
 backend to its end); each handed-out job is one asyncio task that follows the backend's ComfyUI
 messages into the client's ``{"status", "details"}`` updates. A job has no time cap.
 
 Why a job's task stops decides what happens to the job (``_reasons``): ``cancelled`` (its client
 interrupted or left) ends it; ``lost`` (its backend went down) and ``BackendDown`` put it back in
-the queue for another backend; a shutdown leaves it ``running`` in the store, to be re-queued at
-the next start.
+the queue for another backend; ``PromptLost`` (the backend dropped its prompt) puts it back up to
+``MAX_LOSSES`` times, then fails it; a shutdown leaves it ``running`` in the store, to be
+re-queued at the next start. No job is left ``running`` without a task following it.
 
-The client's uploads (``upload_dir``) that a job names are deleted once ``/history`` hands out
-its results, unless a queued or running job still names them; whatever is left is swept once
-older than the retention, at start and by the retention loop.
+``/history`` reads a client's results (``pending_results``) and deletes them only once its answer
+was written to the end (``forget_delivered``): a client whose connection broke gets them again.
+The client's uploads (``upload_dir``) that a job names are deleted with its results, unless a
+queued or running job still names them; whatever is left is swept once older than the
+retention, at start and by the retention loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from genserve.bridge.backends import Backend, BackendBusy, BackendDown, JobFailed, Output
+from genserve.bridge.admission import Admission, QueueLimits, fair_order, position
+from genserve.bridge.backends import Backend, BackendBusy, BackendDown, JobFailed, PromptLost
 from genserve.bridge.balancer import BackendState, Prober, pick
 from genserve.bridge.progress import ProgressTracker, models_of
+from genserve.bridge.results import ResultShelf
 from genserve.bridge.sessions import DONE, Sessions, Status, Update
 from genserve.bridge.uploads import delete_uploads, referenced_uploads, sweep_uploads
 from genserve.errors import ErrorCode, GenserveError
-from genserve.storage.artifacts import write_bytes
-from genserve.storage.jobs import Job, JobState, JobStore, Result, ResultFile
+from genserve.storage.jobs import Job, JobState, JobStore, Result
 
 log = logging.getLogger("genserve.workflows.bridge")
 
@@ -42,6 +47,8 @@ INTERRUPTED = Update(Status.CLOSED, "Execution was interrupted")
 # closes with 1012, "service restart"); one without work hears SERVER_CLOSING.
 SHUTTING_DOWN = Update(Status.ERROR, "server shutting down; the job stays queued and resumes after restart")
 SERVER_CLOSING = Update(Status.CLOSED, "server shutting down")
+# A job whose prompt its backends dropped this many times is failed rather than queued again.
+MAX_LOSSES = 3
 _ACTIVE = (JobState.QUEUED, JobState.RUNNING)
 
 
@@ -60,10 +67,12 @@ class Bridge:
         affinity_weight: float = 1.0,
         retention_s: float = 24 * 3600.0,
         upload_dir: Path | None = None,
+        limits: QueueLimits | None = None,
     ) -> None:
         self.store = store
+        self.admission = Admission(store, limits or QueueLimits())
         self.states = [BackendState(b) for b in backends]
-        self.results_dir = results_dir
+        self.shelf = ResultShelf(store, results_dir)
         self.sessions = sessions or Sessions()
         self.affinity_weight = affinity_weight
         self.retention_s = retention_s
@@ -77,6 +86,10 @@ class Bridge:
         # the jobs whose uploads must stay.
         self._handed: dict[str, Job] = {}
         self._reasons: dict[str, str] = {}
+        self._losses: dict[str, int] = {}  # job id -> prompts lost, while it is still queued or running
+        # Each waiting client's last turn (``admission.fair_order``), from a counter of claims.
+        self._served: dict[str, int] = {}
+        self._turns = itertools.count()
         self._background: list[asyncio.Task[Any]] = []
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -137,9 +150,10 @@ class Bridge:
             raise GenserveError(ErrorCode.UNAVAILABLE, f"no backend is available ({down})")
 
     def submit(self, client_id: str, alias: str, graph: dict[str, Any]) -> int:
-        """Queue one job (blocking: SQLite); returns the queue length including it."""
+        """Queue one job within the queue's bounds (blocking: SQLite); returns the queue length
+        including it. A full queue is RESOURCE_EXHAUSTED with ``retry_after_s`` in its details."""
         self.check_available()
-        self.store.enqueue(client_id, alias, graph)
+        self.admission.enqueue(client_id, alias, graph)
         self.wake()
         return self.store.queue_length()
 
@@ -190,8 +204,8 @@ class Bridge:
             return Update(Status.CONNECTED, "server connected")
         if active:
             # The spec's execution-info table has no "listening": queued is still "connected".
-            position = self.store.queue_position(active[0].id) or 0
-            return Update(Status.CONNECTED, f"waiting in queue: position {position}")
+            place = position(self.store.queued(), self._served.copy(), client_id) or 0
+            return Update(Status.CONNECTED, f"waiting in queue: position {place}")
         job = jobs[-1]
         if job.state is JobState.DONE:
             return DONE
@@ -199,18 +213,18 @@ class Bridge:
             return Update(Status.ERROR, job.error or "failed")
         return INTERRUPTED
 
-    def take_history(self, client_id: str) -> list[tuple[Result, bytes]]:
-        """The client's stored results with their bytes, deleted here as they are read (blocking)."""
-        taken = []
-        results = self.store.take_results(client_id)
-        for result in results:
-            try:
-                taken.append((result, result.read_bytes()))
-            except FileNotFoundError:
-                log.warning("result %s of job %s is gone from disk", result.name, result.job_id)
-            self._delete(result)
-        self._drop_uploads({result.job_id for result in results})
-        return taken
+    def pending_results(self, client_id: str) -> list[Result]:
+        """The client's stored results, left in place until ``forget_delivered`` (blocking)."""
+        results, missing = self.shelf.pending(client_id)
+        if missing:
+            self.forget_delivered(missing)
+        return results
+
+    def forget_delivered(self, results: Sequence[Result]) -> None:
+        """Delete results ``/history`` has written to the end of an answer, and the uploads their
+        jobs named (blocking)."""
+        gone = self.shelf.forget(results)
+        self._drop_uploads({result.job_id for result in gone})
 
     # Uploads -----------------------------------------------------------------------------------
 
@@ -275,7 +289,10 @@ class Bridge:
         if free <= 0:
             return
         # Any backend with room can take any job, so the first ``free`` jobs are all it can hand out.
-        for job in await asyncio.to_thread(self.store.queued, free):
+        queued = await asyncio.to_thread(self.store.queued)
+        waiting = {job.client_id for job in queued}
+        self._served = {c: turn for c, turn in self._served.items() if c in waiting}
+        for job in fair_order(queued, self._served)[:free]:
             state = pick(self.states, models_of(job.graph), self.affinity_weight)
             if state is None:
                 return
@@ -285,10 +302,12 @@ class Bridge:
                 self._handed.pop(job.id, None)
                 continue
             state.inflight.add(job.id)
+            self._served[job.client_id] = next(self._turns)
             self._tasks[job.id] = asyncio.create_task(self._run(claimed, state), name=f"job-{job.id}")
 
     async def _run(self, job: Job, state: BackendState) -> None:
         client = job.client_id
+        requeued = False  # after a lost prompt: its count of losses is kept
         tracker = ProgressTracker(job.graph)
         self.sessions.publish(client, Update(Status.PROGRESS, "0.00%"))
 
@@ -312,6 +331,8 @@ class Bridge:
             await asyncio.to_thread(self.store.requeue, job.id)
             log.warning("job %s goes back to the queue: %s", job.id, exc)
             self._mark_down(state, str(exc))
+        except PromptLost as exc:
+            requeued = await self._prompt_lost(job, str(exc))
         except JobFailed as exc:
             await asyncio.to_thread(self.store.mark_failed, job.id, str(exc))
             self.sessions.publish(client, Update(Status.ERROR, str(exc)))
@@ -325,9 +346,11 @@ class Bridge:
             state.inflight.discard(job.id)
             state.warm |= models_of(job.graph)
             with contextlib.suppress(asyncio.CancelledError):
-                if await asyncio.shield(asyncio.to_thread(self._keep, job, outputs)):
+                if await asyncio.shield(asyncio.to_thread(self.shelf.keep, job, outputs)):
                     self.sessions.publish(client, DONE)
         finally:
+            if not requeued:
+                self._losses.pop(job.id, None)
             state.inflight.discard(job.id)
             self._reasons.pop(job.id, None)
             if self._tasks.get(job.id) is asyncio.current_task():
@@ -335,6 +358,19 @@ class Bridge:
             self._handed.pop(job.id, None)
             self._forget_if_idle(client)
             self._wake.set()
+
+    async def _prompt_lost(self, job: Job, error: str) -> bool:
+        """Queue the job again (its client sees it start over), unless its prompts keep vanishing
+        (then it fails); whether it was queued again."""
+        losses = self._losses[job.id] = self._losses.get(job.id, 0) + 1
+        if losses < MAX_LOSSES and await asyncio.to_thread(self.store.requeue, job.id):
+            log.warning("job %s goes back to the queue (%d/%d): %s", job.id, losses, MAX_LOSSES, error)
+            return True
+        message = f"the backend dropped the job's prompt {losses} times; last: {error}"
+        if await asyncio.to_thread(self.store.mark_failed, job.id, message):
+            log.warning("job %s failed: %s", job.id, message)
+            self.sessions.publish(job.client_id, Update(Status.ERROR, message))
+        return False
 
     def _forget_if_idle(self, client_id: str) -> None:
         """Drop the client's last update once nothing follows it: no socket, no job of its running
@@ -345,21 +381,6 @@ class Bridge:
             return
         self.sessions.forget(client_id)
 
-    def _keep(self, job: Job, outputs: Sequence[Output]) -> bool:
-        """Write the outputs under results_dir/<job>/ and record them; False if the job was
-        interrupted meanwhile (then the files are removed again)."""
-        folder = self.results_dir / job.id
-        results = []
-        for index, output in enumerate(outputs):
-            path = folder / f"{index:02d}_{Path(output.filename).name}"
-            write_bytes(path, output.data, durable=True)
-            meta = {"node": output.node, "filename": output.filename, **dict(output.metadata)}
-            results.append(ResultFile(output.filename, output.content_type, path=str(path), metadata=meta))
-        stored = self.store.mark_done(job.id, results)
-        if not stored:
-            shutil.rmtree(folder, ignore_errors=True)
-        return stored
-
     # Retention ---------------------------------------------------------------------------------
 
     async def _retention_loop(self) -> None:
@@ -367,18 +388,7 @@ class Bridge:
         while True:
             await asyncio.sleep(period)
             try:
-                purged = await asyncio.to_thread(self.store.purge_older_than, self.retention_s)
-                for result in purged.results:
-                    self._delete(result)
+                await asyncio.to_thread(self.shelf.purge, self.retention_s)
                 await asyncio.to_thread(self._sweep_uploads)
             except Exception:
                 log.exception("purging old bridge results failed")
-
-    def _delete(self, result: Result) -> None:
-        if result.path is None:
-            return
-        path = Path(result.path)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        with contextlib.suppress(OSError):
-            path.parent.rmdir()  # the job's folder, once empty

@@ -140,7 +140,10 @@ async def parse_multipart(
     Exceptions raised by the callbacks (the caller's limits) come through unchanged.
     """
     collector = PartCollector(on_headers, on_data)
-    parser = MultipartParser(boundary_of(content_type), collector.callbacks())
+    try:
+        parser = MultipartParser(boundary_of(content_type), collector.callbacks())
+    except (FormParserError, ValueError) as exc:  # a boundary the parser cannot use
+        raise MultipartError(f"invalid multipart boundary ({exc})") from exc
     try:
         async for chunk in chunks:
             parser.write(chunk)

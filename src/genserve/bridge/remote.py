@@ -14,8 +14,11 @@ what it stored.
 
 Connection problems become ``BackendDown`` so the queue worker hands the job to another backend;
 a socket that closes early is not trusted either way: the history says whether the prompt
-finished. Cancelling removes the prompt from the backend's queue, or interrupts it only when it
-is the one running there (``/interrupt`` without a prompt id would stop another client's job).
+finished. A prompt taken out of the backend's queue (``POST /queue {"clear": true}`` there, or a
+restart) sends no final message, so a socket quiet for ``watch_interval_s`` has the backend's
+queue looked at: a prompt gone from it is collected from the history, or is ``PromptLost``.
+Cancelling removes the prompt from the backend's queue, or interrupts it only when it is the one
+running there (``/interrupt`` without a prompt id would stop another client's job).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from genserve.bridge.backends import (
     JobFailed,
     MessageSink,
     Output,
+    PromptLost,
     content_type_of,
     describe_execution_error,
     output_files,
@@ -87,6 +91,7 @@ class ComfyBackend(Backend):
         input_dir: Path,
         timeout_s: float = 30.0,
         cancel_timeout_s: float = 5.0,
+        watch_interval_s: float = 2.0,
     ) -> None:
         super().__init__(name, max_inflight)
         self.url = url.rstrip("/")
@@ -94,6 +99,7 @@ class ComfyBackend(Backend):
         self.timeout_s = timeout_s
         # A backend being cancelled is often one that stopped answering: give up on it quickly.
         self.cancel_timeout_s = cancel_timeout_s
+        self.watch_interval_s = watch_interval_s
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout_s)
         self._cleanups: set[asyncio.Task[None]] = set()
 
@@ -131,6 +137,7 @@ class ComfyBackend(Backend):
         graph = await self._upload_inputs(graph)
         prompt_id: str | None = None
         final: dict[str, Any] | None = None
+        vanished = False
         try:
             async with connect(
                 _ws_url(self.url, job_id),
@@ -143,7 +150,13 @@ class ComfyBackend(Backend):
                 if response.status_code != 200:
                     raise JobFailed(f"{self.name} refused the workflow: {_refusal(response)}")
                 prompt_id = str(response.json()["prompt_id"])
-                async for raw in ws:
+                while True:
+                    try:
+                        raw = await asyncio.wait_for(ws.recv(), self.watch_interval_s)
+                    except TimeoutError:  # quiet: is the prompt still there? (cancelling recv is safe)
+                        if vanished := await self._gone(prompt_id):
+                            break
+                        continue
                     if isinstance(raw, bytes):  # preview images; the bridge sends percentages only
                         continue
                     message = json.loads(raw)
@@ -164,11 +177,24 @@ class ComfyBackend(Backend):
             log.info("%s: socket lost during %s (%s); asking its history", self.name, prompt_id, exc)
         if prompt_id is None:
             raise BackendDown(f"{self.name}: the socket closed before the prompt was queued")
-        return await self._collect(prompt_id, final)
+        return await self._collect(prompt_id, final, vanished)
 
-    async def _collect(self, prompt_id: str, final: dict[str, Any] | None) -> list[Output]:
+    async def _gone(self, prompt_id: str) -> bool:
+        """Whether the prompt has left the backend's queue; an unanswered look says no (the
+        prober decides whether the backend is down)."""
+        try:
+            return prompt_id not in await self._queued()
+        except (*_NETWORK_ERRORS, ValueError, AttributeError, TypeError) as exc:
+            log.debug("%s: could not look for %s in its queue: %s", self.name, prompt_id, exc)
+            return False
+
+    async def _collect(
+        self, prompt_id: str, final: dict[str, Any] | None, vanished: bool = False
+    ) -> list[Output]:
         response = await self._call("GET", f"/history/{prompt_id}")
         entry = response.json().get(prompt_id) if response.status_code == 200 else None
+        if entry is None and vanished:
+            raise PromptLost(f"{self.name}: prompt {prompt_id} left its queue without a history entry")
         if entry is None:
             raise BackendDown(f"{self.name}: lost prompt {prompt_id} (not in its history)")
         status = entry.get("status") or {}

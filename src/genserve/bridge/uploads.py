@@ -17,11 +17,9 @@ behind (never used, or their jobs forgotten) once older than the retention (``sw
 
 from __future__ import annotations
 
-import io
 import re
 import time
 import uuid
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +29,10 @@ from PIL import Image
 from starlette.requests import ClientDisconnect, Request
 
 from genserve.bridge.multipart import MultipartError, RawPart, parse_multipart
+from genserve.config.storage import DEFAULT_MAX_IMAGE_PIXELS
 from genserve.errors import ErrorCode, GenserveError
 from genserve.storage.artifacts import write_bytes
+from genserve.storage.images import ImageTooLarge, bounded_image
 from genserve.workflows.nodes.image import BRIDGE_UPLOADS
 
 # Pillow's format name -> the extension the stored file gets. MPO is how Pillow reports a JPEG
@@ -46,7 +46,6 @@ FORMAT_EXTENSIONS: dict[str, str] = {
     "GIF": "gif",
 }
 ACCEPTED_FORMATS = "PNG, JPEG, WEBP, BMP or GIF"
-MAX_PIXELS = 50_000_000
 MAX_FIELD_CHARS = 200
 MAX_STEM_CHARS = 64
 
@@ -148,8 +147,15 @@ def _keys(parts: list[RawPart]) -> list[str]:
     return keys
 
 
-def save_uploads(parts: Sequence[UploadPart], folder: Path, *, max_file_bytes: int) -> dict[str, str]:
+def save_uploads(
+    parts: Sequence[UploadPart],
+    folder: Path,
+    *,
+    max_file_bytes: int,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> dict[str, str]:
     """Store every part under a fresh name in ``folder``; ``{field: saved name}`` in request order.
+    Each image has at most ``max_pixels`` (``storage.max_image_pixels``).
 
     Validation of all parts comes first so that a bad third file leaves the first two unwritten;
     this is blocking work (Pillow, fsync): call it from a thread in async code.
@@ -161,13 +167,13 @@ def save_uploads(parts: Sequence[UploadPart], folder: Path, *, max_file_bytes: i
         _check_filename(part.field, part.filename)
         if len(part.data) > max_file_bytes:
             raise _too_large(part.field, max_file_bytes)
-        extensions.append(image_extension(part.field, part.filename, part.data))
+        extensions.append(image_extension(part.field, part.filename, part.data, max_pixels))
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise GenserveError(
             ErrorCode.OUTPUT_DIR_NOT_WRITABLE,
-            f"upload: cannot create the input folder: {exc}",
+            f"upload: cannot create the input folder: {exc.strerror or type(exc).__name__}",
             field="upload",
         ) from exc
     saved: dict[str, str] = {}
@@ -180,7 +186,7 @@ def save_uploads(parts: Sequence[UploadPart], folder: Path, *, max_file_bytes: i
             except GenserveError as exc:
                 raise GenserveError(
                     exc.code,
-                    f"upload part {part.field!r}: cannot store {path.name}: {exc.__cause__ or exc.message}",
+                    f"upload part {part.field!r}: {exc.message}",
                     field=part.field,
                 ) from exc
             written.append(path)
@@ -193,11 +199,16 @@ def save_uploads(parts: Sequence[UploadPart], folder: Path, *, max_file_bytes: i
 
 
 def save_bridge_uploads(
-    parts: Sequence[UploadPart], input_dir: Path, *, max_file_bytes: int
+    parts: Sequence[UploadPart],
+    input_dir: Path,
+    *,
+    max_file_bytes: int,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> dict[str, str]:
     """``save_uploads`` into the bridge's own subfolder; the names answered are relative to the
     input folder (``bridge-uploads/<name>``), as a workflow's LoadImage names them."""
-    saved = save_uploads(parts, input_dir / BRIDGE_UPLOADS, max_file_bytes=max_file_bytes)
+    folder = input_dir / BRIDGE_UPLOADS
+    saved = save_uploads(parts, folder, max_file_bytes=max_file_bytes, max_pixels=max_pixels)
     return {field: f"{BRIDGE_UPLOADS}/{name}" for field, name in saved.items()}
 
 
@@ -267,30 +278,26 @@ def _check_filename(field: str, filename: str) -> None:
         raise _refuse(field, f"file name {filename!r} must not start with '.'")
 
 
-def image_extension(field: str, filename: str, data: bytes) -> str:
+def image_extension(
+    field: str, filename: str, data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> str:
     """The extension of the format the bytes really are; the name and declared type are not trusted.
 
-    The pixel count is checked from the header before ``verify`` so that a decompression bomb is
-    refused without decoding it.
+    The pixel count is checked from the header before ``verify`` (``bounded_image``), so that a
+    decompression bomb is refused without decoding it.
     """
     detected: str | None = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                detected = image.format or "unknown"
-                width, height = image.size
-                if detected not in FORMAT_EXTENSIONS:
-                    raise _refuse(field, f"{filename!r} is a {detected} image, expected {ACCEPTED_FORMATS}")
-                if width * height > MAX_PIXELS:
-                    raise _refuse(
-                        field,
-                        f"{filename!r} is {width}x{height} pixels, more than {MAX_PIXELS / 1e6:g} megapixels",
-                    )
-                image.verify()
-                return FORMAT_EXTENSIONS[detected]
+        with bounded_image(data, max_pixels) as image:
+            detected = image.format or "unknown"
+            if detected not in FORMAT_EXTENSIONS:
+                raise _refuse(field, f"{filename!r} is a {detected} image, expected {ACCEPTED_FORMATS}")
+            image.verify()
+            return FORMAT_EXTENSIONS[detected]
     except GenserveError:
         raise
+    except ImageTooLarge as exc:
+        raise _refuse(field, f"{filename!r} is {exc}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _refuse(field, f"{filename!r} is too large to decode safely ({exc})") from exc
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...

@@ -20,6 +20,7 @@ from rich.table import Table
 from genserve.cli import cluster, doors
 from genserve.cli import options as opt
 from genserve.cli.context import fail, print_json, settings_of
+from genserve.cli.keys import keys_app
 from genserve.cli.progress import ProgressView, restore_logs, route_logs
 from genserve.cli.workflow import workflow_app
 from genserve.errors import ErrorCode, GenserveError, as_genserve_error
@@ -33,6 +34,7 @@ app = typer.Typer(
 models_app = typer.Typer(no_args_is_help=True, help="Models on disk: list them, build the demo set.")
 app.add_typer(models_app, name="models")
 app.add_typer(workflow_app, name="workflow")
+app.add_typer(keys_app, name="keys")
 
 
 @app.callback()

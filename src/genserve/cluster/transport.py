@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import ssl
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from genserve.rpc.server import MIB, BuiltServer, Listener, build_server, server_options
+from genserve.rpc.tls import TlsFiles, TlsKeys, check_pem, read_pem
+from genserve.rpc.tls import server_credentials as rpc_server_credentials
 
 # Keepalive pings, even between calls, let a coordinator notice an agent that vanished.
 SERVER_OPTIONS = server_options(16, 20, 10, min_ping_interval_s=5, ping_without_calls=True)
@@ -26,50 +26,15 @@ CHANNEL_OPTIONS = [
 ]
 
 
-@dataclass(frozen=True)
-class TlsFiles:
-    """Server certificate and key, and the CA that client certificates must chain to (mTLS)."""
-
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    client_ca_file: Path | None = None
-
-
-def _read(path: Path, key: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise OSError(f"cannot read {key} {path}: {exc.strerror}") from None
-
-
-def _check_pem(cert_file: Path | None, key_file: Path | None, ca_file: Path | None, keys: str) -> None:
-    """gRPC only says "cannot listen" (server) or fails every handshake (channel) on a bad file:
-    load the files with ``ssl`` first, so that the error names the settings at fault."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.set_ciphers("ALL:@SECLEVEL=0")  # judge the files, not their strength: gRPC decides that
-    try:
-        if cert_file is not None and key_file is not None:
-            context.load_cert_chain(cert_file, key_file, password="")  # no passphrase prompt
-        if ca_file is not None:
-            context.load_verify_locations(cafile=ca_file)
-    except (ssl.SSLError, ValueError) as exc:
-        raise OSError(f"{keys}: not a PEM certificate with its matching key, or a PEM CA ({exc})") from None
-
-
 def server_credentials(tls: TlsFiles, prefix: str) -> grpc.ServerCredentials | None:
     """None for plaintext; ``prefix`` names the settings keys in error messages."""
-    if tls.cert_file is None or tls.key_file is None:
-        return None
-    keys = f"cluster.{prefix}tls_cert_file, {prefix}tls_key_file, {prefix}tls_client_ca_file"
-    pair = (
-        _read(tls.key_file, f"cluster.{prefix}tls_key_file"),
-        _read(tls.cert_file, f"cluster.{prefix}tls_cert_file"),
+    keys = TlsKeys(
+        f"cluster.{prefix}tls_cert_file",
+        f"cluster.{prefix}tls_key_file",
+        f"cluster.{prefix}tls_client_ca_file",
+        f"cluster.{prefix}tls_cert_file, {prefix}tls_key_file, {prefix}tls_client_ca_file",
     )
-    ca = _read(tls.client_ca_file, f"cluster.{prefix}tls_client_ca_file") if tls.client_ca_file else None
-    _check_pem(tls.cert_file, tls.key_file, tls.client_ca_file, keys)
-    if ca is None:
-        return grpc.ssl_server_credentials([pair])
-    return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=True)
+    return rpc_server_credentials(tls, keys)
 
 
 def cluster_server(names: list[str], host: str, port: int, tls: TlsFiles, role: str) -> BuiltServer:
@@ -93,11 +58,11 @@ def channel_credentials(
     """
     if ca_file is None:
         return None
-    ca = _read(ca_file, "cluster.coordinator_ca_file")
-    key = _read(key_file, "cluster.agent_tls_key_file") if key_file else None
-    cert = _read(cert_file, "cluster.agent_tls_cert_file") if cert_file else None
+    ca = read_pem(ca_file, "cluster.coordinator_ca_file")
+    key = read_pem(key_file, "cluster.agent_tls_key_file") if key_file else None
+    cert = read_pem(cert_file, "cluster.agent_tls_cert_file") if cert_file else None
     keys = "cluster.coordinator_ca_file, agent_tls_cert_file, agent_tls_key_file"
-    _check_pem(cert_file, key_file, ca_file, keys)
+    check_pem(cert_file, key_file, ca_file, keys)
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 

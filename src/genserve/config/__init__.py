@@ -4,6 +4,7 @@ Imports nothing of genserve; every layer may import it. The names below are the 
 ``from genserve.config import Settings, load_settings``.
 """
 
+from genserve.config.auth import AuthSettings
 from genserve.config.bridge import BackendSettings, BridgeSettings
 from genserve.config.cluster import ClusterSettings
 from genserve.config.engine import EngineSettings
@@ -23,6 +24,7 @@ from genserve.config.workflows import WorkflowsSettings
 __all__ = [
     "CONFIG_ENV",
     "ENV_PREFIX",
+    "AuthSettings",
     "BackendSettings",
     "BridgeSettings",
     "ClusterSettings",

@@ -67,6 +67,17 @@ class BridgeSettings(Section):
     listening_interval_s: float = Field(
         5.0, gt=0, description="Seconds between 'listening' keep-alive messages on an idle /ws."
     )
+    max_queued_per_client: int = Field(
+        16,
+        ge=1,
+        description="Jobs one clientId may have waiting; past it POST /generate-based-workflow is 429.",
+    )
+    max_queued: int = Field(
+        256, ge=1, description="Jobs waiting in all; past it POST /generate-based-workflow is 429."
+    )
+    retry_after_s: int = Field(
+        10, ge=1, description="Retry-After (seconds) sent with the 429 of a full bridge queue."
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> BridgeSettings:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, field_validator
 
 from genserve.config.base import Section
@@ -22,6 +24,10 @@ class GrpcSettings(Section):
         20.0, gt=0, description="Drop a connection whose ping goes unanswered."
     )
     shutdown_grace_s: float = Field(30.0, ge=0, description="How long in-flight RPCs get to finish on stop.")
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate chain: serve gRPC over TLS (with tls_key_file); null = plaintext."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
     upload_max_mb: int = Field(
         32768, ge=1, description="Largest model file UploadFile accepts, in MiB (the stream is cut beyond)."
     )

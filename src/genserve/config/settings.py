@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from genserve.config.auth import AuthSettings
 from genserve.config.base import Section
 from genserve.config.bridge import BridgeSettings
 from genserve.config.cluster import ClusterSettings
@@ -33,4 +34,5 @@ class Settings(Section):
     bridge: BridgeSettings = Field(default_factory=BridgeSettings)
     lipsync: LipsyncSettings = Field(default_factory=LipsyncSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)

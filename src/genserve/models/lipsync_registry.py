@@ -96,9 +96,9 @@ class LipsyncRegistry:
         for what, key, path, folder in parts:
             if path.is_dir() if folder else path.is_file():
                 continue
-            shown = self.models_dir / path.relative_to(self.models_dir.resolve())
+            shown = path.relative_to(self.models_dir.resolve()).as_posix()  # never the server's path
             setting = f" (lipsync.models.{model_id}.{key})" if model_id in self._configured else ""
-            return f"{what} {shown} is missing{setting}"
+            return f"{what} {shown} is missing from the models folder{setting}"
         return None
 
     def check_available(self, model_id: str) -> None:

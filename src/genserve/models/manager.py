@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from genserve.errors import ErrorCode, GenserveError
+from genserve.errors import ErrorCode, GenserveError, without_paths
 from genserve.models.devices import default_dtype, device_name, resolve_device
 from genserve.models.idle import IdleReaper
 from genserve.models.kinds import parse_kind
@@ -329,7 +329,7 @@ class ModelManager:
                 self._room.released()  # its reserved room is free again
             if isinstance(exc, GenserveError) or not isinstance(exc, Exception):
                 raise  # a GenserveError already names the problem; Ctrl-C stays Ctrl-C
-            message = f"failed to load {slot.label}: {type(exc).__name__}: {exc}"
+            message = without_paths(f"failed to load {slot.label}: {type(exc).__name__}: {exc}")
             raise GenserveError(ErrorCode.INTERNAL, message, kind=entry.kind.value, name=entry.name) from exc
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         with self._cond:

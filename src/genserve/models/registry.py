@@ -21,6 +21,7 @@ from genserve.errors import ErrorCode, GenserveError
 from genserve.models.formats.layouts import CACHE_FOLDER, REPO_ID, cache_folder_name, is_snapshot
 from genserve.models.kinds import WEIGHT_SUFFIXES, ModelEntry, ModelKind
 from genserve.models.lipsync_registry import LipsyncRegistry
+from genserve.storage.paths import check_name, shown
 
 __all__ = ["WEIGHT_SUFFIXES", "ModelEntry", "ModelKind", "ModelRegistry"]
 
@@ -44,6 +45,20 @@ def _repo_id(folder_name: str) -> str | None:
     listed, and asked for, by that."""
     match = CACHE_FOLDER.match(folder_name)
     return f"{match.group(1)}/{match.group(2)}" if match else None
+
+
+def check_model_name(name: str, field: str) -> str:
+    """A model name is one file or folder name (or a repo id, two), bounded like any file name,
+    so a 5,000-character name is INVALID_INPUT here and never reaches the file system."""
+    plain = "/" not in name or REPO_ID.match(name)
+    if not name or name.startswith(".") or not plain or "\\" in name or "\x00" in name:
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT,
+            f"{field}: {shown(name)} is not a model name (a file or folder name)",
+            field=field,
+        )
+    check_name(cache_folder_name(name) if REPO_ID.match(name) else name, field)
+    return name
 
 
 class ModelRegistry:
@@ -131,14 +146,10 @@ class ModelRegistry:
     def resolve(self, kind: ModelKind | str, name: str, field: str = "model_name") -> ModelEntry:
         kind = ModelKind(kind)
         if kind is ModelKind.LIPSYNC:
+            if name:  # an id is one folder name; the lip-sync registry answers for the rest
+                check_name(name, field)
             return self.lipsync.resolve(kind, name)
-        plain = "/" not in name or REPO_ID.match(name)
-        if not name or name.startswith(".") or not plain or "\\" in name or "\x00" in name:
-            raise GenserveError(
-                ErrorCode.INVALID_INPUT,
-                f"{field}: {name!r} is not a model name (a file or folder name)",
-                field=field,
-            )
+        check_model_name(name, field)
         found = self.find(kind, name)
         if found is not None:
             return ModelEntry(kind, name if REPO_ID.match(name) else found.name, found)

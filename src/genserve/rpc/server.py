@@ -12,6 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from genserve.rpc.decoding import DecodeRequestsInterceptor
+
 MIB = 1024 * 1024
 
 
@@ -59,14 +61,19 @@ def server_options(
 
 
 def build_server(
-    names: Sequence[str], listeners: Sequence[Listener], options: Sequence[tuple[str, int]]
+    names: Sequence[str],
+    listeners: Sequence[Listener],
+    options: Sequence[tuple[str, int]],
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> BuiltServer:
     """A server with health and reflection for ``names``, bound to every listener.
 
     The caller adds its servicers, then starts it and calls ``mark_serving``. A port that cannot
-    be bound raises OSError naming the listener's settings.
+    be bound raises OSError naming the listener's settings. Every method, health and reflection
+    included, answers an undecodable request with INVALID_ARGUMENT (``DecodeRequestsInterceptor``);
+    ``interceptors`` run inside it.
     """
-    server = grpc.aio.server(options=list(options))
+    server = grpc.aio.server(options=list(options), interceptors=[DecodeRequestsInterceptor(), *interceptors])
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

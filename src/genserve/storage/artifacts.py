@@ -2,7 +2,8 @@
 
 Tensors are saved with ``torch.save`` and read back with ``torch.load(weights_only=True)``, so a
 file from the wire can never unpickle arbitrary objects. Every write goes to a temporary file in
-the target folder and is renamed into place, so a reader never sees half a file.
+the target folder and is renamed into place, so a reader never sees half a file. Images are read
+by ``storage.images`` (bounded before decoding); ``open_image`` is that reader.
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ import torch
 from PIL import Image
 
 from genserve.errors import ErrorCode, GenserveError
+from genserve.storage.images import open_image as open_image
 
 IMAGE_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 _PLAIN_TAG = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# A temp file is named after its target, cut so that ".{name}.{8 random}.tmp" fits in 255 bytes
+# whatever the target's length.
+TEMP_NAME_BYTES = 64
 
 
 def file_tag(request_id: str) -> str:
@@ -48,7 +53,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None], durable: bool =
     also survives a power cut: worth it for final outputs, not for intermediate tensors.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    stem = path.name.encode()[:TEMP_NAME_BYTES].decode(errors="ignore")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{stem}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -63,13 +69,14 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None], durable: bool =
 
 
 def write_bytes(path: Path, data: bytes, durable: bool = False) -> Path:
-    """An output file: a failure to write it is the caller's OUTPUT_DIR_NOT_WRITABLE."""
+    """An output file: a failure to write it is the caller's OUTPUT_DIR_NOT_WRITABLE, named by
+    the file's own name and the system's reason (an OSError's text holds the full path)."""
     try:
         return atomic_write(path, lambda handle: handle.write(data), durable=durable)
     except OSError as exc:
         raise GenserveError(
             ErrorCode.OUTPUT_DIR_NOT_WRITABLE,
-            f"output_dir: cannot write {path.name}: {exc}",
+            f"output_dir: cannot write {path.name}: {exc.strerror or type(exc).__name__}",
             field="output_dir",
         ) from exc
 
@@ -100,18 +107,6 @@ def load_tensors(path: Path, field: str, failure: ErrorCode = ErrorCode.INVALID_
             failure, f"{field}: {path.name} holds {type(loaded).__name__}, not a dict", field=field
         )
     return loaded
-
-
-def open_image(path: Path, field: str) -> Image.Image:
-    """Open an image file as RGB; an unreadable file is INVALID_INPUT naming the field."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
-    except (OSError, Image.DecompressionBombError, ValueError) as exc:
-        raise GenserveError(
-            ErrorCode.INVALID_INPUT, f"{field}: {path.name} is not a readable image ({exc})", field=field
-        ) from exc
 
 
 def encode_image(image: Image.Image, fmt: str, quality: int = 95) -> bytes:

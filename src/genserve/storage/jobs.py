@@ -334,6 +334,26 @@ class JobStore:
             db.execute("DELETE FROM results WHERE client_id = ?", (client_id,))
         return [_result(r) for r in rows]
 
+    def results_for(self, client_id: str) -> list[Result]:
+        """A client's stored results, oldest first, left in place: a reader that must first
+        deliver them deletes them afterwards with ``forget_results``."""
+        rows = self._read(
+            f"SELECT {_RESULT_COLUMNS} FROM results WHERE client_id = ? ORDER BY seq", (client_id,)
+        )
+        return [_result(r) for r in rows]
+
+    def forget_results(self, seqs: Sequence[int]) -> list[Result]:
+        """Delete these results; returns those still there, whose files are the caller's to delete."""
+        if not seqs:
+            return []
+        marks = ", ".join("?" * len(seqs))
+        with self._write() as db:
+            rows = db.execute(
+                f"SELECT {_RESULT_COLUMNS} FROM results WHERE seq IN ({marks})", seqs
+            ).fetchall()
+            db.execute(f"DELETE FROM results WHERE seq IN ({marks})", seqs)
+        return [_result(r) for r in rows]
+
     def has_results(self, client_id: str) -> bool:
         """Whether ``take_results`` would return anything (without taking it)."""
         return bool(self._read("SELECT 1 FROM results WHERE client_id = ? LIMIT 1", (client_id,)))

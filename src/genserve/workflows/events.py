@@ -25,6 +25,9 @@ class EventType(StrEnum):
     EXECUTION_INTERRUPTED = "execution_interrupted"
 
 
+MAX_MESSAGE_CHARS = 500
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -130,16 +133,26 @@ class ExecutionSuccess(WorkflowEvent):
         return {"prompt_id": self.prompt_id, "timestamp": self.timestamp}
 
 
+def one_line(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """A failure's message as clients see it: its first line, at most ``limit`` characters."""
+    first = message.strip().split("\n", 1)[0].strip()
+    return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
 @dataclass(frozen=True)
 class ExecutionError(WorkflowEvent):
-    """A node raised: which node, what it raised, and which nodes had finished before it."""
+    """A node raised: which node, what it raised, and which nodes had finished before it.
+
+    ComfyUI's fields, but ``exception_message`` is one line and ``traceback`` is always empty:
+    the event goes to clients (WebSocket, /history), and a traceback names server paths; the
+    server's log has it.
+    """
 
     type: ClassVar[EventType] = EventType.EXECUTION_ERROR
     node_id: str = ""
     node_type: str = ""
     exception_message: str = ""
     exception_type: str = ""
-    traceback: tuple[str, ...] = ()
     executed: tuple[str, ...] = ()
     current_inputs: dict[str, Any] = field(default_factory=dict)
     timestamp: int = field(default_factory=_now_ms)
@@ -152,7 +165,7 @@ class ExecutionError(WorkflowEvent):
             "executed": list(self.executed),
             "exception_message": self.exception_message,
             "exception_type": self.exception_type,
-            "traceback": list(self.traceback),
+            "traceback": [],
             "current_inputs": self.current_inputs,
             "current_outputs": {},
             "timestamp": self.timestamp,

@@ -9,27 +9,40 @@ ComfyUI's own: fanning the runner's events out to the listeners of the prompt's 
 prompt without a client is broadcast, as ComfyUI does), broadcasting ``status`` (queue length)
 whenever the queue changes, and a bounded history in ComfyUI's shape, so clients that missed
 the socket messages can still read results.
+
+A prompt submitted ``private`` (the workflow bridge's, which follows it to its end and collects it
+itself) runs like any other but is invisible to ComfyUI's API: ``queue``, ``history``,
+``delete_queued``, ``delete_history`` and ``interrupt`` skip it unless their caller passes
+``include_private``. Otherwise any ComfyUI client could list another client's bridge job, clear it
+from the queue (leaving the bridge waiting for a prompt that will never run), interrupt it, or
+delete its history entry before the bridge collected its outputs. With API keys, each of those
+also shows a ``viewer`` only its own prompts (owners.py), and a confined key's prompt runs with
+its files kept to its own folders.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import itertools
 import logging
 import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ConfigDict
 
+from genserve.auth.principal import Principal
 from genserve.engine.engine import Engine
+from genserve.engine.jobs import Job
 from genserve.errors import ErrorCode, GenserveError, as_genserve_error
 from genserve.services.base import RunContext, Service, ServiceModel
 from genserve.workflows.events import EventType, Executing, WorkflowEvent
 from genserve.workflows.graph import Graph
+from genserve.workflows.history import PromptHistory
+from genserve.workflows.owners import ClientClaims, confinement, reachable, sees
 from genserve.workflows.runner import WorkflowRunner
 
 log = logging.getLogger("genserve.workflows.queue")
@@ -56,6 +69,9 @@ class PromptItem:
     client_id: str | None
     graph: Graph
     extra: dict[str, Any] = field(default_factory=dict)
+    private: bool = False
+    owner: str | None = None  # the submitting key's id; None without keys
+    confined: str | None = None  # the key id its files are kept to (owners.confinement)
 
     def entry(self) -> list[Any]:
         outputs = [n for n in self.graph.order if self.graph.nodes[n].node_type.output_node]
@@ -108,8 +124,10 @@ class PromptQueue:
             "workflow", PromptJob, PromptOutcome, self._run_job, "A ComfyUI prompt (API format).", lane
         )
         self._lock = threading.Lock()
-        self._history: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._listeners: dict[str | None, list[Listener]] = {}
+        self._history = PromptHistory(history_size)
+        self.claims = ClientClaims()
+        # Listeners by client id, each with the key that registered it (its owner's broadcasts).
+        self._listeners: dict[str | None, list[tuple[Listener, str | None]]] = {}
         self._numbers = itertools.count()
         self._accepting = False
 
@@ -143,28 +161,35 @@ class PromptQueue:
 
     # Listeners ---------------------------------------------------------------------------------
 
-    def add_listener(self, client_id: str | None, listener: Listener) -> Callable[[], None]:
-        """Receive the messages of ``client_id``'s prompts and every broadcast; returns the remover."""
+    def add_listener(
+        self, client_id: str | None, listener: Listener, viewer: Principal | None = None
+    ) -> Callable[[], None]:
+        """Receive the messages of ``client_id``'s prompts and the broadcasts ``viewer`` may hear;
+        returns the remover. A client id another key holds is refused (PERMISSION_DENIED)."""
+        self.claims.claim(client_id, viewer)
+        entry = (listener, viewer.owner if viewer is not None and not viewer.admin else None)
         with self._lock:
-            self._listeners.setdefault(client_id, []).append(listener)
+            self._listeners.setdefault(client_id, []).append(entry)
 
         def remove() -> None:
             with self._lock:
                 found = self._listeners.get(client_id, [])
-                if listener in found:
-                    found.remove(listener)
+                if entry in found:
+                    found.remove(entry)
                 if not found:
                     self._listeners.pop(client_id, None)
 
         return remove
 
-    def _send(self, message: dict[str, Any], client_id: str | None) -> None:
-        """To one client's listeners, or to everyone when ``client_id`` is None (ComfyUI's sid=None)."""
+    def _send(self, message: dict[str, Any], client_id: str | None, owner: str | None = None) -> None:
+        """To one client's listeners, or when ``client_id`` is None (ComfyUI's sid=None) to everyone
+        who may hear ``owner``'s prompts (all, for the queue's own status)."""
         with self._lock:
             if client_id is None:
-                targets = [fn for fns in self._listeners.values() for fn in fns]
+                everyone = [entry for entries in self._listeners.values() for entry in entries]
+                targets = [fn for fn, heard in everyone if owner is None or heard in (None, owner)]
             else:
-                targets = list(self._listeners.get(client_id, []))
+                targets = [fn for fn, _ in self._listeners.get(client_id, [])]
         for listener in targets:
             try:
                 listener(message)
@@ -186,16 +211,26 @@ class PromptQueue:
         return len(self.engine.jobs(self.lane))
 
     def submit(
-        self, prompt: Mapping[str, Any], client_id: str | None = None, extra: Mapping[str, Any] | None = None
+        self,
+        prompt: Mapping[str, Any],
+        client_id: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        *,
+        private: bool = False,
+        owner: Principal | None = None,
     ) -> tuple[str, int]:
         """Validate and queue; raises GraphValidationError (its ``problems`` give node_errors), or
-        RESOURCE_EXHAUSTED when the queue is full or not running."""
+        RESOURCE_EXHAUSTED when the queue is full or not running. A ``private`` prompt is hidden
+        from ComfyUI's API (see the module's docstring); ``owner`` is the caller, with keys."""
+        self.claims.claim(client_id, owner)
         graph = self.runner.validate(prompt)
+        _check_reachable(prompt, confinement(owner))
         if not self.running:
             raise GenserveError(ErrorCode.RESOURCE_EXHAUSTED, "the workflow queue is not running")
         item = PromptItem(
-            next(self._numbers), uuid.uuid4().hex, dict(prompt), client_id, graph, dict(extra or {})
+            next(self._numbers), uuid.uuid4().hex, dict(prompt), client_id, graph, dict(extra or {}), private
         )
+        item.owner, item.confined = (owner.owner if owner else None), confinement(owner)
         try:
             self.engine.enqueue(self.service, PromptJob(item=item), job_id=item.prompt_id)
         except GenserveError as exc:
@@ -211,23 +246,40 @@ class PromptQueue:
         queue, so once this is False the entry is there to read or delete (unless never run)."""
         return self.engine.job(prompt_id) is not None
 
-    def queue(self) -> dict[str, list[list[Any]]]:
+    def _jobs(self, include_private: bool, viewer: Principal | None = None) -> list[Job]:
+        return [
+            job
+            for job in self.engine.jobs(self.lane)
+            if (include_private or not _item(job).private) and sees(viewer, _item(job).owner)
+        ]
+
+    def queue(
+        self, *, include_private: bool = False, viewer: Principal | None = None
+    ) -> dict[str, list[list[Any]]]:
         """ComfyUI's ``GET /queue``."""
-        jobs = self.engine.jobs(self.lane)
+        jobs = self._jobs(include_private, viewer)
         return {
             "queue_running": [_item(j).entry() for j in jobs if j.running],
             "queue_pending": [_item(j).entry() for j in jobs if not j.running],
         }
 
-    def delete_queued(self, prompt_ids: list[str] | None = None) -> int:
+    def delete_queued(
+        self,
+        prompt_ids: list[str] | None = None,
+        *,
+        include_private: bool = False,
+        viewer: Principal | None = None,
+    ) -> int:
         """Remove waiting prompts by id (None: all of them); a running prompt is left to interrupt()."""
-        waiting = [j.id for j in self.engine.jobs(self.lane) if not j.running]
+        waiting = [j.id for j in self._jobs(include_private, viewer) if not j.running]
         chosen = waiting if prompt_ids is None else [i for i in waiting if i in set(prompt_ids)]
         return len(self.engine.remove(chosen))  # each removal broadcasts the new queue length
 
-    def interrupt(self, prompt_id: str | None = None) -> bool:
-        """Interrupt the running prompt (only if it is ``prompt_id``, when given)."""
-        for job in self.engine.jobs(self.lane):
+    def interrupt(
+        self, prompt_id: str | None = None, *, include_private: bool = False, viewer: Principal | None = None
+    ) -> bool:
+        """Interrupt the running prompt (only if it is ``prompt_id``, when given, and ``viewer``'s)."""
+        for job in self._jobs(include_private, viewer):
             if job.running and (prompt_id is None or job.id == prompt_id):
                 job.cancel.set()
                 return True
@@ -235,23 +287,25 @@ class PromptQueue:
 
     # History -----------------------------------------------------------------------------------
 
-    def history(self, prompt_id: str | None = None, max_items: int | None = None) -> dict[str, Any]:
+    def history(
+        self,
+        prompt_id: str | None = None,
+        max_items: int | None = None,
+        *,
+        include_private: bool = False,
+        viewer: Principal | None = None,
+    ) -> dict[str, Any]:
         """ComfyUI's history: every finished prompt (newest last), or just ``prompt_id`` ({} if unknown)."""
-        with self._lock:
-            if prompt_id is not None:
-                found = self._history.get(prompt_id)
-                return {prompt_id: found} if found is not None else {}
-            items = list(self._history.items())
-        if max_items is not None:
-            items = items[-max_items:] if max_items > 0 else []
-        return dict(items)
+        return self._history.read(prompt_id, max_items, include_private=include_private, viewer=viewer)
 
-    def delete_history(self, prompt_ids: list[str] | None = None) -> None:
-        with self._lock:
-            if prompt_ids is None:
-                self._history.clear()
-            for prompt_id in prompt_ids or ():
-                self._history.pop(prompt_id, None)
+    def delete_history(
+        self,
+        prompt_ids: list[str] | None = None,
+        *,
+        include_private: bool = False,
+        viewer: Principal | None = None,
+    ) -> None:
+        self._history.delete(prompt_ids, include_private=include_private, viewer=viewer)
 
     def free(self, unload_models: bool = False, free_memory: bool = False) -> None:
         """ComfyUI's ``POST /free``: forget cached node results, optionally unload every model."""
@@ -287,7 +341,7 @@ class PromptQueue:
                 # entry first, so it is held back until the entry is in place.
                 closing.append(event)
                 return
-            self._send(event.to_message(), item.client_id)
+            self._send(event.to_message(), item.client_id, item.owner)
 
         outputs: dict[str, Any] = {}
         failure: GenserveError | None = None
@@ -297,7 +351,7 @@ class PromptQueue:
                 prompt_id=item.prompt_id,
                 on_event=on_event,
                 cancel_event=cancel,
-                resources=self.resources,
+                resources=self._resources_for(item),
             )
             outputs = result.outputs
         except Exception as exc:  # the runner already sent execution_error / _interrupted
@@ -310,16 +364,31 @@ class PromptQueue:
             "status": {"status_str": status, "completed": status == "success", "messages": messages},
             "meta": {node: {"node_id": node, "display_node": node} for node in outputs},
         }
-        with self._lock:
-            self._history[item.prompt_id] = entry
-            while len(self._history) > self.history_size:
-                self._history.popitem(last=False)
+        self._history.add(item.prompt_id, entry, item.owner, item.private)
         for event in closing:
-            self._send(event.to_message(), item.client_id)
+            self._send(event.to_message(), item.client_id, item.owner)
         if failure is not None:
             raise failure  # so the engine counts the prompt's real outcome
         return PromptOutcome(status=status)
 
+    def _resources_for(self, item: PromptItem) -> Any:
+        """The run's resources: a confined key's prompt reads and writes in its own folders."""
+        if item.confined is None or not dataclasses.is_dataclass(self.resources):
+            return self.resources
+        return dataclasses.replace(self.resources, confined=item.confined)  # type: ignore[type-var]
 
-def _item(job: Any) -> PromptItem:
+
+def _check_reachable(prompt: Mapping[str, Any], confined: str | None) -> None:
+    """Before the output cache could hand it over: no input of a confined key's prompt names a
+    file in another key's folder (answered as a missing file, so its existence stays unknown)."""
+    for node in prompt.values():
+        inputs = node.get("inputs", {}) if isinstance(node, dict) else {}
+        for name, value in inputs.items() if isinstance(inputs, dict) else ():
+            if isinstance(value, str) and not reachable(value, confined):
+                raise GenserveError(
+                    ErrorCode.IMAGE_NOT_FOUND, f"{name}: file not found: {value[:160]!r}", field=name
+                )
+
+
+def _item(job: Job) -> PromptItem:
     return job.request.item  # type: ignore[no-any-return]

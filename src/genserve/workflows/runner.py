@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import traceback
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from genserve.workflows.events import (
     ExecutionSuccess,
     Progress,
     WorkflowEvent,
+    one_line,
     overall_percent,
 )
 from genserve.workflows.graph import Graph, GraphNode, cache_keys, parse_graph
@@ -219,15 +219,22 @@ class _Run:
         details = {**error.details, "node_id": node.id, "class_type": node.class_type}
         if error.code is ErrorCode.CANCELLED:
             return self._interrupted(node, details)
-        log.warning("workflow %s: node %s (%s) failed: %s", self.prompt_id, node.id, node.class_type, exc)
+        # A client's mistake (a 4xx code) is one line; anything else keeps its traceback, in the log only.
+        log.warning(
+            "workflow %s: node %s (%s) failed: %s",
+            self.prompt_id,
+            node.id,
+            node.class_type,
+            exc,
+            exc_info=exc if error.mapping.http_status >= 500 else None,
+        )
         self.emit(
             ExecutionError(
                 self.prompt_id,
                 node_id=node.id,
                 node_type=node.class_type,
-                exception_message=str(exc),
+                exception_message=one_line(str(exc)),
                 exception_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
-                traceback=tuple(traceback.format_exception(exc)),
                 executed=tuple(self.done),
                 current_inputs={name: repr(value)[:200] for name, value in node.values.items()},
             )

@@ -42,7 +42,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, demo_models: Path) -> Itera
         models,
         data,
         GENSERVE_LIPSYNC__MAX_MODELS="2",
-        GENSERVE_LIPSYNC__MAX_BATCH_DELAY_MS="50",
+        # A request alone never waits; concurrent ones wait for a busy model up to this long, long
+        # enough on a loaded two-core runner for the concurrency test's requests to meet.
+        GENSERVE_LIPSYNC__MAX_BATCH_DELAY_MS="400",
         GENSERVE_LIPSYNC__BATCHING="on",
     )
     with live_server(settings, data, grpc=True) as live:
@@ -169,9 +171,10 @@ def test_other_sample_rates_are_resampled(stub: rpc.MonolithicServiceStub) -> No
 def test_concurrent_clients_get_their_own_frames(stub: rpc.MonolithicServiceStub, server: LiveServer) -> None:
     seeds = [1, 2] * 4
     alone = {s: stub.InferBatchComposite(request(2, seed=s), timeout=60) for s in (1, 2)}
+    requests = [request(2, seed=s) for s in seeds]  # built up front, so that they leave together
     before = server.runtime.engine.batcher("lipsync").stats()  # type: ignore[union-attr]
     with ThreadPoolExecutor(len(seeds)) as pool:
-        together = list(pool.map(lambda s: stub.InferBatchComposite(request(2, seed=s), timeout=60), seeds))
+        together = list(pool.map(lambda r: stub.InferBatchComposite(r, timeout=60), requests))
     after = server.runtime.engine.batcher("lipsync").stats()  # type: ignore[union-attr]
     assert all(r.success for r in together)
     for reply, seed in zip(together, seeds, strict=True):

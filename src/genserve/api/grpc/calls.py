@@ -19,12 +19,14 @@ from pydantic import BaseModel
 
 from genserve.api.request_ids import checked_request_id
 from genserve.engine.engine import Engine
-from genserve.errors import ErrorCode, GenserveError, as_genserve_error
+from genserve.errors import ErrorCode, GenserveError
 from genserve.rpc.errors import ERROR_CODE_KEY, REQUEST_ID_KEY, abort
 
 log = logging.getLogger("genserve.grpc")
 
 M = TypeVar("M", bound=Message)
+# What REST answers too: an exception's own text may name server paths; the log has it.
+INTERNAL_MESSAGE = "internal error; the server log has the details"
 
 
 def message_to_dict(message: Message, model: type[BaseModel] | None = None) -> dict[str, Any]:
@@ -69,9 +71,9 @@ async def guarded(
         await abort(context, err, request_id)
     except grpc.aio.AbortError:
         raise
-    except Exception as exc:  # the last line of defence: a status, never a traceback
+    except Exception:  # the last line of defence: a status, never a traceback or an exception's text
         log.exception("unexpected failure in an RPC (request_id=%s)", request_id)
-        await abort(context, as_genserve_error(exc), request_id)
+        await abort(context, GenserveError(ErrorCode.INTERNAL, INTERNAL_MESSAGE), request_id)
 
 
 def deadline(context: grpc.aio.ServicerContext, limit_s: float) -> float:

@@ -173,7 +173,9 @@ class ImageGeneration(rpc.ImageGenerationServiceServicer):
             context.add_done_callback(lambda ctx: _take_back_if_cancelled(ctx, committed))
             path = await asyncio.to_thread(upload.commit)
             committed.append(path)
-            return pb.UploadFileResponse(message=f"uploaded {upload.name} ({upload.size} bytes) to {path}")
+            return pb.UploadFileResponse(
+                message=f"uploaded {upload.name} ({upload.size} bytes) into the models folder"
+            )
 
         try:
             return await guarded(context, None, work)

@@ -13,10 +13,23 @@ from genserve.api.grpc.image_generation import ImageGeneration
 from genserve.api.grpc.lipsync import LipsyncServicer
 from genserve.api.grpc.lipsync import service_name as lipsync_service_name
 from genserve.api.grpc.pipeline import add_pipeline_services, pipeline_service_names
+from genserve.auth.guard import Guard
+from genserve.auth.keys import KeyStore
+from genserve.auth.principal import Scope
 from genserve.engine.runtime import Runtime
+from genserve.models.uploads import remove_stale_uploads
+from genserve.rpc.auth import AuthInterceptor
 from genserve.rpc.server import MIB, BuiltServer, Listener, bracket, build_server, server_options
+from genserve.rpc.tls import TlsFiles, TlsKeys, server_credentials
 
 log = logging.getLogger("genserve.grpc")
+
+# What changes the server for everyone: model files written, lip-sync models loaded or unloaded.
+ADMIN_METHODS = {
+    "/drawthings.ImageGenerationService/UploadFile": Scope.ADMIN,
+    "/monolithic.MonolithicService/LoadModel": Scope.ADMIN,
+    "/monolithic.MonolithicService/UnloadModel": Scope.ADMIN,
+}
 
 
 class GrpcDoor:
@@ -52,10 +65,17 @@ class GrpcDoor:
         options = server_options(
             settings.max_message_mb, settings.keepalive_time_s, settings.keepalive_timeout_s
         )
-        listeners = [Listener(settings.host, port, "grpc.host, grpc.ports") for port in settings.ports]
-        built = build_server(self._names(), listeners, options)
+        tls = TlsFiles(settings.tls_cert_file, settings.tls_key_file)
+        keys = TlsKeys("grpc.tls_cert_file", "grpc.tls_key_file", "", "grpc.tls_cert_file, grpc.tls_key_file")
+        credentials = server_credentials(tls, keys)
+        listeners = [
+            Listener(settings.host, port, "grpc.host, grpc.ports", credentials) for port in settings.ports
+        ]
+        guard = Guard(KeyStore(runtime.settings.auth.keys_file))
+        built = build_server(self._names(), listeners, options, [AuthInterceptor(guard, ADMIN_METHODS)])
         timeout = runtime.settings.server.request_timeout_s
         add_pipeline_services(built.server, ServiceCall(runtime.engine, timeout))
+        remove_stale_uploads(runtime.models.registry)  # what uploads cut off by a kill left behind
         image_generation = ImageGeneration(
             runtime.engine,
             runtime.models.registry,

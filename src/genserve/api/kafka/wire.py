@@ -26,6 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from genserve.api.json_limits import check_json_depth
 from genserve.api.request_ids import RULE as REQUEST_ID_RULE
 from genserve.config import KafkaSettings
 from genserve.errors import ErrorCode, GenserveError
@@ -35,6 +36,7 @@ from genserve.storage.responses import encode_json, request_digest
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@+=/-]{1,128}")
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")  # Kafka's own rule for topic names
 KEY_IS_REQUEST_ID = "request_id"
+MAX_JSON_DEPTH = 64  # as server.max_json_depth's default: no request nests nearly that deep
 DIGEST_HEADER = "genserve.digest"
 
 
@@ -142,7 +144,11 @@ def read_message(
 ) -> Incoming:
     """Decode and validate one request message for ``service``; never raises."""
     try:
+        if value:  # before parsing: a deeply nested message would exhaust the parser's stack
+            check_json_depth(value, MAX_JSON_DEPTH, "the Kafka door's limit", "the message")
         data = json.loads(value) if value else None
+    except GenserveError as exc:
+        return Incoming(None, _reply_of(None, None, default_topic), problem=exc)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return Incoming(None, _reply_of(None, None, default_topic), problem=_invalid(f"not JSON: {exc}"))
     if not isinstance(data, dict):

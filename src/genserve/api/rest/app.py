@@ -13,20 +13,24 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from genserve import __version__
 from genserve.api.rest import bridge as bridge_api
 from genserve.api.rest import comfy, models, openai_compat, operations, pipeline
+from genserve.api.rest.auth import authenticate
 from genserve.api.rest.dependencies import BridgeLimits, ComfyFiles, RestParts, parts_of, store_parts
 from genserve.api.rest.errors import install_error_handlers
 from genserve.api.rest.metrics import ServerMetrics
 from genserve.api.rest.middleware import RequestContextMiddleware
+from genserve.auth.guard import Guard
+from genserve.auth.keys import KeyStore
 from genserve.bridge.aliases import WorkflowCatalog
 from genserve.bridge.dispatcher import Bridge
 from genserve.config import Settings
 from genserve.engine.runtime import Runtime
 from genserve.models.inventory import configured_models
+from genserve.storage.owners import ClientOwners
 from genserve.workflows.nodes.builtin import PipelineResources
 from genserve.workflows.queue import PromptQueue
 
@@ -69,6 +73,7 @@ def build_app(
     prompts: PromptQueue | None = None,
     bridge: Bridge | None = None,
     catalog: WorkflowCatalog | None = None,
+    client_owners: ClientOwners | None = None,
 ) -> FastAPI:
     """ComfyUI's API is mounted when ``prompts`` is given, the bridge's when ``bridge`` and
     ``catalog`` are."""
@@ -82,6 +87,8 @@ def build_app(
         bridge=bridge,
         catalog=catalog,
         bridge_limits=_bridge_limits(settings) if bridge is not None and catalog is not None else None,
+        guard=Guard(KeyStore(settings.auth.keys_file)),
+        client_owners=client_owners,
     )
     app = FastAPI(
         title="genserve",
@@ -89,6 +96,7 @@ def build_app(
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=_lifespan,
+        dependencies=[Depends(authenticate)],
     )
     store_parts(app, parts)
     install_error_handlers(app, settings.server.retry_after_s)
@@ -100,6 +108,7 @@ def build_app(
         retry_after_s=settings.server.retry_after_s,
         access_log=settings.server.access_log,
         body_limits=_body_limits(parts),
+        max_json_depth=settings.server.max_json_depth,
     )
     return app
 

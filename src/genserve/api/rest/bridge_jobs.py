@@ -1,8 +1,9 @@
 """The bridge's job routes: queue a workflow run, follow it, collect its outputs, cancel, free.
 
 The door only translates; queueing, balancing and progress live in ``genserve.bridge``. ``/history``
-hands out a client's finished outputs once (multipart) and forgets them; with nothing to hand
-out it answers one of the spec's two 204s.
+hands out a client's finished outputs (multipart) and forgets them once the answer was written
+to its end, so a client whose connection broke gets them again; with nothing to hand out it
+answers one of the spec's two 204s. A full queue is 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,18 @@ import asyncio
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from genserve.api.rest.bridge_wire import CLIENT_ID, client_id_of, detail, multipart, no_content
+from genserve.api.rest.auth import admin
+from genserve.api.rest.bridge_wire import (
+    CLIENT_ID,
+    HistoryResponse,
+    client_id_of,
+    detail,
+    no_content,
+    refusal,
+)
 from genserve.api.rest.dependencies import BridgeDep, CatalogDep
 from genserve.errors import ErrorCode, GenserveError
 
@@ -44,7 +53,7 @@ async def generate(request: Request, bridge: BridgeDep, catalog: CatalogDep) -> 
         graph = await asyncio.to_thread(catalog.build, alias, body)
         length = await asyncio.to_thread(bridge.submit, client_id, alias, graph)
     except GenserveError as exc:
-        return detail(exc.message)
+        return refusal(exc)
     return JSONResponse({"detail": f"queued / {length}"})
 
 
@@ -53,10 +62,15 @@ async def history(request: Request, bridge: BridgeDep) -> Response:
     try:
         client_id = client_id_of(request)
     except GenserveError as exc:
-        return detail(exc.message)
-    taken = await asyncio.to_thread(bridge.take_history, client_id)
-    if taken:
-        return multipart(taken)
+        return refusal(exc)
+    for _ in range(3):  # a result another answer delivered meanwhile is read again without it
+        results = await asyncio.to_thread(bridge.pending_results, client_id)
+        if not results:
+            break
+        try:
+            return HistoryResponse(results, lambda r=results: asyncio.to_thread(bridge.forget_delivered, r))
+        except FileNotFoundError:
+            continue
     if not await asyncio.to_thread(bridge.store.known_client, client_id):
         message = "The client ID has not been submitted to the server before. It is not recognized."
         return no_content(f"{message} / {client_id}")
@@ -68,7 +82,7 @@ async def execution_info(request: Request, bridge: BridgeDep) -> JSONResponse:
     try:
         update = await asyncio.to_thread(bridge.execution_info, client_id_of(request))
     except GenserveError as exc:
-        return detail(exc.message)
+        return refusal(exc)
     # The spec's table says "details" (as on the socket) and its examples say "detail": both.
     return JSONResponse({**update.message(), "detail": update.details})
 
@@ -78,7 +92,7 @@ async def generation_count(bridge: BridgeDep) -> JSONResponse:
     return JSONResponse(await asyncio.to_thread(bridge.store.generation_count))
 
 
-@router.post("/free")
+@router.post("/free", dependencies=[Depends(admin)])
 async def free(request: Request, bridge: BridgeDep) -> JSONResponse:
     client_id = request.query_params.get(CLIENT_ID, "").strip() or None
     try:
@@ -96,6 +110,6 @@ async def interrupt(request: Request, bridge: BridgeDep) -> JSONResponse:
         if not await asyncio.to_thread(bridge.store.known_client, client_id):
             raise GenserveError(ErrorCode.INVALID_INPUT, f"unknown clientId {client_id!r}")
     except GenserveError as exc:
-        return detail(exc.message)
+        return refusal(exc)
     bridge.cancel_client(client_id)
     return JSONResponse({"detail": f"interrupted that clientId will be ignored. / {client_id}"})

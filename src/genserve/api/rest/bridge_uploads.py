@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from genserve.api.rest.bridge_wire import detail
-from genserve.api.rest.dependencies import BridgeLimitsDep
+from genserve.api.rest.dependencies import BridgeLimitsDep, rest_parts
 from genserve.bridge.uploads import read_upload_parts, save_bridge_uploads
 from genserve.errors import GenserveError
 
@@ -22,7 +22,11 @@ async def upload(request: Request, limits: BridgeLimitsDep) -> JSONResponse:
     try:
         parts = await read_upload_parts(request, max_file_bytes=max_file_bytes, max_files=limits.max_files)
         saved = await asyncio.to_thread(
-            save_bridge_uploads, parts, limits.upload_dir, max_file_bytes=max_file_bytes
+            save_bridge_uploads,
+            parts,
+            limits.upload_dir,
+            max_file_bytes=max_file_bytes,
+            max_pixels=rest_parts(request).runtime.sandbox.max_image_pixels,
         )
     except GenserveError as exc:
         return detail(exc.message)

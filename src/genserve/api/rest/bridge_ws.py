@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from genserve.api.rest.bridge_wire import client_id_of, detail
+from genserve.api.rest.bridge_wire import client_id_of, refusal
 from genserve.api.rest.dependencies import BridgeDep, BridgeLimitsDep
 from genserve.bridge.dispatcher import SERVER_CLOSING, SHUTTING_DOWN, Bridge
 from genserve.bridge.sessions import CONNECTED, LISTENING
@@ -29,7 +29,7 @@ async def ws(websocket: WebSocket, bridge: BridgeDep, limits: BridgeLimitsDep) -
     try:
         client_id = client_id_of(websocket)
     except GenserveError as exc:
-        await websocket.send_denial_response(detail(exc.message))
+        await websocket.send_denial_response(refusal(exc))
         return
     await websocket.accept()
     closed_by_server = restarting = False

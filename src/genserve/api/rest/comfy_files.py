@@ -3,14 +3,15 @@
 Both are confined to the workflows input and output folders (no ``..``, no absolute paths) and
 answer as ComfyUI does, with bare status codes and plain-text reasons. The bridge's uploads
 (``bridge-uploads/`` in the input folder) belong to its clients: ``/upload/image`` never replaces
-a different file there, whatever ``overwrite`` says.
+a different file there, whatever ``overwrite`` says. With API keys, a key without the admin scope
+uploads into ``clients/<key id>/`` (the answer's ``subfolder`` says so, and LoadImage takes the
+path) and cannot view files in another key's folder there (owners.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import mimetypes
 import os
 import re
@@ -18,18 +19,24 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
-from genserve.api.rest.dependencies import ComfyFilesDep
+from genserve.api.rest.auth import PrincipalDep
+from genserve.api.rest.dependencies import ComfyFilesDep, rest_parts
+from genserve.errors import GenserveError
 from genserve.storage.artifacts import write_bytes
+from genserve.storage.images import reading_image
+from genserve.storage.paths import check_name, check_path
 from genserve.workflows.nodes.image import BRIDGE_UPLOADS
+from genserve.workflows.owners import confinement, own_folder, reachable
 
 router = APIRouter(tags=["comfyui"])
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ ()+-]")
+# Room left in 255 bytes for the " (N)" a name gains when it is taken.
+MAX_UPLOAD_NAME_BYTES = 200
 
 # Form fields by name -> (file name or None, content).
 FormFields = dict[str, tuple[str | None, bytes]]
@@ -52,8 +59,8 @@ def _folder(base: Path, subfolder: str) -> Path | None:
     """``base/subfolder`` when it stays inside ``base`` (no ``..``, no absolute paths), else None."""
     if subfolder and (os.path.isabs(subfolder) or "\x00" in subfolder):
         return None
-    path = (base / subfolder).resolve()
-    return path if _inside(path, base.resolve()) else None
+    path = _resolved(base / subfolder)
+    return path if path is not None and _inside(path, base.resolve()) else None
 
 
 def safe_upload_name(raw: str) -> str | None:
@@ -64,29 +71,61 @@ def safe_upload_name(raw: str) -> str | None:
 
 @router.get("/view")
 async def view(
-    files: ComfyFilesDep, filename: str = "", type: str = "output", subfolder: str = ""
+    files: ComfyFilesDep, caller: PrincipalDep, filename: str = "", type: str = "output", subfolder: str = ""
 ) -> Response:
     base = files.folders.get(type)
     name = filename.replace("\\", "/")
-    if base is None or not name or "/" in name or name in {".", ".."} or "\x00" in name:
+    if base is None or not name or "/" in name or name in {".", ".."} or not _storable(subfolder, name):
         return Response(status_code=400)
+    if not reachable(f"{subfolder.strip('/')}/{name}", confinement(caller)):
+        return Response(status_code=404)  # another key's file: as if it were not there
     folder = _folder(base, subfolder)
-    path = (folder / name).resolve() if folder is not None else None
+    path = _resolved(folder / name) if folder is not None else None
     if path is None or not _inside(path, base.resolve()):
         return Response(status_code=403)
-    if not path.is_file():
+    if not _is_file(path):
         return Response(status_code=404)
     media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return FileResponse(path, media_type=media, headers={"Content-Disposition": f'filename="{path.name}"'})
+    # Starlette writes the name as RFC 5987 (filename*=utf-8''...) when it is not plain ASCII,
+    # so any name SaveImage produced is served, and none can break or add a header.
+    return FileResponse(path, media_type=media, filename=path.name, content_disposition_type="inline")
+
+
+def _storable(subfolder: str, name: str | None = None) -> bool:
+    """Whether a file system could hold the subfolder and name at all (length, depth, NUL,
+    encodable): checked before any file call, whose errors would be a 500."""
+    try:
+        if name is not None:
+            check_name(name, "filename")
+        if subfolder:
+            check_path(subfolder, "subfolder")
+    except GenserveError:
+        return False
+    return True
+
+
+def _resolved(path: Path) -> Path | None:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return None
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a symlinked path past PATH_MAX, say: nothing to serve either way
+        return False
 
 
 @router.post("/upload/image")
-async def upload_image(request: Request, files: ComfyFilesDep) -> Response:
+async def upload_image(request: Request, files: ComfyFilesDep, caller: PrincipalDep) -> Response:
     input_dir = files.folders["input"]
+    max_pixels = rest_parts(request).runtime.sandbox.max_image_pixels
     try:
         fields = await _read_form(request, files.max_upload_bytes)
-        name, data = _image_part(fields)
-        folder, subfolder = _destination(fields, input_dir)
+        name, data = await asyncio.to_thread(_image_part, fields, max_pixels)
+        folder, subfolder = _destination(fields, input_dir, confinement(caller))
     except _Refused as refused:
         return Response(refused.message, status_code=refused.status)
     overwrite = _text(fields, "overwrite").lower() in {"true", "1"}
@@ -130,29 +169,33 @@ def _text(fields: FormFields, key: str, default: bytes = b"") -> str:
     return fields.get(key, (None, default))[1].decode(errors="replace")
 
 
-def _image_part(fields: FormFields) -> tuple[str, bytes]:
-    """The ``image`` file part's safe name and bytes, once they are known to be an image."""
+def _image_part(fields: FormFields, max_pixels: int) -> tuple[str, bytes]:
+    """The ``image`` file part's safe name and bytes, once they are known to be an image of at
+    most ``max_pixels`` (read from its header: the pixels are never decoded here)."""
     if "image" not in fields or fields["image"][0] is None:
         raise _Refused("no image part")
     raw_name, data = fields["image"]
     name = safe_upload_name(raw_name or "")
-    if name is None:
+    if name is None or len(name.encode()) > MAX_UPLOAD_NAME_BYTES:
         raise _Refused("invalid file name")
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with reading_image(data, "image", name, max_pixels) as image:
             image.verify()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise _Refused("the file is not an image") from None
+    except GenserveError as exc:
+        raise _Refused(exc.message) from None
     return name, data
 
 
-def _destination(fields: FormFields, input_dir: Path) -> tuple[Path, str]:
-    """The folder to store into and the ``subfolder`` as the answer names it."""
+def _destination(fields: FormFields, input_dir: Path, confined: str | None) -> tuple[Path, str]:
+    """The folder to store into and the ``subfolder`` as the answer names it: inside the key's own
+    folder for a ``confined`` key."""
     # Uploads land in the input folder only; outputs are the runner's.
     if (_text(fields, "type", b"input") or "input") != "input":
         raise _Refused("type must be input")
     subfolder = _text(fields, "subfolder").strip().strip("/")
-    folder = _folder(input_dir, subfolder)
+    if confined is not None and not (subfolder + "/").startswith(own_folder(confined) + "/"):
+        subfolder = "/".join(part for part in (own_folder(confined), subfolder) if part)
+    folder = _folder(input_dir, subfolder) if _storable(subfolder) else None
     if folder is None:
         raise _Refused("invalid subfolder")
     return folder, subfolder

@@ -5,18 +5,26 @@ the running prompt and free memory.
 also uses at the root (GET ``/history``, ``/interrupt``, ``/free``), so the app can leave them out
 there (see ``comfy``). Bodies are read leniently, as ComfyUI reads them: an empty or malformed body
 is ``{}``.
+
+The workflow bridge's prompts on this server's runner are not ComfyUI clients' to touch: the queue
+leaves them out of every listing, clear, delete and interrupt made here (``PromptQueue``'s
+``private`` prompts), and the bridge's own routes manage them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from genserve.api.rest.auth import PrincipalDep, admin
 from genserve.api.rest.dependencies import PromptQueueDep
-from genserve.errors import GenserveError
+from genserve.auth.guard import Guard
+from genserve.auth.principal import Scope
+from genserve.errors import ErrorCode, GenserveError
 from genserve.workflows.graph import GraphValidationError, node_errors
 
 router = APIRouter(tags=["comfyui"])
@@ -52,7 +60,7 @@ def _refused(exc: GraphValidationError) -> JSONResponse:
 
 
 @router.post("/prompt")
-async def post_prompt(request: Request, executor: PromptQueueDep) -> JSONResponse:
+async def post_prompt(request: Request, executor: PromptQueueDep, caller: PrincipalDep) -> JSONResponse:
     body = await _json(request)
     prompt = body.get("prompt")
     if not isinstance(prompt, dict):
@@ -61,60 +69,72 @@ async def post_prompt(request: Request, executor: PromptQueueDep) -> JSONRespons
     extra = body.get("extra_data") if isinstance(body.get("extra_data"), dict) else {}
     try:
         prompt_id, number = await asyncio.to_thread(
-            executor.submit, prompt, client_id if isinstance(client_id, str) else None, extra
+            functools.partial(executor.submit, owner=caller),
+            prompt,
+            client_id if isinstance(client_id, str) else None,
+            extra,
         )
     except GraphValidationError as exc:
         return _refused(exc)
     except GenserveError as exc:
-        return _comfy_error(503, "queue_unavailable", exc.message)
+        if exc.code is ErrorCode.RESOURCE_EXHAUSTED:
+            return _comfy_error(503, "queue_unavailable", exc.message)
+        status = exc.mapping.http_status
+        return _comfy_error(status, exc.code.value.lower(), exc.message)
     return JSONResponse({"prompt_id": prompt_id, "number": number, "node_errors": {}})
 
 
 @router.get("/queue")
-async def get_queue(executor: PromptQueueDep) -> dict[str, Any]:
-    return executor.queue()
+async def get_queue(executor: PromptQueueDep, caller: PrincipalDep) -> dict[str, Any]:
+    return executor.queue(viewer=caller)
 
 
 @router.post("/queue")
-async def post_queue(request: Request, executor: PromptQueueDep) -> Response:
+async def post_queue(request: Request, executor: PromptQueueDep, caller: PrincipalDep) -> Response:
+    """``clear`` empties the whole queue: admin only. ``delete`` removes the caller's own prompts."""
     body = await _json(request)
     if body.get("clear"):
-        executor.delete_queued(None)
+        Guard.require(caller, Scope.ADMIN, "clearing the queue")
+        executor.delete_queued(None, viewer=caller)
     if isinstance(body.get("delete"), list):
-        executor.delete_queued([str(p) for p in body["delete"]])
+        executor.delete_queued([str(p) for p in body["delete"]], viewer=caller)
     return Response(status_code=200)
 
 
 @shared_router.get("/history")
-async def get_history(executor: PromptQueueDep, max_items: int | None = None) -> dict[str, Any]:
-    return executor.history(max_items=max_items)
+async def get_history(
+    executor: PromptQueueDep, caller: PrincipalDep, max_items: int | None = None
+) -> dict[str, Any]:
+    return executor.history(max_items=max_items, viewer=caller)
 
 
 @router.get("/history/{prompt_id}")
-async def get_history_item(prompt_id: str, executor: PromptQueueDep) -> dict[str, Any]:
-    return executor.history(prompt_id)
+async def get_history_item(prompt_id: str, executor: PromptQueueDep, caller: PrincipalDep) -> dict[str, Any]:
+    return executor.history(prompt_id, viewer=caller)
 
 
 # The bridge answers GET /history at the root; this (delete) has no twin there, so it stays.
 @router.post("/history")
-async def post_history(request: Request, executor: PromptQueueDep) -> Response:
+async def post_history(request: Request, executor: PromptQueueDep, caller: PrincipalDep) -> Response:
+    """Each caller clears and deletes its own entries (an admin: everyone's)."""
     body = await _json(request)
     if body.get("clear"):
-        executor.delete_history(None)
+        executor.delete_history(None, viewer=caller)
     if isinstance(body.get("delete"), list):
-        executor.delete_history([str(p) for p in body["delete"]])
+        executor.delete_history([str(p) for p in body["delete"]], viewer=caller)
     return Response(status_code=200)
 
 
 @shared_router.post("/interrupt")
-async def interrupt(request: Request, executor: PromptQueueDep) -> Response:
+async def interrupt(request: Request, executor: PromptQueueDep, caller: PrincipalDep) -> Response:
+    """Interrupts the running prompt only when it is the caller's (an admin's: any)."""
     body = await _json(request)
     prompt_id = body.get("prompt_id")
-    executor.interrupt(prompt_id if isinstance(prompt_id, str) else None)
+    executor.interrupt(prompt_id if isinstance(prompt_id, str) else None, viewer=caller)
     return Response(status_code=200)
 
 
-@shared_router.post("/free")
+@shared_router.post("/free", dependencies=[Depends(admin)])
 async def free(request: Request, executor: PromptQueueDep) -> Response:
     body = await _json(request)
     await asyncio.to_thread(executor.free, bool(body.get("unload_models")), bool(body.get("free_memory")))

@@ -11,16 +11,18 @@ import contextlib
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect, WebSocketException
+from starlette.status import WS_1008_POLICY_VIOLATION
 
+from genserve.api.rest.auth import PrincipalDep
 from genserve.api.rest.dependencies import PromptQueueDep
+from genserve.errors import GenserveError
 
 router = APIRouter(tags=["comfyui"])
 
 
 @router.websocket("/ws")
-async def ws(websocket: WebSocket, executor: PromptQueueDep) -> None:
-    await websocket.accept()
+async def ws(websocket: WebSocket, executor: PromptQueueDep, caller: PrincipalDep) -> None:
     client_id = websocket.query_params.get("clientId") or uuid.uuid4().hex
     loop = asyncio.get_running_loop()
     outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -28,7 +30,11 @@ async def ws(websocket: WebSocket, executor: PromptQueueDep) -> None:
     def deliver(message: dict[str, Any]) -> None:
         loop.call_soon_threadsafe(outbox.put_nowait, message)
 
-    remove = executor.add_listener(client_id, deliver)
+    try:
+        remove = executor.add_listener(client_id, deliver, caller)
+    except GenserveError as exc:  # another key's client id: refused before the socket opens
+        raise WebSocketException(WS_1008_POLICY_VIOLATION, exc.message) from None
+    await websocket.accept()
     try:
         first = executor.status_message()
         first["data"]["sid"] = client_id

@@ -11,7 +11,7 @@ given, so an accessor that finds its part missing is a wiring bug, never a clien
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -19,6 +19,7 @@ from fastapi import Depends, FastAPI
 from starlette.requests import HTTPConnection
 
 from genserve.api.rest.metrics import ServerMetrics
+from genserve.auth.guard import Guard
 from genserve.bridge.aliases import WorkflowCatalog
 from genserve.bridge.dispatcher import Bridge
 from genserve.config import ServerSettings
@@ -26,6 +27,7 @@ from genserve.engine.engine import Engine
 from genserve.engine.runtime import Runtime
 from genserve.models.manager import ModelManager
 from genserve.models.registry import ModelKind
+from genserve.storage.owners import ClientOwners
 from genserve.workflows.queue import PromptQueue
 
 T = TypeVar("T")
@@ -66,6 +68,8 @@ class RestParts:
     bridge: Bridge | None = None
     catalog: WorkflowCatalog | None = None
     bridge_limits: BridgeLimits | None = None
+    guard: Guard = field(default_factory=lambda: Guard(None))  # no keys: open
+    client_owners: ClientOwners | None = None  # which key owns each bridge clientId
 
 
 def store_parts(app: FastAPI, parts: RestParts) -> None:

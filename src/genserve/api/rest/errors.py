@@ -51,6 +51,8 @@ def request_id_of(request: Request) -> str | None:
 
 def error_response(err: GenserveError, request_id: str | None, retry_after_s: int = 1) -> Response:
     headers = {"Retry-After": str(retry_after_s)} if err.code is ErrorCode.RESOURCE_EXHAUSTED else None
+    if err.code is ErrorCode.UNAUTHENTICATED:
+        headers = {"WWW-Authenticate": "Bearer"}
     body = json.dumps(err.to_dict(request_id), default=str)
     return Response(body, status_code=err.mapping.http_status, media_type="application/json", headers=headers)
 

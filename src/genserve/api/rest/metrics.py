@@ -98,6 +98,7 @@ class ServerMetrics:
         )
         self.registry.register(_CoreCollector(engine, models))
         self._engine = engine
+        self.requests_started = 0
         engine.observers.append(self.observe_run)
 
     def close(self) -> None:
@@ -107,6 +108,7 @@ class ServerMetrics:
 
     def http_started(self) -> None:
         self._inflight.inc()
+        self.requests_started += 1  # for the idle trimmer: any request at all is activity
 
     def http_finished(self, method: str, route: str, status: int, seconds: float) -> None:
         self._inflight.dec()

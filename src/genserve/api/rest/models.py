@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from genserve.api.rest.auth import admin
 from genserve.api.rest.dependencies import ConfiguredModelsDep, ModelManagerDep
 from genserve.api.rest.errors import ERROR_RESPONSES, request_id_of
 from genserve.errors import GenserveError
@@ -68,7 +70,10 @@ class ModelRow(BaseModel):
 class ModelListResponse(BaseModel):
     status: Literal["success"] = "success"
     request_id: str | None
-    models_dir: str
+    models_dir: str = Field(
+        description="The models folder (models.dir) relative to the server's working folder, or just its "
+        "name when it lies elsewhere: never the server's absolute path."
+    )
     models: list[ModelRow]
 
 
@@ -158,7 +163,7 @@ async def list_models(
     rows = await asyncio.to_thread(inventory, manager, configured, kind)
     return ModelListResponse(
         request_id=request_id_of(request),
-        models_dir=str(manager.registry.root),
+        models_dir=_models_dir(manager.registry.root),
         models=[ModelRow(**row.to_dict()) for row in rows],
     )
 
@@ -177,7 +182,12 @@ async def stats(request: Request, manager: ModelManagerDep) -> StatsResponse:
     )
 
 
-@router.post("/{kind}/{name}/load", response_model=ModelActionResponse, summary="Load a model now")
+ADMIN = [Depends(admin)]
+
+
+@router.post(
+    "/{kind}/{name}/load", response_model=ModelActionResponse, summary="Load a model now", dependencies=ADMIN
+)
 async def load(
     request: Request,
     manager: ModelManagerDep,
@@ -200,7 +210,9 @@ async def load(
     )
 
 
-@router.post("/{kind}/{name}/unload", response_model=ModelActionResponse, summary="Unload a model")
+@router.post(
+    "/{kind}/{name}/unload", response_model=ModelActionResponse, summary="Unload a model", dependencies=ADMIN
+)
 async def unload(
     request: Request,
     manager: ModelManagerDep,
@@ -222,3 +234,10 @@ async def unload(
         duration_ms=round((time.perf_counter() - started) * 1000, 3),
         model=after.to_dict() if after else None,
     )
+
+
+def _models_dir(root: Path) -> str:
+    try:
+        return root.resolve().relative_to(Path.cwd().resolve()).as_posix() or "."
+    except ValueError:
+        return root.name

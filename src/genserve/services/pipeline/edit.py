@@ -86,6 +86,7 @@ def run(request: EditRequest, ctx: RunContext) -> EditResponse:
             megapixels=request.megapixels,
         ),
         ctx,
+        field="image1_path",
     )
     positive, negative = encode_conditions(
         TextEncodeRequest(

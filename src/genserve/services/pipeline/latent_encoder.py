@@ -13,7 +13,8 @@ from genserve.errors import ErrorCode, GenserveError
 from genserve.models.registry import ModelKind
 from genserve.services.base import RunContext, Service, ServiceModel
 from genserve.services.pipeline.imaging import LATENT_MULTIPLE, fitted_dimensions, resize, vae_encode
-from genserve.storage.artifacts import open_image, save_tensors
+from genserve.storage.artifacts import save_tensors
+from genserve.storage.images import load_image
 
 LATENT_FORMAT = "genserve.latent/1"
 
@@ -34,21 +35,25 @@ class LatentEncodeResponse(ServiceModel):
     metadata: dict[str, Any]
 
 
-def scale_to_megapixels(image: Image.Image, megapixels: float, method: str) -> Image.Image:
+def scale_to_megapixels(
+    image: Image.Image, megapixels: float, method: str, field: str = "image_path"
+) -> Image.Image:
     """Scale to about ``megapixels`` keeping the aspect ratio, sides a multiple of 32 pixels."""
-    size = fitted_dimensions(megapixels * 1_000_000, image, LATENT_MULTIPLE, "image_path")
+    size = fitted_dimensions(megapixels * 1_000_000, image, LATENT_MULTIPLE, field)
     return resize(image, size, method)
 
 
-def encode_image_file(request: LatentEncodeRequest, ctx: RunContext):  # -> tuple[Tensor, dict]
-    """Shared with ``edit``: the latent tensor and its metadata, no file written."""
+def encode_image_file(
+    request: LatentEncodeRequest, ctx: RunContext, field: str = "image_path"
+):  # -> tuple[Tensor, dict]
+    """Shared with ``edit``: the latent tensor and its metadata, no file written. ``field`` is
+    what the client called the image (``edit`` takes it as ``image1_path``)."""
     defaults = ctx.defaults
-    image_path = ctx.sandbox.readable_file(request.image_path, "image_path", ErrorCode.IMAGE_NOT_FOUND)
     method = request.upscale_method or defaults.upscale_method
     megapixels = request.megapixels or defaults.megapixels
     vae_name = request.vae_model_name or defaults.vae_model_name
-    source = open_image(image_path, "image_path")
-    scaled = scale_to_megapixels(source, megapixels, method)
+    source = load_image(ctx.sandbox, request.image_path, field)
+    scaled = scale_to_megapixels(source, megapixels, method, field)
     started = time.perf_counter()
     with ctx.use_model(ModelKind.VAE, vae_name, "vae_model_name") as vae:
         ctx.check_cancelled()

@@ -22,7 +22,8 @@ from genserve.models.loaders.text_encoder import EDIT_PROMPT_TEMPLATE, TEMPLATE_
 from genserve.models.registry import ModelKind
 from genserve.services.base import RunContext, Service, ServiceModel
 from genserve.services.pipeline.imaging import fitted_dimensions, resize, vae_encode
-from genserve.storage.artifacts import open_image, save_tensors
+from genserve.storage.artifacts import save_tensors
+from genserve.storage.images import load_image
 
 ENCODING_FORMAT = "genserve.encoding/1"
 PICTURE = "Picture {}: <|vision_start|><|image_pad|><|vision_end|>"
@@ -121,8 +122,7 @@ def load_reference_images(request: TextEncodeRequest, ctx: RunContext) -> list[t
     for field, value in fields:
         if value is None or (value == "" and field != "image1_path"):  # "" is gRPC's unset
             continue
-        path = ctx.sandbox.readable_file(value, field, ErrorCode.IMAGE_NOT_FOUND)
-        images.append((field, open_image(path, field)))
+        images.append((field, load_image(ctx.sandbox, value, field)))
     return images
 
 

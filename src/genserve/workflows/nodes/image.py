@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from genserve.errors import ErrorCode, GenserveError
 from genserve.models.registry import ModelKind
 from genserve.services.pipeline.decoding import decode_latent
 from genserve.services.pipeline.imaging import dimensions_for_area, resize, vae_encode
 from genserve.storage.artifacts import encode_image, write_bytes
-from genserve.storage.paths import Sandbox
+from genserve.storage.images import reading_image
+from genserve.storage.paths import Sandbox, check_name, check_path, shown
 from genserve.workflows.inputs import Combo, Float, InputSpec, Int, Linked, String
 from genserve.workflows.nodes.base import NodeContext, NodeResult, NodeType
 from genserve.workflows.nodes.values import (
@@ -33,6 +33,7 @@ from genserve.workflows.nodes.values import (
     resources_of,
     tensor_to_images,
 )
+from genserve.workflows.owners import CLIENTS, reachable
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 UPSCALE_METHODS = {"nearest-exact": "nearest", "bilinear": "bilinear", "area": "area", "bicubic": "bicubic"}
@@ -66,12 +67,25 @@ class InputImages:
             for p in self.input_dir.rglob("*")
             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
         ]
-        return sorted(name for name in found if not name.startswith(BRIDGE_UPLOADS + "/"))
+        hidden = (BRIDGE_UPLOADS + "/", CLIENTS + "/")
+        return sorted(name for name in found if not name.startswith(hidden))
 
     def accepts(self, value: str) -> bool:
-        """Whether ``value`` names an existing bridge upload (``bridge-uploads/<plain name>``)."""
+        """Whether ``value`` names an existing bridge upload (``bridge-uploads/<plain name>``), or
+        any image path in a key's own folder (``clients/<key id>/...``: whose it is, and whether
+        it exists, is the run's to say, so a refusal here tells nobody about another key's files)."""
+        if value.startswith(CLIENTS + "/") and value.count("/") >= 2:
+            try:
+                check_path(value, "image")
+            except GenserveError:
+                return False
+            return Path(value).suffix.lower() in IMAGE_SUFFIXES
         folder, sep, name = value.partition("/")
         if folder != BRIDGE_UPLOADS or not sep or not name or "/" in name or "\\" in name:
+            return False
+        try:
+            check_name(name, "image")
+        except GenserveError:  # too long, NUL, unencodable: no such file can exist
             return False
         if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
             return False
@@ -85,31 +99,35 @@ def input_images(input_dir: Path) -> InputImages:
 
 
 def _image_path(input_dir: Path, image: str, sandbox: Sandbox | None = None) -> Path:
-    """The file ``image`` names inside ``input_dir``; never a path that leaves it."""
+    """The file ``image`` names inside ``input_dir``; never a path that leaves it. Refusals call
+    it by the name the workflow gave, never by the input folder's path."""
+    check_path(image, "image")
     base = input_dir.resolve()
     path = (base / image).resolve()
-    if not image or os.path.isabs(image) or os.path.commonpath([str(path), str(base)]) != str(base):
-        raise GenserveError(ErrorCode.INVALID_INPUT, f"image: {image!r} is not a file in the input folder")
+    if os.path.isabs(image) or os.path.commonpath([str(path), str(base)]) != str(base):
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT, f"image: {shown(image)} is not a file in the input folder", field="image"
+        )
     if sandbox is not None:  # and inside a read root, like every path a request names
-        path = sandbox.readable_file(path, "image", ErrorCode.IMAGE_NOT_FOUND)
-    elif not path.is_file():
-        raise GenserveError(ErrorCode.IMAGE_NOT_FOUND, f"image: file not found: {image}", field="image")
+        return sandbox.readable_file(path, "image", ErrorCode.IMAGE_NOT_FOUND, name=image)
+    if not path.is_file():
+        raise GenserveError(
+            ErrorCode.IMAGE_NOT_FOUND, f"image: file not found: {shown(image)}", field="image"
+        )
     return path
 
 
 def _load_image(ctx: NodeContext, image: str) -> tuple[torch.Tensor, torch.Tensor]:
     res = resources_of(ctx)
-    path = _image_path(res.input_dir, image, res.sandbox)
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            rgb = opened.convert("RGB")
-            alpha = opened.getchannel("A") if "A" in opened.getbands() else None
-    except (OSError, Image.DecompressionBombError, ValueError) as exc:
-        reason = str(exc).replace(str(path), image)  # Pillow names the absolute path; clients see this
+    if not reachable(image, res.confined):  # another key's file: as if it were not there
         raise GenserveError(
-            ErrorCode.INVALID_INPUT, f"image: {image} is not a readable image ({reason})"
-        ) from exc
+            ErrorCode.IMAGE_NOT_FOUND, f"image: file not found: {shown(image)}", field="image"
+        )
+    path = _image_path(res.input_dir, image, res.sandbox)
+    with reading_image(path, "image", image, res.sandbox.max_image_pixels) as opened:
+        opened.load()
+        rgb = opened.convert("RGB")
+        alpha = opened.getchannel("A") if "A" in opened.getbands() else None
     if alpha is not None:  # ComfyUI's mask: 1 where the image is transparent
         mask = 1.0 - torch.from_numpy(np.asarray(alpha, dtype=np.float32) / 255.0)
     else:
@@ -180,8 +198,10 @@ def _save_image(ctx: NodeContext, images: torch.Tensor, filename_prefix: str = "
     parts = filename_prefix.replace("\\", "/").split("/")
     stem = res.sandbox.output_name(parts[-1], "filename_prefix")
     subfolders = [res.sandbox.output_name(part, "filename_prefix") for part in parts[:-1] if part]
-    root = res.sandbox.output_dir(res.output_dir, "filename_prefix")
-    folder = res.sandbox.output_dir(root.joinpath(*subfolders), "filename_prefix")
+    if res.confined is not None:  # a key without admin writes into its own folder
+        subfolders = [CLIENTS, res.confined, *subfolders]
+    root = res.sandbox.output_dir(res.output_dir, "filename_prefix", name="workflows.output_dir")
+    folder = res.sandbox.output_dir(root.joinpath(*subfolders), "filename_prefix", name=filename_prefix)
     saved = []
     for image in tensor_to_images(images):
         ctx.check_cancelled()

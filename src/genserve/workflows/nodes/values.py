@@ -79,6 +79,7 @@ class PipelineResources:
     input_dir: Path
     output_dir: Path | None = None
     device: str | None = None
+    confined: str | None = None  # the API key whose folders a prompt's files are kept to (owners.py)
 
     @classmethod
     def from_runtime(
