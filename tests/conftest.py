@@ -78,6 +78,8 @@ def small_env(models_dir: Path, data_root: Path) -> dict[str, str]:
         "GENSERVE_BRIDGE__JOBS_DB": str(data_root / "bridge" / "jobs.sqlite3"),
         "GENSERVE_BRIDGE__RESULTS_DIR": str(data_root / "bridge" / "results"),
         "GENSERVE_GRPC__PORTS": "[0]",  # a free port, never the default 50053
+        "GENSERVE_COMFY__PORT": "0",  # a free port, never ComfyUI's 8188
+        "GENSERVE_COMFY__USER_DIR": str(data_root / "comfy" / "users"),
         "GENSERVE_AUTH__KEYS_FILE": str(data_root.parent / "auth" / "keys.json"),  # none: open
     }
 

@@ -32,6 +32,11 @@ class LiveServer:
     runtime: Runtime
     server: RestServer
     data: Path
+    comfy_url: str | None = None  # ComfyUI's listener, when started
+
+    def comfy_client(self, **kwargs: object) -> httpx.Client:
+        assert self.comfy_url is not None, "started without the ComfyUI listener"
+        return httpx.Client(base_url=self.comfy_url, timeout=kwargs.pop("timeout", 60.0), **kwargs)  # type: ignore[arg-type]
 
     def client(self, **kwargs: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 60.0), **kwargs)  # type: ignore[arg-type]
@@ -49,11 +54,15 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(settings: Settings, data: Path, *, grpc: bool = False) -> Iterator[LiveServer]:
-    """With ``grpc`` the gRPC door runs too, on the free port(s) the settings name."""
+def live_server(
+    settings: Settings, data: Path, *, grpc: bool = False, comfy: bool = False
+) -> Iterator[LiveServer]:
+    """With ``grpc`` the gRPC door runs too, on the free port(s) the settings name; with
+    ``comfy`` ComfyUI's listener, on a free loopback port."""
     runtime = build_runtime(settings)
     sock = bind("127.0.0.1", 0)
-    server = RestServer(runtime, sock, GrpcDoor(runtime) if grpc else None)
+    comfy_sock = bind("127.0.0.1", 0) if comfy else None
+    server = RestServer(runtime, sock, GrpcDoor(runtime) if grpc else None, comfy_sock=comfy_sock)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -62,11 +71,14 @@ def live_server(settings: Settings, data: Path, *, grpc: bool = False) -> Iterat
             raise RuntimeError("the REST server did not start")
         time.sleep(0.01)
     try:
-        yield LiveServer(server.url, runtime, server, data)
+        comfy_url = server.comfy.url if server.comfy is not None else None
+        yield LiveServer(server.url, runtime, server, data, comfy_url)
     finally:
         server.should_exit = True
         thread.join(60)
         sock.close()
+        if comfy_sock is not None:
+            comfy_sock.close()
 
 
 def wait_for(condition: object, timeout: float = 20.0, what: str = "condition") -> None:

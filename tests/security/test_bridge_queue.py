@@ -133,7 +133,7 @@ def test_a_prompt_cleared_on_a_remote_backend_is_run_again(
         backends = f'[{{name: back, url: "{back.comfy}", max_inflight: 2}}]'
         env = {"GENSERVE_BRIDGE__BACKENDS": backends, "GENSERVE_BRIDGE__PROBE_INTERVAL_S": "0.5"}
         with bridge_server(demo_models, bridge_data, **env) as bridge, bridge.client() as client:
-            assert submit(client, "stays", 3.0).status_code == 200
+            assert submit(client, "stays", 6.0).status_code == 200  # long enough to be seen running
             assert submit(client, "cleared", 0.5).status_code == 200
 
             def one_waits() -> bool:

@@ -31,7 +31,7 @@ JSON_ROUTES = [
 ]
 
 
-UPLOADS = {"/upload", "/upload/image", "/comfy/upload/image"}
+UPLOADS = {"/upload", "/upload/image", "/comfy/upload/image", "/upload/mask", "/comfy/upload/mask"}
 
 
 def nested_arrays(depth: int) -> bytes:

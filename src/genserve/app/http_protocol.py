@@ -38,7 +38,9 @@ def bounded_httptools(max_head_bytes: int) -> type[HttpToolsProtocol]:
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
-            self.head_bytes = 0  # whatever follows on this connection is the next request's head
+            # Nothing is counted until the next request begins: the rest of the chunk that ended
+            # this one is its body, however large, not a head.
+            self.head_bytes = None
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)

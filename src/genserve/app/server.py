@@ -23,6 +23,7 @@ from genserve.api.files import FileDoor
 from genserve.api.grpc.server import GrpcDoor
 from genserve.api.rest import build_app
 from genserve.api.rest.dependencies import parts_of
+from genserve.app.comfy_listener import ComfyListener
 from genserve.app.http_protocol import bounded_httptools
 from genserve.app.malloc_tuning import IdleTrimmer
 from genserve.app.runtime import Runtime, build_runtime
@@ -36,8 +37,9 @@ from genserve.rpc.tls import check_pem, read_pem
 log = logging.getLogger("genserve.server")
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket; IPv6 when the host is an IPv6 address."""
+def bind(host: str, port: int, section: str = "server") -> socket.socket:
+    """A listening TCP socket; IPv6 when the host is an IPv6 address. A failure names the
+    ``section``'s host and port settings."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -45,7 +47,9 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise OSError(f"cannot listen on {host}:{port} (server.host, server.port): {exc.strerror}") from exc
+        raise OSError(
+            f"cannot listen on {host}:{port} ({section}.host, {section}.port): {exc.strerror}"
+        ) from exc
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -75,8 +79,15 @@ def check_access(settings: Settings) -> None:
     listeners = {"server.host": settings.server.host}
     if settings.grpc.enabled:
         listeners["grpc.host"] = settings.grpc.host
+    if comfy_listens(settings):
+        listeners["comfy.host"] = settings.comfy.host
     keys = KeyStore(settings.auth.keys_file)
     check_exposure(listeners, bool(keys), settings.auth.allow_anonymous)
+
+
+def comfy_listens(settings: Settings) -> bool:
+    """ComfyUI's listener serves the prompt queue, so it runs only beside it."""
+    return settings.comfy.enabled and settings.workflows.enabled
 
 
 class BackgroundDoor(Protocol):
@@ -97,7 +108,9 @@ class RestServer(uvicorn.Server):
         grpc_door: GrpcDoor | None = None,
         others: Sequence[BackgroundDoor] = (),
         web: WebParts | None = None,
+        comfy_sock: socket.socket | None = None,
     ) -> None:
+        """With ``comfy_sock`` (and the prompt queue) ComfyUI's listener serves on it too."""
         settings = runtime.settings.server
         self.web = web if web is not None else build_web_parts(runtime)
         web = self.web
@@ -124,6 +137,10 @@ class RestServer(uvicorn.Server):
         self.runtime = runtime
         self.grpc = grpc_door
         self.others = list(others)
+        self.comfy: ComfyListener | None = None
+        if comfy_sock is not None and web.prompts is not None:
+            self.comfy = ComfyListener(parts_of(app), runtime.settings, comfy_sock)
+            self.others.append(self.comfy)
         self.sock = sock
         self.url = url_of(sock, settings.tls_cert_file is not None)
         self.stop_signals: list[int] = []
@@ -212,8 +229,11 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
             settings.models.dir,
         )
     sock: socket.socket | None = None
+    comfy_sock: socket.socket | None = None
     try:
         sock = bind(settings.server.host, settings.server.port)
+        if comfy_listens(settings):
+            comfy_sock = bind(settings.comfy.host, settings.comfy.port, "comfy")
         grpc_door = GrpcDoor(runtime) if settings.grpc.enabled else None
         others: list[BackgroundDoor] = []
         if settings.files.enabled:
@@ -222,13 +242,16 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
             from genserve.api.kafka.door import KafkaDoor  # aiokafka only when Kafka is on
 
             others.append(KafkaDoor(runtime))
-        server = RestServer(runtime, sock, grpc_door, others)
+        server = RestServer(runtime, sock, grpc_door, others, comfy_sock=comfy_sock)
     except (OSError, GenserveError, ConfigError):
-        if sock is not None:
-            sock.close()
+        for opened in (sock, comfy_sock):
+            if opened is not None:
+                opened.close()
         runtime.close()
         raise
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
+        if comfy_sock is not None:
+            comfy_sock.close()

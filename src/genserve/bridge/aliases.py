@@ -1,4 +1,4 @@
-"""The workflow catalog: admin-chosen aliases for API-format workflow files and the inputs they expose.
+"""The workflow catalog: admin-chosen aliases for workflow files (API or UI format) and their inputs.
 
 A workflow has dozens of inputs; users should see only the few an admin picked (prompt, image,
 seed). The admin writes an alias file next to (or anywhere outside) the workflows folder. It is
@@ -51,6 +51,7 @@ import yaml
 from genserve.errors import ErrorCode, GenserveError
 from genserve.workflows.graph import GraphValidationError, is_link, parse_graph
 from genserve.workflows.nodes.base import NodeRegistry
+from genserve.workflows.ui_format import is_ui_workflow, registry_object_info, ui_to_api
 
 log = logging.getLogger("genserve.workflows.catalog")
 
@@ -288,6 +289,8 @@ class WorkflowCatalog:
             why = f"is not JSON: {exc}" if isinstance(exc, ValueError) else f"cannot be read ({exc.strerror})"
             why = "does not exist" if isinstance(exc, FileNotFoundError) else why
             raise GenserveError(ErrorCode.INVALID_INPUT, f"workflow file {shown} {why}") from exc
+        if is_ui_workflow(graph):  # "Save", not "Save (API)": converted as ComfyUI's frontend does
+            graph = ui_to_api(graph, registry_object_info(self.registry), source=f"workflow file {shown}")
         if not isinstance(graph, dict) or not all(isinstance(n, Mapping) for n in graph.values()):
             raise GenserveError(ErrorCode.INVALID_INPUT, f"workflow file {shown} is not an API-format graph")
         graph = {str(k): v for k, v in graph.items()}
@@ -378,14 +381,9 @@ def _exposed_entries(entry: Mapping[str, Any]) -> list[tuple[str, Mapping[str, A
 
 
 def _type_of(value: Any, key: str) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "str"
+    for kind, name in ((bool, "bool"), (int, "int"), (float, "float"), (str, "str")):
+        if isinstance(value, kind):  # bool first: it is an int too
+            return name
     raise GenserveError(
         ErrorCode.INVALID_INPUT, f"exposed input {key!r}: value {_short(value)} is not settable"
     )

@@ -7,6 +7,7 @@ Imports nothing of genserve; every layer may import it. The names below are the 
 from genserve.config.auth import AuthSettings
 from genserve.config.bridge import BackendSettings, BridgeSettings
 from genserve.config.cluster import ClusterSettings
+from genserve.config.comfy import ComfySettings
 from genserve.config.engine import EngineSettings
 from genserve.config.files import FilesSettings
 from genserve.config.grpc import GrpcSettings
@@ -28,6 +29,7 @@ __all__ = [
     "BackendSettings",
     "BridgeSettings",
     "ClusterSettings",
+    "ComfySettings",
     "ConfigError",
     "EngineSettings",
     "FilesSettings",

@@ -8,6 +8,7 @@ from genserve.config.auth import AuthSettings
 from genserve.config.base import Section
 from genserve.config.bridge import BridgeSettings
 from genserve.config.cluster import ClusterSettings
+from genserve.config.comfy import ComfySettings
 from genserve.config.engine import EngineSettings
 from genserve.config.files import FilesSettings
 from genserve.config.grpc import GrpcSettings
@@ -31,6 +32,7 @@ class Settings(Section):
     files: FilesSettings = Field(default_factory=FilesSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     workflows: WorkflowsSettings = Field(default_factory=WorkflowsSettings)
+    comfy: ComfySettings = Field(default_factory=ComfySettings)
     bridge: BridgeSettings = Field(default_factory=BridgeSettings)
     lipsync: LipsyncSettings = Field(default_factory=LipsyncSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
@@ -46,6 +46,9 @@ class InputSpec:
     multiline: bool = False
     choices: Choices | None = None
     tooltip: str = ""
+    # More ``/object_info`` options as ComfyUI's frontend reads them (``image_upload``,
+    # ``control_after_generate``), as pairs so the spec stays hashable.
+    extra: tuple[tuple[str, Any], ...] = ()
 
     @property
     def is_widget(self) -> bool:
@@ -84,6 +87,7 @@ class InputSpec:
             options["multiline"] = True
         if self.tooltip:
             options["tooltip"] = self.tooltip
+        options.update(self.extra)
         head: Any = self.choice_list() if self.type == "COMBO" else self.type
         return [head, options] if options else [head]
 
@@ -214,3 +218,8 @@ def Combo(choices: Choices, *, default: str | None = None, tooltip: str = "") ->
 def Linked(type_name: str, *, tooltip: str = "") -> InputSpec:
     """An input fed by another node's output (MODEL, CLIP, VAE, CONDITIONING, LATENT, IMAGE, MASK, ``*``)."""
     return InputSpec(type_name, tooltip=tooltip)
+
+
+def with_options(spec: InputSpec, **options: Any) -> InputSpec:
+    """``spec`` with more ``/object_info`` options (``image_upload=True``...)."""
+    return replace(spec, extra=(*spec.extra, *options.items()))

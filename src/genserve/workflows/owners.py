@@ -11,7 +11,9 @@ confined key's files there.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from pathlib import PurePosixPath
+from typing import Any
 
 from genserve.auth.principal import Principal
 from genserve.errors import ErrorCode, GenserveError
@@ -66,3 +68,15 @@ class ClientClaims:
     def owner(self, client_id: str | None) -> str | None:
         with self._lock:
             return None if client_id is None else self._owners.get(client_id)
+
+
+def check_reachable(prompt: Mapping[str, Any], confined: str | None) -> None:
+    """Before the output cache could hand it over: no input of a confined key's prompt names a
+    file in another key's folder (answered as a missing file, so its existence stays unknown)."""
+    for node in prompt.values():
+        inputs = node.get("inputs", {}) if isinstance(node, dict) else {}
+        for name, value in inputs.items() if isinstance(inputs, dict) else ():
+            if isinstance(value, str) and not reachable(value, confined):
+                raise GenserveError(
+                    ErrorCode.IMAGE_NOT_FOUND, f"{name}: file not found: {value[:160]!r}", field=name
+                )

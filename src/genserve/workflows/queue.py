@@ -42,7 +42,8 @@ from genserve.services.base import RunContext, Service, ServiceModel
 from genserve.workflows.events import EventType, Executing, WorkflowEvent
 from genserve.workflows.graph import Graph
 from genserve.workflows.history import PromptHistory
-from genserve.workflows.owners import ClientClaims, confinement, reachable, sees
+from genserve.workflows.nodes.values import PipelineResources
+from genserve.workflows.owners import ClientClaims, check_reachable, confinement, sees
 from genserve.workflows.runner import WorkflowRunner
 
 log = logging.getLogger("genserve.workflows.queue")
@@ -134,6 +135,10 @@ class PromptQueue:
     # Lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Take prompts, after emptying the temp folder of earlier sessions' previews (ComfyUI
+        does so at start-up; nothing else removes them)."""
+        if isinstance(self.resources, PipelineResources):
+            self.resources.clear_temp()
         self._accepting = True
 
     def stop(self, timeout: float | None = 30.0) -> None:
@@ -224,7 +229,7 @@ class PromptQueue:
         from ComfyUI's API (see the module's docstring); ``owner`` is the caller, with keys."""
         self.claims.claim(client_id, owner)
         graph = self.runner.validate(prompt)
-        _check_reachable(prompt, confinement(owner))
+        check_reachable(prompt, confinement(owner))
         if not self.running:
             raise GenserveError(ErrorCode.RESOURCE_EXHAUSTED, "the workflow queue is not running")
         item = PromptItem(
@@ -352,6 +357,10 @@ class PromptQueue:
                 on_event=on_event,
                 cancel_event=cancel,
                 resources=self._resources_for(item),
+                prompt=item.prompt,
+                extra_pnginfo=item.extra.get("extra_pnginfo")
+                if isinstance(item.extra.get("extra_pnginfo"), dict)
+                else None,
             )
             outputs = result.outputs
         except Exception as exc:  # the runner already sent execution_error / _interrupted
@@ -376,18 +385,6 @@ class PromptQueue:
         if item.confined is None or not dataclasses.is_dataclass(self.resources):
             return self.resources
         return dataclasses.replace(self.resources, confined=item.confined)  # type: ignore[type-var]
-
-
-def _check_reachable(prompt: Mapping[str, Any], confined: str | None) -> None:
-    """Before the output cache could hand it over: no input of a confined key's prompt names a
-    file in another key's folder (answered as a missing file, so its existence stays unknown)."""
-    for node in prompt.values():
-        inputs = node.get("inputs", {}) if isinstance(node, dict) else {}
-        for name, value in inputs.items() if isinstance(inputs, dict) else ():
-            if isinstance(value, str) and not reachable(value, confined):
-                raise GenserveError(
-                    ErrorCode.IMAGE_NOT_FOUND, f"{name}: file not found: {value[:160]!r}", field=name
-                )
 
 
 def _item(job: Job) -> PromptItem:

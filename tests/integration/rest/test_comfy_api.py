@@ -159,7 +159,9 @@ def test_upload_refuses_non_images_and_path_tricks(client: httpx.Client, demo_im
         == 403
     )
     assert client.get("/view", params={"filename": "escape.png", "type": "input"}).status_code == 200
-    assert client.get("/view", params={"filename": "escape.png", "type": "temp"}).status_code == 400
+    assert client.get("/view", params={"filename": "escape.png", "type": "bogus"}).status_code == 400
+    # temp (PreviewImage's folder) is served, and holds no uploads
+    assert client.get("/view", params={"filename": "escape.png", "type": "temp"}).status_code == 404
 
 
 def test_interrupt_stops_the_running_prompt(

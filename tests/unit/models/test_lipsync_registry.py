@@ -137,13 +137,16 @@ def test_missing_names_the_first_file_a_model_lacks(models: Path) -> None:
     assert catalog.missing("alice") is None
     catalog.check_available("alice")
     assert catalog.missing("ghost") == (
-        f"model file {models / 'lipsync/ghost/model.onnx'} is missing (lipsync.models.ghost.model_path)"
+        "model file lipsync/ghost/model.onnx is missing from the models folder "
+        "(lipsync.models.ghost.model_path)"
     )
     # bob is found by its folder, not configured: no setting to name
-    assert catalog.missing("bob") == f"audio encoder {models / 'lipsync/bob/audio_encoder.onnx'} is missing"
+    assert catalog.missing("bob") == (
+        "audio encoder lipsync/bob/audio_encoder.onnx is missing from the models folder"
+    )
     (models / "lipsync" / "alice" / "frames").rmdir()
     assert catalog.missing("alice") == (
-        f"background folder {models / 'lipsync/alice/frames'} is missing "
+        "background folder lipsync/alice/frames is missing from the models folder "
         "(lipsync.models.alice.background_dir)"
     )
 

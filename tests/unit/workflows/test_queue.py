@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from genserve.engine.engine import Engine
 from genserve.engine.events import RunRecord
 from genserve.engine.lanes import ServiceLane
 from genserve.errors import ErrorCode, GenserveError
+from genserve.workflows.nodes.values import PipelineResources
 from genserve.workflows.queue import LANE, PromptQueue
 from genserve.workflows.runner import WorkflowRunner
 
@@ -113,3 +115,55 @@ def test_a_full_lane_refuses_the_prompt(runner: WorkflowRunner, engine: Engine) 
         assert info.value.message.startswith("the workflow queue is full")
     finally:
         queue.stop()
+
+
+def _resources(output: Path, temp: Path | None = None) -> PipelineResources:
+    """Only the folders matter to the queue's start-up clean-up: no models or sandbox are used."""
+    return PipelineResources(
+        models=None,  # type: ignore[arg-type]
+        sandbox=None,  # type: ignore[arg-type]
+        defaults=PipelineSettings(),
+        input_dir=output,
+        output_dir=output,
+        temp_dir=temp,
+    )
+
+
+def test_start_empties_the_temp_folder_and_nothing_else(
+    runner: WorkflowRunner, engine: Engine, tmp_path: Path
+) -> None:
+    """ComfyUI empties its temp folder at start-up; previews of earlier sessions go, the output
+    folder, the temp folder itself and what a link in it points at stay."""
+    output, elsewhere = tmp_path / "output", tmp_path / "elsewhere"
+    temp = output / "temp"
+    (temp / "clients" / "key").mkdir(parents=True)
+    (temp / "ComfyUI_temp_abcde_00001_.png").write_bytes(b"png")
+    (temp / "clients" / "key" / "preview.png").write_bytes(b"png")
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("keep")
+    (temp / "link").symlink_to(elsewhere, target_is_directory=True)
+    (output / "ComfyUI_00001_.png").write_bytes(b"saved")
+    queue = PromptQueue(engine, runner, resources=_resources(output))
+    queue.start()
+    queue.stop()
+    assert temp.is_dir() and list(temp.iterdir()) == []
+    assert (output / "ComfyUI_00001_.png").read_bytes() == b"saved"
+    assert (elsewhere / "keep.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("where", ["outside", "output itself", "link out"])
+def test_a_temp_folder_outside_the_output_folder_is_left_alone(
+    runner: WorkflowRunner, engine: Engine, tmp_path: Path, where: str
+) -> None:
+    output, outside = tmp_path / "output", tmp_path / "outside"
+    output.mkdir()
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    (output / "keep.png").write_bytes(b"saved")
+    temp = {"outside": outside, "output itself": output, "link out": output / "temp"}[where]
+    if where == "link out":
+        temp.symlink_to(outside, target_is_directory=True)
+    resources = _resources(output, temp)
+    assert resources.clear_temp() == 0
+    PromptQueue(engine, runner, resources=resources).start()
+    assert (outside / "keep.txt").read_text() == "keep" and (output / "keep.png").read_bytes() == b"saved"

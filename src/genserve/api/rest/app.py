@@ -20,6 +20,7 @@ from genserve.api.rest import bridge as bridge_api
 from genserve.api.rest import comfy, models, openai_compat, operations, pipeline
 from genserve.api.rest.auth import authenticate
 from genserve.api.rest.dependencies import BridgeLimits, ComfyFiles, RestParts, parts_of, store_parts
+from genserve.api.rest.docs_pages import install_docs_pages
 from genserve.api.rest.errors import install_error_handlers
 from genserve.api.rest.metrics import ServerMetrics
 from genserve.api.rest.middleware import RequestContextMiddleware
@@ -97,7 +98,10 @@ def build_app(
         openapi_tags=TAGS,
         lifespan=_lifespan,
         dependencies=[Depends(authenticate)],
+        docs_url=None,
+        redoc_url=None,
     )
+    install_docs_pages(app)
     store_parts(app, parts)
     install_error_handlers(app, settings.server.retry_after_s)
     _include_routers(app, parts)
@@ -142,6 +146,7 @@ def _comfy_files(prompts: PromptQueue, settings: Settings) -> ComfyFiles:
     folders = {
         "input": resources.input_dir,
         "output": resources.output_dir or resources.sandbox.default_output_dir,
+        "temp": resources.temp_root(),  # PreviewImage's files
     }
     # A bridge re-sends its clients' uploads (up to bridge.max_upload_mb) here as a job's inputs.
     upload_limit = max(settings.server.max_body_bytes, int(settings.bridge.max_upload_mb * 2**20) + 2**16)
@@ -162,7 +167,8 @@ def _body_limits(parts: RestParts) -> dict[str, int]:
     limits: dict[str, int] = {}
     if parts.comfy_files is not None:
         upload_limit = parts.comfy_files.max_upload_bytes
-        limits |= {"/upload/image": upload_limit, f"{COMFY_PREFIX}/upload/image": upload_limit}
+        for route in ("/upload/image", "/upload/mask"):
+            limits |= {route: upload_limit, f"{COMFY_PREFIX}{route}": upload_limit}
     if parts.bridge_limits is not None:
         bridge_limits = parts.bridge_limits
         limits["/upload"] = bridge_limits.max_file_bytes * bridge_limits.max_files + 2**20

@@ -1,4 +1,5 @@
-"""ComfyUI's file routes: ``/view`` reads a file, ``/upload/image`` stores an image for LoadImage.
+"""ComfyUI's file routes: ``/view`` reads a file, ``/upload/image`` stores an image for LoadImage,
+``/upload/mask`` stores an image whose alpha is the uploaded mask's (ComfyUI's mask editor).
 
 Both are confined to the workflows input and output folders (no ``..``, no absolute paths) and
 answer as ComfyUI does, with bare status codes and plain-text reasons. The bridge's uploads
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import json
 import mimetypes
 import os
 import re
@@ -19,12 +22,14 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
+from PIL.PngImagePlugin import PngInfo
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from genserve.api.rest.auth import PrincipalDep
-from genserve.api.rest.dependencies import ComfyFilesDep, rest_parts
+from genserve.api.rest.dependencies import ComfyFiles, ComfyFilesDep, rest_parts
+from genserve.auth.principal import Principal
 from genserve.errors import GenserveError
 from genserve.storage.artifacts import write_bytes
 from genserve.storage.images import reading_image
@@ -132,6 +137,76 @@ async def upload_image(request: Request, files: ComfyFilesDep, caller: Principal
     protected = _inside(folder, (input_dir / BRIDGE_UPLOADS).resolve())
     stored = await asyncio.to_thread(_store, folder, name, data, overwrite, protected)
     return JSONResponse({"name": stored, "subfolder": subfolder, "type": "input"})
+
+
+@router.post("/upload/mask")
+async def upload_mask(request: Request, files: ComfyFilesDep, caller: PrincipalDep) -> Response:
+    """As ``/upload/image``, but what is stored is ``original_ref``'s image (an input or output
+    file) with the uploaded image's alpha channel as its own, its PNG text kept."""
+    input_dir = files.folders["input"]
+    max_pixels = rest_parts(request).runtime.sandbox.max_image_pixels
+    try:
+        fields = await _read_form(request, files.max_upload_bytes)
+        name, mask = await asyncio.to_thread(_image_part, fields, max_pixels)
+        folder, subfolder = _destination(fields, input_dir, confinement(caller))
+        original = _original(fields, files, caller)
+        data = await asyncio.to_thread(_masked, original, mask, max_pixels)
+    except _Refused as refused:
+        return Response(refused.message, status_code=refused.status)
+    overwrite = _text(fields, "overwrite").lower() in {"true", "1"}
+    protected = _inside(folder, (input_dir / BRIDGE_UPLOADS).resolve())
+    stored = await asyncio.to_thread(_store, folder, name, data, overwrite, protected)
+    return JSONResponse({"name": stored, "subfolder": subfolder, "type": "input"})
+
+
+def _original(fields: FormFields, files: ComfyFiles, caller: Principal) -> Path:
+    """The file ``original_ref`` names (``{filename, subfolder, type}``, the name possibly
+    annotated ``x.png [output]``), checked as ``/view`` checks it."""
+    try:
+        ref = json.loads(_text(fields, "original_ref"))
+    except ValueError:
+        raise _Refused("original_ref: not JSON") from None
+    if not isinstance(ref, dict) or not isinstance(ref.get("filename"), str):
+        raise _Refused("original_ref: needs a filename")
+    name, kind = ref["filename"], str(ref.get("type") or "output")
+    for annotation in ("input", "output", "temp"):
+        if name.endswith(f" [{annotation}]"):
+            name, kind = name.removesuffix(f" [{annotation}]"), annotation
+    subfolder = str(ref.get("subfolder") or "")
+    base = files.folders.get(kind)
+    if base is None or not name or "/" in name or "\\" in name or name in {".", ".."}:
+        raise _Refused("original_ref: invalid filename or type")
+    if not _storable(subfolder, name) or not reachable(f"{subfolder.strip('/')}/{name}", confinement(caller)):
+        raise _Refused("original_ref: not found", 404)
+    folder = _folder(base, subfolder)
+    path = _resolved(folder / name) if folder is not None else None
+    if path is None or not _inside(path, base.resolve()):
+        raise _Refused("original_ref: outside its folder", 403)
+    if not _is_file(path):
+        raise _Refused("original_ref: not found", 404)
+    return path
+
+
+def _masked(original: Path, mask: bytes, max_pixels: int) -> bytes:
+    """The original as RGBA PNG with the mask's alpha, the original's PNG text chunks kept."""
+    try:
+        with reading_image(original, "original_ref", original.name, max_pixels) as image:
+            info = PngInfo()
+            for key, value in (getattr(image, "text", None) or {}).items():
+                info.add_text(key, value)
+            rgba = image.convert("RGBA")
+        with reading_image(mask, "image", "mask", max_pixels) as mask_image:
+            alpha = mask_image.convert("RGBA").getchannel("A")
+    except GenserveError as exc:
+        raise _Refused(exc.message) from None
+    if alpha.size != rgba.size:
+        raise _Refused(
+            f"image: the mask is {alpha.size[0]}x{alpha.size[1]}, the original {rgba.size[0]}x{rgba.size[1]}"
+        )
+    rgba.putalpha(alpha)
+    out = io.BytesIO()
+    rgba.save(out, format="PNG", compress_level=4, pnginfo=info)
+    return out.getvalue()
 
 
 async def _read_form(request: Request, max_upload_bytes: int) -> FormFields:

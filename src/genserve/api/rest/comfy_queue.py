@@ -14,7 +14,6 @@ leaves them out of every listing, clear, delete and interrupt made here (``Promp
 from __future__ import annotations
 
 import asyncio
-import functools
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -26,14 +25,18 @@ from genserve.auth.guard import Guard
 from genserve.auth.principal import Scope
 from genserve.errors import ErrorCode, GenserveError
 from genserve.workflows.graph import GraphValidationError, node_errors
+from genserve.workflows.nodes.base import NodeRegistry
+from genserve.workflows.ui_format import UIWorkflowError, is_ui_workflow, registry_object_info, ui_to_api
 
 router = APIRouter(tags=["comfyui"])
 shared_router = APIRouter(tags=["comfyui"])
 
 
-def _comfy_error(status: int, kind: str, message: str, errors: dict[str, Any] | None = None) -> JSONResponse:
+def _comfy_error(
+    status: int, kind: str, message: str, errors: dict[str, Any] | None = None, details: str = ""
+) -> JSONResponse:
     body = {
-        "error": {"type": kind, "message": message, "details": "", "extra_info": {}},
+        "error": {"type": kind, "message": message, "details": details, "extra_info": {}},
         "node_errors": errors or {},
     }
     return JSONResponse(body, status_code=status)
@@ -59,21 +62,39 @@ def _refused(exc: GraphValidationError) -> JSONResponse:
     return _comfy_error(400, first.kind, first.message)
 
 
+def _from_ui_format(
+    prompt: dict[str, Any], extra: dict[str, Any], registry: NodeRegistry
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A UI-format workflow as its API prompt, kept itself as ``extra_pnginfo.workflow``, where
+    ComfyUI's frontend puts it (SaveImage writes it into the PNG so the graph drags back in)."""
+    if not is_ui_workflow(prompt):
+        return prompt, extra
+    converted = ui_to_api(prompt, registry_object_info(registry))
+    pnginfo = extra.get("extra_pnginfo") if isinstance(extra.get("extra_pnginfo"), dict) else {}
+    return converted, {**extra, "extra_pnginfo": {"workflow": prompt, **pnginfo}}
+
+
 @router.post("/prompt")
 async def post_prompt(request: Request, executor: PromptQueueDep, caller: PrincipalDep) -> JSONResponse:
     body = await _json(request)
     prompt = body.get("prompt")
+    if prompt is None and is_ui_workflow(body):  # a saved UI workflow file posted as the body
+        prompt = body
     if not isinstance(prompt, dict):
         return _comfy_error(400, "no_prompt", "No prompt provided")
     client_id = body.get("client_id")
     extra = body.get("extra_data") if isinstance(body.get("extra_data"), dict) else {}
-    try:
-        prompt_id, number = await asyncio.to_thread(
-            functools.partial(executor.submit, owner=caller),
-            prompt,
-            client_id if isinstance(client_id, str) else None,
-            extra,
+
+    def submit() -> tuple[str, int]:
+        api_prompt, api_extra = _from_ui_format(prompt, extra, executor.runner.registry)
+        return executor.submit(
+            api_prompt, client_id if isinstance(client_id, str) else None, api_extra, owner=caller
         )
+
+    try:
+        prompt_id, number = await asyncio.to_thread(submit)
+    except UIWorkflowError as exc:
+        return _comfy_error(400, "invalid_prompt", exc.message, details=exc.reason)
     except GraphValidationError as exc:
         return _refused(exc)
     except GenserveError as exc:

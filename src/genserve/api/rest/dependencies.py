@@ -28,6 +28,7 @@ from genserve.engine.runtime import Runtime
 from genserve.models.manager import ModelManager
 from genserve.models.registry import ModelKind
 from genserve.storage.owners import ClientOwners
+from genserve.storage.userdata import UserFiles
 from genserve.workflows.queue import PromptQueue
 
 T = TypeVar("T")
@@ -55,6 +56,16 @@ class BridgeLimits:
 
 
 @dataclass(frozen=True)
+class ComfyUi:
+    """What only the ComfyUI listener serves: the web UI's per-user store, the frontend's static
+    build and the official workflow templates (each None when its package is not installed)."""
+
+    users: UserFiles
+    frontend_dir: Path | None = None
+    templates_dir: Path | None = None
+
+
+@dataclass(frozen=True)
 class RestParts:
     """Everything one app's routes use. The ComfyUI parts are set when it serves ComfyUI's API,
     the bridge parts when it serves the bridge's."""
@@ -70,6 +81,7 @@ class RestParts:
     bridge_limits: BridgeLimits | None = None
     guard: Guard = field(default_factory=lambda: Guard(None))  # no keys: open
     client_owners: ClientOwners | None = None  # which key owns each bridge clientId
+    comfy_ui: ComfyUi | None = None  # on the ComfyUI listener only
 
 
 def store_parts(app: FastAPI, parts: RestParts) -> None:
@@ -120,6 +132,10 @@ def comfy_files(conn: HTTPConnection) -> ComfyFiles:
     return _served(rest_parts(conn).comfy_files, "ComfyUI's file routes")
 
 
+def comfy_ui(conn: HTTPConnection) -> ComfyUi:
+    return _served(rest_parts(conn).comfy_ui, "The ComfyUI web UI")
+
+
 def bridge(conn: HTTPConnection) -> Bridge:
     return _served(rest_parts(conn).bridge, "The workflow bridge")
 
@@ -139,6 +155,7 @@ MetricsDep = Annotated[ServerMetrics, Depends(server_metrics)]
 ConfiguredModelsDep = Annotated[Mapping[str, tuple[ModelKind, str]], Depends(configured_models)]
 PromptQueueDep = Annotated[PromptQueue, Depends(prompt_queue)]
 ComfyFilesDep = Annotated[ComfyFiles, Depends(comfy_files)]
+ComfyUiDep = Annotated[ComfyUi, Depends(comfy_ui)]
 BridgeDep = Annotated[Bridge, Depends(bridge)]
 CatalogDep = Annotated[WorkflowCatalog, Depends(workflow_catalog)]
 BridgeLimitsDep = Annotated[BridgeLimits, Depends(bridge_limits)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -144,25 +145,32 @@ def sample(
     latent: torch.Tensor,
     settings: dict[str, Any],
     ctx: RunContext,
+    custom: CustomSampling | None = None,
 ) -> torch.Tensor:
     """The denoising loop on a loaded ``DiffusionModel``; returns the normalised 5-D latent on CPU."""
     _check_channels(model, latent, settings)
+    custom = custom or CustomSampling()
     batch, _, _, height, width = latent.shape
-    sigmas = samplers.sigma_schedule(
-        settings["scheduler"], settings["steps"], settings["shift"], settings["denoise"]
-    )
+    sigmas = custom.sigmas
+    if sigmas is None:
+        sigmas = samplers.sigma_schedule(
+            settings["scheduler"], settings["steps"], settings["shift"], settings["denoise"]
+        )
     # settings["seeds"] (optional): one seed per image, so each image of a batch is the image its
     # seed gives alone; without it one generator seeded with settings["seed"] draws the whole batch.
     seeds = settings.get("seeds") or [settings["seed"]]
     if batch % len(seeds):
         raise ValueError(f"{len(seeds)} seeds for a batch of {batch}")
     noise = _seeded_noise(seeds, (batch // len(seeds), 1, *latent.shape[1:2], height, width))
-    noise = noise.view(latent.shape)
+    noise = noise.view(latent.shape) if custom.add_noise else torch.zeros(latent.shape)
     x = pack(noise) * sigmas[0] + pack(latent.float()) * (1 - sigmas[0])
     x = x.to(device=model.device, dtype=model.dtype)
     guided = settings["cfg"] != 1.0
     conditions = [positive] + ([negative] if guided and negative is not None else [])
-    denoiser = _Denoiser(model, conditions, positive.reference_latents, latent.shape, settings, ctx)
+    denoiser: samplers.Denoiser = _Denoiser(
+        model, conditions, positive.reference_latents, latent.shape, settings, ctx
+    )
+    denoiser = custom.wrap(denoiser, noise, latent, x)
     noise_gens = [torch.Generator(device="cpu").manual_seed(s + 1 if s < MAX_SEED else 0) for s in seeds]
 
     def step_noise(like: torch.Tensor) -> torch.Tensor:
@@ -176,7 +184,50 @@ def sample(
     run = samplers.SAMPLERS[settings["sampler_name"]]
     with torch.no_grad(), model.gate.applied(lora, settings["lora_strength"]):
         x = run(denoiser, x, sigmas, step_noise, on_step)
+    if custom.last_denoised is not None:
+        custom.last_denoised = unpack(custom.last_denoised.float().cpu(), height, width)
     return unpack(x.float().cpu(), height, width)
+
+
+@dataclass
+class CustomSampling:
+    """What ComfyUI's SamplerCustomAdvanced and SetLatentNoiseMask add to KSampler's settings.
+
+    ``sigmas`` replaces the scheduler's schedule; ``add_noise`` False starts from the latent itself
+    (DisableNoise); ``noise_mask`` (``[B or 1, 1, H, W]`` at any resolution, 1 = repaint) keeps the
+    rest of the latent as it was, as ComfyUI's inpainting sampler does: outside the mask the model
+    sees the input latent noised to the current sigma, and its estimate is replaced by the input.
+    After sampling ``last_denoised`` holds the last step's x0 estimate (ComfyUI's denoised_output).
+    """
+
+    sigmas: torch.Tensor | None = None
+    add_noise: bool = True
+    noise_mask: torch.Tensor | None = None
+    last_denoised: torch.Tensor | None = field(default=None, init=False)
+
+    def wrap(
+        self, denoiser: samplers.Denoiser, noise: torch.Tensor, latent: torch.Tensor, like: torch.Tensor
+    ) -> samplers.Denoiser:
+        keep = None
+        if self.noise_mask is not None:
+            batch, channels, _, height, width = latent.shape
+            mask = self.noise_mask.float().reshape(-1, 1, *self.noise_mask.shape[-2:])
+            mask = torch.nn.functional.interpolate(mask, size=(height, width), mode="bilinear")
+            mask = mask.repeat(-(-batch // mask.shape[0]), 1, 1, 1)[:batch]
+            packed = pack(mask.unsqueeze(2).expand(batch, channels, 1, height, width).contiguous())
+            keep = (packed.to(like), pack(latent.float()).to(like), pack(noise.float()).to(like))
+
+        def denoise(x_t: torch.Tensor, sigma: float) -> torch.Tensor:
+            if keep is not None:
+                mask, source, drawn = keep
+                x_t = x_t * mask + (drawn * sigma + source * (1 - sigma)) * (1 - mask)
+            out = denoiser(x_t, sigma)
+            if keep is not None:
+                out = out * mask + source * (1 - mask)
+            self.last_denoised = out
+            return out
+
+        return denoise
 
 
 def _check_channels(model: Any, latent: torch.Tensor, settings: dict[str, Any]) -> None:
@@ -284,8 +335,9 @@ def sample_with_models(
     latent: torch.Tensor,
     settings: dict[str, Any],
     ctx: RunContext,
+    custom: CustomSampling | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Pin the diffusion model (and LoRA) and sample; shared with ``edit``."""
+    """Pin the diffusion model (and LoRA) and sample; shared with ``edit`` and the workflow nodes."""
     if positive.prompt_embeds.shape[-1] != (negative or positive).prompt_embeds.shape[-1]:
         raise GenserveError(
             ErrorCode.INVALID_INPUT,
@@ -304,7 +356,7 @@ def sample_with_models(
             else None
         )
         try:
-            out = sample(model, lora, positive, negative, latent, settings, ctx)
+            out = sample(model, lora, positive, negative, latent, settings, ctx, custom)
         except GenserveError:
             raise
         except Exception as exc:

@@ -82,6 +82,7 @@ def encode_prompts(
     images: list[Image.Image],
     template: str = EDIT_PROMPT_TEMPLATE,
     prefix_tokens: int = TEMPLATE_PREFIX_TOKENS,
+    picture: str = PICTURE,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The last hidden state of Qwen2.5-VL over ``template`` (the edit one by default), its first
     ``prefix_tokens`` (the system prefix) dropped, per prompt.
@@ -93,7 +94,7 @@ def encode_prompts(
     """
     base = text_encoder.model.model
     device = text_encoder.device
-    pictures = "".join(PICTURE.format(i + 1) for i in range(len(images)))
+    pictures = "".join(picture.format(i + 1) for i in range(len(images)))
     vision = text_encoder.processor.images(images)
     grid = vision["image_grid_thw"].to(device) if vision else None
     features = (
@@ -162,13 +163,19 @@ def encode_references(
 
 
 def encode_texts(
-    ctx: RunContext, clip_name: str, field: str, prompts: list[str], vision_images: list[Image.Image]
+    ctx: RunContext,
+    clip_name: str,
+    field: str,
+    prompts: list[str],
+    vision_images: list[Image.Image],
+    picture: str = PICTURE,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(embeddings, mask) per prompt, with the vision-size images as "Picture N"."""
+    """(embeddings, mask) per prompt, with the vision-size images labelled by ``picture`` ("Picture
+    N" by default; ComfyUI's single-image TextEncodeQwenImageEdit gives the image no label)."""
     with ctx.use_model(ModelKind.TEXT_ENCODER, clip_name, field) as text_encoder:
         ctx.check_cancelled()
         try:
-            return encode_prompts(text_encoder, prompts, vision_images)
+            return encode_prompts(text_encoder, prompts, vision_images, picture=picture)
         except GenserveError:
             raise
         except Exception as exc:

@@ -44,6 +44,33 @@ class TextGenerationRequest(ServiceModel):
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="0 = greedy (deterministic).")
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     top_k: int | None = Field(None, ge=0, description="Sample among the k likeliest tokens; 0 = no limit.")
+    min_p: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Sample only tokens at least min_p times as likely as the likeliest (after "
+        "temperature); none or 0 = off. Greedy (temperature 0) always takes the likeliest anyway.",
+    )
+    repetition_penalty: float | None = Field(
+        None,
+        gt=0.0,
+        le=10.0,
+        description="Divide the scores of tokens already in the prompt or the text by this (above 1 "
+        "repeats less, below 1 more); none or 1 = off. Applies to greedy generation too.",
+    )
+    presence_penalty: float | None = Field(
+        None,
+        ge=-2.0,
+        le=5.0,
+        description="Subtract this from the score of every token the generated text already holds "
+        "(not the prompt), once however often it occurs, as OpenAI defines it; none or 0 = off.",
+    )
+    thinking: bool | None = Field(
+        None,
+        description="For chat templates with a thinking switch (enable_thinking, as Qwen3's): true "
+        "turns thinking on, false off; none = the template's default. True is refused for a "
+        "plain prompt or a template without the switch.",
+    )
     stop: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
         default_factory=list,
         max_length=MAX_STOPS,
@@ -138,10 +165,17 @@ def _prompt_ids(llm: CausalLM, request: TextGenerationRequest) -> torch.Tensor:
                 field="messages",
             )
         chat = [message.model_dump() for message in request.messages]
-        text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        switch = _thinking_switch(tokenizer, request)
+        text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False, **switch)
         ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
         field = "messages"
     else:
+        if request.thinking:
+            raise GenserveError(
+                ErrorCode.INVALID_INPUT,
+                "thinking: a plain prompt has no chat template to switch thinking on; send messages",
+                field="thinking",
+            )
         ids = tokenizer(request.prompt, return_tensors="pt")["input_ids"]
         field = "prompt"
     if ids.shape[1] == 0:
@@ -154,6 +188,22 @@ def _prompt_ids(llm: CausalLM, request: TextGenerationRequest) -> torch.Tensor:
             field=field,
         )
     return ids
+
+
+def _thinking_switch(tokenizer: Any, request: TextGenerationRequest) -> dict[str, bool]:
+    """``enable_thinking`` for a template that reads it; a template without it cannot think on
+    request, so ``thinking: true`` is refused there and ``false`` has nothing to switch off."""
+    if request.thinking is None:
+        return {}
+    if "enable_thinking" in str(tokenizer.chat_template):
+        return {"enable_thinking": request.thinking}
+    if request.thinking:
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT,
+            f"thinking: model {request.model}'s chat template has no thinking switch (enable_thinking)",
+            field="thinking",
+        )
+    return {}
 
 
 def _eos_ids(llm: CausalLM) -> set[int]:
@@ -171,7 +221,7 @@ def _pad_id(llm: CausalLM) -> int | None:
 def run(request: TextGenerationRequest, ctx: RunContext) -> TextGenerationResponse:
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
-    from genserve.services.text.token_stream import IncrementalText, SeededSampler, StopWhen
+    from genserve.services.text.token_stream import IncrementalText, SeededSampler, StopWhen, penalties
 
     with ctx.use_model(ModelKind.LLM, request.model, "model") as llm:
         prompt = _prompt_ids(llm, request).to(llm.device)
@@ -186,9 +236,14 @@ def run(request: TextGenerationRequest, ctx: RunContext) -> TextGenerationRespon
             emitted += 1
 
         streamer = IncrementalText(llm.tokenizer, request.stop, send)
-        processors = LogitsProcessorList()
+        # Penalties first, then sampling's warpers: the order transformers' do_sample=True uses.
+        processors = LogitsProcessorList(
+            penalties(request.repetition_penalty, request.presence_penalty, prompt.shape[1])
+        )
         if seed is not None:
-            processors.append(SeededSampler(seed, request.temperature, request.top_k, request.top_p))
+            processors.append(
+                SeededSampler(seed, request.temperature, request.top_k, request.top_p, request.min_p)
+            )
         ctx.check_cancelled()
         try:
             output = llm.model.generate(

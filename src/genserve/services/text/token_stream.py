@@ -1,4 +1,5 @@
-"""The parts ``generate()`` is driven with: incremental text with stop strings, cancellation, seeded sampling.
+"""The parts ``generate()`` is driven with: incremental text with stop strings, cancellation,
+penalties and seeded sampling.
 
 Kept apart from the text generation service so its request/response contract reads on its own;
 these are transformers hooks (a streamer, a stopping criterion, a logits processor) and hold no
@@ -13,6 +14,8 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 from transformers.generation.logits_process import (
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
@@ -111,17 +114,60 @@ class StopWhen(StoppingCriteria):
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
+class PresencePenalty(LogitsProcessor):
+    """Subtracts ``penalty`` once from each token already generated, as OpenAI defines it.
+
+    Unlike the repetition penalty (which scales, and counts the prompt too), this is additive and
+    counts only the completion: a token the answer has used, however often, loses the same amount.
+    """
+
+    def __init__(self, penalty: float, prompt_length: int) -> None:
+        self._penalty = penalty
+        self._prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self._prompt_length :]
+        if generated.shape[1] == 0:
+            return scores
+        used = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, generated, True)
+        return scores - used.to(scores.dtype) * self._penalty  # type: ignore[return-value]
+
+
+def penalties(
+    repetition_penalty: float | None, presence_penalty: float | None, prompt_length: int
+) -> list[LogitsProcessor]:
+    """The penalty processors a request asks for, to run before sampling (or the greedy pick).
+
+    The repetition penalty is transformers' (prompt included, as ``generate(repetition_penalty=)``);
+    1.0 and 0 penalties change nothing and are left out.
+    """
+    chain: list[LogitsProcessor] = []
+    if repetition_penalty is not None and repetition_penalty != 1.0:
+        chain.append(RepetitionPenaltyLogitsProcessor(float(repetition_penalty)))
+    if presence_penalty:
+        chain.append(PresencePenalty(float(presence_penalty), prompt_length))
+    return chain
+
+
 class SeededSampler(LogitsProcessor):
     """Samples the next token with a private ``torch.Generator`` and leaves only it possible.
 
     ``generate()`` samples with torch's global RNG and takes no generator, so seeding it would need
     a process-wide lock to stay deterministic under concurrent requests. Instead generation runs
-    greedy and this processor, last in the chain, applies temperature, top-k and top-p (the same
-    transformers warpers, in the same order, as ``do_sample=True``), draws from its own generator
-    and masks every other token: same seed and request, same text, whatever else runs alongside.
+    greedy and this processor, last in the chain (after the penalties), applies temperature, top-k,
+    top-p and min-p (the same transformers warpers, in the same order, as ``do_sample=True``), draws
+    from its own generator and masks every other token: same seed and request, same text, whatever
+    else runs alongside.
     """
 
-    def __init__(self, seed: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    def __init__(
+        self,
+        seed: int,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        min_p: float | None = None,
+    ) -> None:
         self._seed = seed
         self._generator: torch.Generator | None = None
         self._warpers: list[LogitsProcessor] = [TemperatureLogitsWarper(temperature)]
@@ -129,6 +175,8 @@ class SeededSampler(LogitsProcessor):
             self._warpers.append(TopKLogitsWarper(top_k))
         if top_p is not None and top_p < 1.0:
             self._warpers.append(TopPLogitsWarper(top_p))
+        if min_p:
+            self._warpers.append(MinPLogitsWarper(min_p))
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self._generator is None:

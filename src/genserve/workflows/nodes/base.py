@@ -27,7 +27,9 @@ class NodeContext:
 
     Small on purpose: cancellation and progress are all a toy node needs. ``resources`` is where
     the runner's owner puts what real nodes need (the service RunContext, the model manager, the
-    sandbox); node functions read it, the runner never does.
+    sandbox); node functions read it, the runner never does. ``prompt`` and ``extra_pnginfo`` are
+    ComfyUI's hidden PROMPT and EXTRA_PNGINFO inputs (the API prompt, ``extra_data.extra_pnginfo``),
+    which SaveImage writes into its PNGs.
     """
 
     prompt_id: str
@@ -36,6 +38,8 @@ class NodeContext:
     cancel_event: threading.Event = field(default_factory=threading.Event)
     progress_sink: Callable[[int, int], None] = _ignore_progress
     resources: Any = None
+    prompt: Mapping[str, Any] | None = None
+    extra_pnginfo: Mapping[str, Any] | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -74,6 +78,11 @@ class NodeType:
     ``IS_CHANGED`` returning NaN). ``fingerprint`` is called with the node's widget values and its
     result joins the cache key, for nodes whose output depends on something outside the graph (a
     ``LoadImage`` hashes the file, so a replaced file is read again).
+
+    ``lazy`` names inputs evaluated only on demand (ComfyUI's ``lazy=True``): ``needs`` gets the
+    node's other inputs and answers which lazy ones to compute, so a switch runs one branch only.
+    ``reusable`` is asked before a cached result is reused with the run's resources; an output
+    node whose files were deleted answers False and runs again.
     """
 
     name: str
@@ -88,6 +97,9 @@ class NodeType:
     output_node: bool = False
     cacheable: bool = True
     fingerprint: Callable[..., Any] | None = None
+    lazy: frozenset[str] = frozenset()
+    needs: Callable[..., Iterable[str]] | None = None
+    reusable: Callable[[NodeResult, Any], bool] | None = None
 
     def __post_init__(self) -> None:
         if self.return_names is not None and len(self.return_names) != len(self.return_types):

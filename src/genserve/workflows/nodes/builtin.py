@@ -11,9 +11,18 @@ from pathlib import Path
 
 from genserve.models.registry import ModelRegistry
 from genserve.workflows.nodes.base import NodeRegistry
+from genserve.workflows.nodes.conditioning import conditioning_node_types
+from genserve.workflows.nodes.custom_sampling import custom_sampling_node_types
 from genserve.workflows.nodes.image import image_node_types
+from genserve.workflows.nodes.image_filters import image_filter_node_types
+from genserve.workflows.nodes.image_ops import image_ops_node_types
+from genserve.workflows.nodes.masks import mask_node_types
 from genserve.workflows.nodes.models import model_node_types
+from genserve.workflows.nodes.previews import preview_node_types
+from genserve.workflows.nodes.primitives import primitive_node_types
 from genserve.workflows.nodes.sampling import sampling_node_types
+from genserve.workflows.nodes.saving import saving_node_types
+from genserve.workflows.nodes.text import text_node_types
 from genserve.workflows.nodes.values import ClipRef, ModelRef, PipelineResources, VaeRef
 
 __all__ = ["ClipRef", "ModelRef", "PipelineResources", "VaeRef", "pipeline_registry"]
@@ -32,5 +41,14 @@ def pipeline_registry(models: ModelRegistry | None = None, input_dir: Path | Non
             *image_node_types(Path(input_dir) if input_dir is not None else None),
             *model_node_types(models),
             *sampling_node_types(),
+            *conditioning_node_types(),
+            *custom_sampling_node_types(),
+            *image_filter_node_types(),
+            *image_ops_node_types(),
+            *mask_node_types(),
+            *preview_node_types(),
+            *saving_node_types(),
+            *primitive_node_types(),
+            *text_node_types(),
         ]
     )

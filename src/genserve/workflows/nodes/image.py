@@ -1,4 +1,4 @@
-"""Image node types: LoadImage, ImageScaleToTotalPixels, VAEEncode, VAEDecode, SaveImage.
+"""Image node types: LoadImage, ImageScaleToTotalPixels, FluxKontextImageScale, VAEEncode, VAEDecode.
 
 They reuse the services' own image code (``imaging``, ``latent_encoder``, ``decoding``), so a
 workflow and the split services resize, encode and decode the same pixels the same way; an
@@ -16,16 +16,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 
 from genserve.errors import ErrorCode, GenserveError
 from genserve.models.registry import ModelKind
 from genserve.services.pipeline.decoding import decode_latent
 from genserve.services.pipeline.imaging import dimensions_for_area, resize, vae_encode
-from genserve.storage.artifacts import encode_image, write_bytes
 from genserve.storage.images import reading_image
 from genserve.storage.paths import Sandbox, check_name, check_path, shown
-from genserve.workflows.inputs import Combo, Float, InputSpec, Int, Linked, String
-from genserve.workflows.nodes.base import NodeContext, NodeResult, NodeType
+from genserve.workflows.inputs import Combo, Float, InputSpec, Int, Linked, String, with_options
+from genserve.workflows.nodes.base import NodeContext, NodeType
 from genserve.workflows.nodes.values import (
     VaeRef,
     image_to_tensor,
@@ -144,6 +144,32 @@ def _scale_to_total_pixels(
     return (image_to_tensor([resize(img, size, UPSCALE_METHODS[upscale_method]) for img in images]),)
 
 
+# Flux Kontext's preferred sizes (width, height), as ComfyUI lists them.
+KONTEXT_SIZES = (
+    (672, 1568), (688, 1504), (720, 1456), (752, 1392), (800, 1328), (832, 1248), (880, 1184),
+    (944, 1104), (1024, 1024), (1104, 944), (1184, 880), (1248, 832), (1328, 800), (1392, 752),
+    (1456, 720), (1504, 688), (1568, 672),
+)  # fmt: skip
+
+
+def _kontext_scale(ctx: NodeContext, image: torch.Tensor) -> tuple[torch.Tensor]:
+    """To the preferred size nearest in aspect ratio: centre-cropped to that ratio, then lanczos."""
+    height, width = int(image.shape[1]), int(image.shape[2])
+    _, size = min((abs(width / height - w / h), (w, h)) for w, h in KONTEXT_SIZES)
+    images = [ImageOps.fit(img, size, Image.Resampling.LANCZOS) for img in tensor_to_images(image)]
+    return (image_to_tensor(images),)
+
+
+KONTEXT_SCALE = NodeType(
+    "FluxKontextImageScale",
+    _kontext_scale,
+    required={"image": Linked("IMAGE")},
+    return_types=("IMAGE",),
+    description="This node resizes the image to one that is more optimal for flux kontext.",
+    category="advanced/conditioning/flux",
+)
+
+
 def _vae_encode(ctx: NodeContext, pixels: torch.Tensor, vae: VaeRef) -> tuple[dict[str, torch.Tensor]]:
     res = resources_of(ctx)
     images = tensor_to_images(pixels)
@@ -172,43 +198,6 @@ def _vae_decode(ctx: NodeContext, samples: dict[str, Any], vae: VaeRef) -> tuple
     rctx = res.run_context(ctx)
     images = [decode_latent(latent[i : i + 1], vae.vae_name, rctx)[0] for i in range(latent.shape[0])]
     return (image_to_tensor(images),)
-
-
-def _next_free(folder: Path, stem: str) -> tuple[Path, int]:
-    """Claim ``{stem}_{counter:05}_.png`` (ComfyUI's naming) with an exclusive create, so two runs
-    saving at once never pick the same name."""
-    prefix = f"{stem}_"
-    counters = [
-        int(name[len(prefix) : len(prefix) + 5])
-        for name in os.listdir(folder)
-        if name.startswith(prefix) and name[len(prefix) : len(prefix) + 5].isdigit()
-    ]
-    counter = max(counters, default=0) + 1
-    while True:
-        path = folder / f"{stem}_{counter:05}_.png"
-        try:
-            with open(path, "xb"):
-                return path, counter
-        except FileExistsError:
-            counter += 1
-
-
-def _save_image(ctx: NodeContext, images: torch.Tensor, filename_prefix: str = "ComfyUI") -> NodeResult:
-    res = resources_of(ctx)
-    parts = filename_prefix.replace("\\", "/").split("/")
-    stem = res.sandbox.output_name(parts[-1], "filename_prefix")
-    subfolders = [res.sandbox.output_name(part, "filename_prefix") for part in parts[:-1] if part]
-    if res.confined is not None:  # a key without admin writes into its own folder
-        subfolders = [CLIENTS, res.confined, *subfolders]
-    root = res.sandbox.output_dir(res.output_dir, "filename_prefix", name="workflows.output_dir")
-    folder = res.sandbox.output_dir(root.joinpath(*subfolders), "filename_prefix", name=filename_prefix)
-    saved = []
-    for image in tensor_to_images(images):
-        ctx.check_cancelled()
-        path, _ = _next_free(folder, stem)
-        write_bytes(path, encode_image(image, "png"), durable=True)
-        saved.append({"filename": path.name, "subfolder": "/".join(subfolders), "type": "output"})
-    return NodeResult((), ui={"images": saved})
 
 
 def _fingerprint(input_dir: Path) -> Callable[..., Any]:
@@ -261,7 +250,7 @@ def image_node_types(input_dir: Path | None) -> list[NodeType]:
         NodeType(
             "LoadImage",
             _load_image,
-            required={"image": image_input},
+            required={"image": with_options(image_input, image_upload=True)},
             return_types=("IMAGE", "MASK"),
             display_name="Load Image",
             category="image",
@@ -280,6 +269,7 @@ def image_node_types(input_dir: Path | None) -> list[NodeType]:
             return_types=("IMAGE",),
             category="image/upscaling",
         ),
+        KONTEXT_SCALE,
         NodeType(
             "VAEEncode",
             _vae_encode,
@@ -295,16 +285,5 @@ def image_node_types(input_dir: Path | None) -> list[NodeType]:
             return_types=("IMAGE",),
             display_name="VAE Decode",
             category="latent",
-        ),
-        NodeType(
-            "SaveImage",
-            _save_image,
-            required={"images": Linked("IMAGE"), "filename_prefix": String("ComfyUI")},
-            display_name="Save Image",
-            category="image",
-            output_node=True,
-            # Re-run every time: a delivered result may have been deleted (the bridge's /history
-            # forgets files), so a cached filename could name a file that no longer exists.
-            cacheable=False,
         ),
     ]

@@ -20,7 +20,14 @@ from genserve.workflows.inputs import Combo, Float, InputSpec, Linked, String
 from genserve.workflows.nodes.base import NodeContext, NodeType
 from genserve.workflows.nodes.values import ClipRef, ModelRef, VaeRef, resources_of
 
-CLIP_TYPES = ("qwen_image",)  # the only text-encoder family genserve serves
+# ComfyUI's CLIPLoader types. genserve tells a model's family from its file, so the type only
+# has to be one ComfyUI knows: text_encoders/ entries load as Qwen-Image text encoders, llm/
+# entries as the causal LMs TextGenerate runs.
+CLIP_TYPES = (
+    "stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
+    "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "flux2",
+    "ovis", "ideogram4",
+)  # fmt: skip
 WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
 
 
@@ -45,6 +52,15 @@ def model_input(registry: ModelRegistry | None, kind: ModelKind, tooltip: str) -
     return Combo(model_names(registry, kind), tooltip=tooltip)
 
 
+def clip_input(registry: ModelRegistry | None) -> InputSpec:
+    """CLIPLoader's ``clip_name``: text encoders, then LLMs (TextGenerate's models)."""
+    tooltip = "text encoder under text_encoders/ or LLM under llm/"
+    if registry is None:
+        return String("", tooltip=tooltip)
+    encoders, llms = model_names(registry, ModelKind.TEXT_ENCODER), model_names(registry, ModelKind.LLM)
+    return Combo(lambda: [*encoders(), *llms()], tooltip=tooltip)
+
+
 def _warm(ctx: NodeContext, kind: ModelKind, name: str, field: str) -> str:
     """Resolve (MODEL_NOT_FOUND naming the input) and load without pinning; the canonical name."""
     res = resources_of(ctx)
@@ -62,6 +78,10 @@ def _unet_loader(ctx: NodeContext, unet_name: str, weight_dtype: str = "default"
 def _clip_loader(
     ctx: NodeContext, clip_name: str, type: str = "qwen_image", device: str = "default"
 ) -> tuple[ClipRef]:
+    """A text encoder by that name, else an LLM by that name (MODEL_NOT_FOUND lists the encoders)."""
+    registry = resources_of(ctx).models.registry
+    if registry.find(ModelKind.TEXT_ENCODER, clip_name) is None and registry.find(ModelKind.LLM, clip_name):
+        return (ClipRef(_warm(ctx, ModelKind.LLM, clip_name, "clip_name"), kind=ModelKind.LLM),)
     return (ClipRef(_warm(ctx, ModelKind.TEXT_ENCODER, clip_name, "clip_name")),)
 
 
@@ -112,9 +132,7 @@ def model_node_types(registry: ModelRegistry | None) -> list[NodeType]:
             "CLIPLoader",
             _clip_loader,
             required={
-                "clip_name": model_input(
-                    registry, ModelKind.TEXT_ENCODER, "text encoder under text_encoders/"
-                ),
+                "clip_name": clip_input(registry),
                 "type": Combo(CLIP_TYPES, default="qwen_image"),
             },
             optional={"device": Combo(("default", "cpu"), default="default")},

@@ -1,5 +1,5 @@
 """Conditioning and sampling node types: CLIPTextEncode, TextEncodeQwenImageEditPlus,
-EmptySD3LatentImage, KSampler.
+FluxKontextMultiReferenceLatentMethod, EmptySD3LatentImage, EmptyLatentImage, KSampler.
 
 Each calls the function the matching service calls (``text_prompt.encode_text_prompts``,
 ``text_encoder.encode_prompts``, ``sampling.sample_with_models``), so a workflow and the services
@@ -10,13 +10,14 @@ instead of file paths.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from genserve.errors import ErrorCode, GenserveError
 from genserve.services.pipeline import samplers
-from genserve.services.pipeline.sampling import MAX_SEED, sample_with_models
+from genserve.services.pipeline.sampling import MAX_SEED, CustomSampling, sample_with_models
 from genserve.services.pipeline.text_encoder import (
     Encoding,
     encode_references,
@@ -24,8 +25,9 @@ from genserve.services.pipeline.text_encoder import (
     sized_references,
 )
 from genserve.services.pipeline.text_prompt import encode_text_prompts
-from genserve.workflows.inputs import Combo, Float, Int, Linked, String
+from genserve.workflows.inputs import Combo, Float, Int, Linked, String, with_options
 from genserve.workflows.nodes.base import NodeContext, NodeType
+from genserve.workflows.nodes.custom_sampling import model_settings
 from genserve.workflows.nodes.values import (
     ClipRef,
     ModelRef,
@@ -80,6 +82,29 @@ def _qwen_edit_plus(
     return (Encoding(embeds, mask, references, metadata),)
 
 
+# ComfyUI's reference-latent placements. genserve's Qwen-Image sampler gives each reference latent
+# its own RoPE frame index, as ComfyUI's Qwen model does for "index" and "index_timestep_zero"
+# (whose timestep-zero modulation of the references genserve applies when the transformer file
+# carries ComfyUI's ``__index_timestep_zero__`` marker, the Edit-2511 checkpoints). The Flux
+# placements ("offset", "uxo/uno") it cannot do, so they are refused rather than ignored.
+REFERENCE_METHODS = ("offset", "index", "uxo/uno", "index_timestep_zero")
+BY_INDEX = ("index", "index_timestep_zero")
+
+
+def _reference_method(
+    ctx: NodeContext, conditioning: Encoding, reference_latents_method: str
+) -> tuple[Encoding]:
+    if reference_latents_method not in BY_INDEX:
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT,
+            f"reference_latents_method: {reference_latents_method!r} is not supported; genserve's "
+            f"Qwen-Image sampler places reference latents by index only ({' or '.join(BY_INDEX)})",
+            field="reference_latents_method",
+        )
+    metadata = {**conditioning.metadata, "reference_latents_method": reference_latents_method}
+    return (replace(conditioning, metadata=metadata),)
+
+
 def _empty_latent(ctx: NodeContext, width: int, height: int, batch_size: int = 1) -> tuple[dict[str, Any]]:
     for name, side in (("width", width), ("height", height)):
         if side % 16:
@@ -110,7 +135,6 @@ def _ksampler(
         return ({"samples": latent},)
     if latent.shape[-1] % 2 or latent.shape[-2] % 2:
         raise GenserveError(ErrorCode.INVALID_INPUT, "latent_image: latent height and width must be even")
-    d = res.defaults
     settings = {
         "seed": seed,
         "steps": steps,
@@ -118,18 +142,46 @@ def _ksampler(
         "sampler_name": sampler_name,
         "scheduler": scheduler,
         "denoise": denoise,
-        "shift": d.shift if model.shift is None else model.shift,
-        "cfg_norm_strength": d.cfg_norm_strength
-        if model.cfg_norm_strength is None
-        else model.cfg_norm_strength,
-        "unet_model_name": model.unet_name,
-        "lora_model_name": model.lora_name,
-        "lora_strength": model.lora_strength,
+        **model_settings(model, ctx),
     }
     sampled, _ = sample_with_models(
-        positive, negative if cfg != 1.0 else None, latent, settings, res.run_context(ctx)
+        positive,
+        negative if cfg != 1.0 else None,
+        latent,
+        settings,
+        res.run_context(ctx),
+        CustomSampling(noise_mask=latent_image.get("noise_mask")),  # SetLatentNoiseMask
     )
-    return ({"samples": sampled},)
+    return ({**latent_image, "samples": sampled},)
+
+
+def _latent_node_types() -> list[NodeType]:
+    """ComfyUI's generic latent and reference-method nodes, for the templates that use them."""
+    return [
+        NodeType(
+            "EmptyLatentImage",
+            _empty_latent,
+            required={
+                "width": Int(512, min=16, max=16384, step=8),
+                "height": Int(512, min=16, max=16384, step=8),
+                "batch_size": Int(1, min=1, max=4096),
+            },
+            return_types=("LATENT",),
+            display_name="Empty Latent Image",
+            description="Create a new batch of empty latent images to be denoised via sampling.",
+            category="latent",
+        ),
+        NodeType(
+            "FluxKontextMultiReferenceLatentMethod",
+            _reference_method,
+            required={
+                "conditioning": Linked("CONDITIONING"),
+                "reference_latents_method": Combo(REFERENCE_METHODS, default="index"),
+            },
+            return_types=("CONDITIONING",),
+            category="advanced/conditioning/flux",
+        ),
+    ]
 
 
 def sampling_node_types() -> list[NodeType]:
@@ -166,12 +218,13 @@ def sampling_node_types() -> list[NodeType]:
             return_types=("LATENT",),
             category="latent/sd3",
         ),
+        *_latent_node_types(),
         NodeType(
             "KSampler",
             _ksampler,
             required={
                 "model": Linked("MODEL"),
-                "seed": Int(0, min=0, max=MAX_SEED),
+                "seed": with_options(Int(0, min=0, max=MAX_SEED), control_after_generate=True),
                 "steps": Int(20, min=1, max=10000),
                 "cfg": Float(8.0, min=0.0, max=100.0, step=0.1),
                 "sampler_name": Combo(tuple(samplers.SAMPLERS), default="euler"),

@@ -14,6 +14,9 @@ ModelManager for just the time it runs, and the manager stays free to evict betw
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +28,12 @@ from PIL import Image
 
 from genserve.config import PipelineSettings
 from genserve.errors import ErrorCode, GenserveError
+from genserve.models.registry import ModelKind
 from genserve.services.base import ProgressEvent, RunContext
 from genserve.storage.paths import Sandbox
 from genserve.workflows.nodes.base import NodeContext
+
+log = logging.getLogger("genserve.workflows.nodes")
 
 if TYPE_CHECKING:
     from genserve.engine.runtime import Runtime
@@ -52,9 +58,10 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class ClipRef:
-    """A text encoder by name (ComfyUI's CLIP)."""
+    """A text encoder by name (ComfyUI's CLIP), or an LLM for TextGenerate (``kind`` LLM)."""
 
     clip_name: str
+    kind: ModelKind = ModelKind.TEXT_ENCODER
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,8 @@ class PipelineResources:
 
     ``input_dir`` is where ``LoadImage`` names files (ComfyUI's input folder; it must lie inside a
     sandbox read root); ``output_dir`` is where ``SaveImage`` writes (default: the sandbox's
-    default output folder).
+    default output folder); ``temp_dir`` is where ``PreviewImage`` writes (ComfyUI's temp folder,
+    default: ``temp/`` in the output folder).
     """
 
     models: ModelManager
@@ -79,6 +87,7 @@ class PipelineResources:
     input_dir: Path
     output_dir: Path | None = None
     device: str | None = None
+    temp_dir: Path | None = None
     confined: str | None = None  # the API key whose folders a prompt's files are kept to (owners.py)
 
     @classmethod
@@ -92,6 +101,41 @@ class PipelineResources:
             input_dir=Path(input_dir) if input_dir is not None else default_input_dir(runtime.sandbox),
             output_dir=output_dir,
         )
+
+    def output_root(self) -> Path:
+        """The folder SaveImage's ``subfolder`` is relative to (``/view?type=output``)."""
+        return self.output_dir if self.output_dir is not None else self.sandbox.default_output_dir
+
+    def temp_root(self) -> Path:
+        """The folder PreviewImage's ``subfolder`` is relative to (``/view?type=temp``)."""
+        return self.temp_dir if self.temp_dir is not None else self.output_root() / "temp"
+
+    def clear_temp(self) -> int:
+        """Empty the temp folder, as ComfyUI does at start-up; returns how many entries went.
+
+        Previews belong to the session that made them and nothing else removes them. Only the
+        folder's contents go, and only when it lies strictly inside the output folder: a temp
+        folder that resolves anywhere else (a symlink, a misplaced ``temp_dir``) is left alone.
+        """
+        root = self.output_root().resolve()
+        temp = self.temp_root()
+        if not temp.is_dir():
+            return 0
+        resolved = temp.resolve()
+        if temp.is_symlink() or resolved == root or os.path.commonpath([resolved, root]) != str(root):
+            log.warning("temp folder %s is not inside the output folder %s: not emptied", temp, root)
+            return 0
+        removed = 0
+        for entry in resolved.iterdir():
+            try:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+                removed += 1
+            except OSError as exc:
+                log.warning("could not remove %s from the temp folder: %s", entry.name, exc)
+        return removed
 
     def run_context(self, ctx: NodeContext) -> RunContext:
         """A service RunContext for one node: its cancel flag and sampler steps go to the node ctx,

@@ -171,7 +171,7 @@ def test_a_model_that_cannot_load_is_unavailable_and_unhealthy(make_parts: MakeP
     assert not status.healthy
     [problem] = status.problems
     assert problem.startswith("lip-sync model 'ghost' is unavailable: model file ")
-    assert problem.endswith("is missing (lipsync.models.ghost.model_path)")
+    assert problem.endswith("is missing from the models folder (lipsync.models.ghost.model_path)")
     error = fails(ErrorCode.MODEL_NOT_FOUND, lambda: parts.admin.load_model("ghost", -1))
     assert error.message.startswith("Model 'ghost' not found: model file ")
 

@@ -1,0 +1,145 @@
+"""TextGenerate: ComfyUI's LLM node, run by genserve's text_generation service.
+
+The ``clip`` input names the model: CLIPLoader hands on an LLM from ``models/llm/`` (a
+transformers folder) when given one's name, and the node calls the same ``generation.run`` the
+OpenAI-compatible routes and the cluster use, with the node's cancel flag. The prompt goes
+through the model's chat template (``use_default_template``, ComfyUI's default) with
+``system_prompt`` as the system message, or is continued as plain text; ``thinking`` is the
+template's thinking switch (ComfyUI's tokenizer does the same), refused where there is none.
+Sampling ``on`` maps to the service's seeded sampler (temperature, top_k, top_p, min_p, seed) and
+its penalties (repetition, presence); ``off`` is greedy with no penalties, as ComfyUI's. It reads
+text only, so an image, video or audio input is refused rather than silently unseen.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from genserve.errors import ErrorCode, GenserveError
+from genserve.models.registry import ModelKind
+from genserve.services.text import generation
+from genserve.workflows.inputs import Boolean, Combo, Float, Int, Linked, String, with_options
+from genserve.workflows.nodes.base import NodeContext, NodeType
+from genserve.workflows.nodes.values import ClipRef, resources_of
+
+THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
+MODE = "sampling_mode."
+# The node's input for a request field it fills from elsewhere than sampling_mode.
+INPUT_NAMES = {"messages": "prompt", "prompt": "prompt", "max_tokens": "max_length", "thinking": "thinking"}
+
+
+def _llm_name(ctx: NodeContext, clip: ClipRef) -> str:
+    """The LLM the CLIP value names: CLIPLoader's LLM, or an LLM of the text encoder's name."""
+    if clip.kind is ModelKind.LLM:
+        return clip.clip_name
+    registry = resources_of(ctx).models.registry
+    if registry.find(ModelKind.LLM, clip.clip_name) is not None:
+        return clip.clip_name
+    raise GenserveError(
+        ErrorCode.MODEL_NOT_FOUND,
+        f"clip: {clip.clip_name} is a text encoder; TextGenerate needs an LLM under llm/ "
+        f"(available: {', '.join(registry.available(ModelKind.LLM)) or 'none'})",
+        field="clip",
+    )
+
+
+def split_thinking(text: str) -> tuple[str, str]:
+    """``<think>...</think>`` blocks apart from the answer: (answer, thinking)."""
+    thinking = "\n".join(part.strip() for part in THINK.findall(text))
+    return THINK.sub("", text).strip(), thinking
+
+
+def _request(
+    model: str, prompt: str, system_prompt: str, max_length: int, options: dict[str, Any]
+) -> generation.TextGenerationRequest:
+    fields: dict[str, Any] = {"model": model, "max_tokens": min(max_length, generation.MAX_TOKENS)}
+    thinking = bool(options.get("thinking", False))
+    if options.get("use_default_template", True):
+        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        fields["messages"] = [*system, {"role": "user", "content": prompt}]
+        fields["thinking"] = thinking
+    else:
+        fields["prompt"] = f"{system_prompt}\n\n{prompt}" if system_prompt else prompt
+        fields["thinking"] = thinking or None  # no template: nothing to switch off
+    if options.get("sampling_mode", "on") == "on":
+        top_k = int(options.get(MODE + "top_k", 64))
+        fields.update(
+            temperature=float(options.get(MODE + "temperature", 0.7)),
+            top_k=top_k or None,
+            top_p=float(options.get(MODE + "top_p", 0.95)) or None,
+            min_p=float(options.get(MODE + "min_p", 0.05)),
+            repetition_penalty=float(options.get(MODE + "repetition_penalty", 1.05)),
+            presence_penalty=float(options.get(MODE + "presence_penalty", 0.0)),
+            seed=int(options.get(MODE + "seed", 0)),
+        )
+    else:
+        fields["temperature"] = 0.0
+    try:
+        return generation.TextGenerationRequest.model_validate(fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "sampling_mode"
+        name = INPUT_NAMES.get(field, MODE + field)
+        raise GenserveError(ErrorCode.INVALID_INPUT, f"{name}: {error['msg']}", field=name) from None
+
+
+def _text_generate(
+    ctx: NodeContext,
+    clip: ClipRef,
+    prompt: str,
+    max_length: int,
+    image: torch.Tensor | None = None,
+    video: torch.Tensor | None = None,
+    audio: Any = None,
+    system_prompt: str = "",
+    **options: Any,
+) -> tuple[str, str]:
+    for name, given in (("image", image), ("video", video), ("audio", audio)):
+        if given is not None:
+            raise GenserveError(
+                ErrorCode.INVALID_INPUT,
+                f"{name}: genserve's text generation reads text only; disconnect the {name}",
+                field=name,
+            )
+    request = _request(_llm_name(ctx, clip), prompt, system_prompt, max_length, options)
+    response = generation.run(request, resources_of(ctx).run_context(ctx))
+    return split_thinking(response.text)
+
+
+def text_node_types() -> list[NodeType]:
+    return [
+        NodeType(
+            "TextGenerate",
+            _text_generate,
+            required={
+                "clip": Linked("CLIP"),
+                "prompt": String("", multiline=True),
+                "max_length": Int(512, min=1, max=32768),
+                "sampling_mode": Combo(("on", "off"), default="on"),
+            },
+            optional={
+                "image": Linked("IMAGE"),
+                "video": Linked("IMAGE"),
+                "audio": Linked("AUDIO"),
+                # A socket in ComfyUI's templates, never a widget.
+                "system_prompt": with_options(String("", multiline=True), forceInput=True),
+                MODE + "temperature": Float(0.7, min=0.01, max=2.0, step=0.000001),
+                MODE + "top_k": Int(64, min=0, max=1000),
+                MODE + "top_p": Float(0.95, min=0.0, max=1.0, step=0.01),
+                MODE + "min_p": Float(0.05, min=0.0, max=1.0, step=0.01),
+                MODE + "repetition_penalty": Float(1.05, min=0.0, max=5.0, step=0.01),
+                MODE + "seed": Int(0, min=0, max=0xFFFFFFFFFFFFFFFF),
+                MODE + "presence_penalty": Float(0.0, min=0.0, max=5.0, step=0.01),
+                "thinking": Boolean(False),
+                "use_default_template": Boolean(True),
+            },
+            return_types=("STRING", "STRING"),
+            return_names=("generated_text", "thinking"),
+            display_name="Generate Text",
+            category="text",
+        ),
+    ]

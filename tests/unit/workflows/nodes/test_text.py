@@ -1,0 +1,149 @@
+"""TextGenerate on the demo LLM: CLIPLoader hands on an llm/ model, the node runs the
+text_generation service (same text as the service for the same request), seeds repeat, and what
+the service cannot read (images), run (a text encoder) or switch (thinking without a template
+switch) is refused naming the input; min_p and the penalties reach the sampler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from genserve.app.runtime import Runtime
+from genserve.errors import ErrorCode, GenserveError
+from genserve.models.demo.llm import DEMO_LLM
+from genserve.models.registry import ModelKind
+from genserve.workflows.nodes.builtin import PipelineResources, pipeline_registry
+from genserve.workflows.nodes.text import split_thinking
+from genserve.workflows.runner import WorkflowRunner
+
+
+@pytest.fixture
+def resources(runtime: Runtime, data_root: Path) -> PipelineResources:
+    return PipelineResources.from_runtime(runtime, input_dir=data_root / "inputs")
+
+
+@pytest.fixture
+def runner(runtime: Runtime, data_root: Path) -> WorkflowRunner:
+    return WorkflowRunner(pipeline_registry(runtime.models.registry, data_root / "inputs"), cache_size=0)
+
+
+def text_prompt(clip_name: str = DEMO_LLM, **inputs: Any) -> dict[str, Any]:
+    generate = {
+        "clip": ["1", 0],
+        "prompt": "Describe a red fox.",
+        "max_length": 12,
+        "sampling_mode": "on",
+        "sampling_mode.temperature": 0.9,
+        "sampling_mode.top_k": 20,
+        "sampling_mode.top_p": 0.95,
+        "sampling_mode.seed": 7,
+        **inputs,
+    }
+    return {
+        "1": {"class_type": "CLIPLoader", "inputs": {"clip_name": clip_name, "type": "stable_diffusion"}},
+        "2": {"class_type": "TextGenerate", "inputs": generate},
+        "9": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
+    }
+
+
+def generated(runner: WorkflowRunner, resources: PipelineResources, prompt: dict[str, Any]) -> str:
+    result = runner.run(prompt, resources=resources)
+    text: str = result.values["2"][0]
+    assert result.outputs["9"] == {"text": [text]}
+    return text
+
+
+def test_text_generate_runs_the_demo_llm_as_the_service_does(
+    runtime: Runtime, runner: WorkflowRunner, resources: PipelineResources
+) -> None:
+    text = generated(runner, resources, text_prompt())
+    assert text and generated(runner, resources, text_prompt()) == text  # same seed, same text
+    response: Any = runtime.engine.run_sync(
+        "text_generation",
+        {
+            "model": DEMO_LLM,
+            "messages": [{"role": "user", "content": "Describe a red fox."}],
+            "max_tokens": 12,
+            "temperature": 0.9,
+            "top_k": 20,
+            "top_p": 0.95,
+            "min_p": 0.05,  # ComfyUI's defaults, applied when the prompt leaves them out
+            "repetition_penalty": 1.05,
+            "thinking": False,
+            "seed": 7,
+        },
+    )
+    assert split_thinking(response.text)[0] == text
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("sampling_mode.min_p", 1.0),
+        ("sampling_mode.repetition_penalty", 5.0),
+        ("sampling_mode.presence_penalty", 5.0),
+    ],
+)
+def test_min_p_and_the_penalties_change_the_text(
+    runner: WorkflowRunner, resources: PipelineResources, option: str, value: float
+) -> None:
+    base = generated(runner, resources, text_prompt(max_length=24, **{"sampling_mode.temperature": 0.3}))
+    changed = text_prompt(max_length=24, **{"sampling_mode.temperature": 0.3, option: value})
+    assert generated(runner, resources, changed) == generated(runner, resources, changed) != base
+
+
+@pytest.mark.parametrize(
+    ("inputs", "field"),
+    [
+        ({"thinking": True}, "thinking"),
+        ({"thinking": True, "use_default_template": False}, "thinking"),
+        ({"sampling_mode.repetition_penalty": 0.0}, "sampling_mode.repetition_penalty"),
+    ],
+)
+def test_what_the_llm_cannot_do_is_refused_naming_the_input(
+    runner: WorkflowRunner, resources: PipelineResources, inputs: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(GenserveError) as info:
+        runner.run(text_prompt(**inputs), resources=resources)
+    assert info.value.code is ErrorCode.INVALID_INPUT and info.value.details["field"] == field
+
+
+def test_sampling_off_is_greedy_whatever_the_seed(
+    runner: WorkflowRunner, resources: PipelineResources
+) -> None:
+    greedy = generated(runner, resources, text_prompt(sampling_mode="off", **{"sampling_mode.seed": 1}))
+    assert (
+        generated(runner, resources, text_prompt(sampling_mode="off", **{"sampling_mode.seed": 2})) == greedy
+    )
+
+
+def test_an_image_input_is_refused_naming_it(runner: WorkflowRunner, resources: PipelineResources) -> None:
+    prompt = text_prompt(image=["3", 0])
+    prompt["3"] = {"class_type": "LoadImage", "inputs": {"image": "person.png"}}
+    with pytest.raises(GenserveError) as info:
+        runner.run(prompt, resources=resources)
+    assert info.value.code is ErrorCode.INVALID_INPUT and info.value.details["field"] == "image"
+
+
+def test_a_text_encoder_is_not_an_llm(
+    runtime: Runtime, runner: WorkflowRunner, resources: PipelineResources
+) -> None:
+    [encoder, *_] = runtime.models.registry.available(ModelKind.TEXT_ENCODER)
+    with pytest.raises(GenserveError) as info:
+        runner.run(text_prompt(encoder), resources=resources)
+    assert info.value.code is ErrorCode.MODEL_NOT_FOUND and DEMO_LLM in info.value.message
+
+
+def test_clip_loader_lists_llms_and_text_generate_has_comfyuis_inputs(runner: WorkflowRunner) -> None:
+    info = runner.registry.object_info()
+    assert DEMO_LLM in info["CLIPLoader"]["input"]["required"]["clip_name"][0]
+    node = info["TextGenerate"]
+    assert node["input_order"]["required"] == ["clip", "prompt", "max_length", "sampling_mode"]
+    assert node["output_name"] == ["generated_text", "thinking"]
+
+
+def test_split_thinking() -> None:
+    assert split_thinking("<think>plan it</think>\nA fox.") == ("A fox.", "plan it")
+    assert split_thinking("A fox.") == ("A fox.", "")
