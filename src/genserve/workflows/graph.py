@@ -220,8 +220,9 @@ def _check_node(
             report("required_input_missing", name, "required input is missing")
     values: dict[str, Any] = {}
     links: dict[str, Link] = {}
+    live = node_type.live_inputs(inputs)
     for name, value in inputs.items():
-        spec = node_type.input_spec(name)
+        spec = live.get(name)
         if spec is None:
             continue  # ComfyUI ignores inputs a node does not declare (UI leftovers); so do we
         if is_link(value):

@@ -5,17 +5,19 @@ An input is declared once and serves three readers: ``/object_info`` (ComfyUI's
 validation (a widget value is coerced and range-checked before anything runs) and link checking
 (an upstream output type must match the input's type). Problems carry ComfyUI's error type names
 (``value_smaller_than_min``...), so the ComfyUI-compatible door can answer ``node_errors`` as
-ComfyUI does.
+ComfyUI does. A dynamic combo (ComfyUI's V3 ``COMFY_DYNAMICCOMBO_V3``) is a combo whose chosen
+option brings inputs of its own, given in a prompt as ``"<combo>.<input>"``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
+WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", DYNAMIC_COMBO})
 ANY_TYPE = "*"
 
 Choices = Sequence[str] | Callable[[], Sequence[str]]
@@ -49,6 +51,8 @@ class InputSpec:
     # More ``/object_info`` options as ComfyUI's frontend reads them (``image_upload``,
     # ``control_after_generate``), as pairs so the spec stays hashable.
     extra: tuple[tuple[str, Any], ...] = ()
+    # A dynamic combo's options, each with the inputs choosing it adds.
+    options: tuple[ComboOption, ...] = ()
 
     @property
     def is_widget(self) -> bool:
@@ -58,6 +62,14 @@ class InputSpec:
         if self.choices is None:
             return []
         return list(self.choices() if callable(self.choices) else self.choices)
+
+    def chosen_inputs(self, value: Any) -> tuple[tuple[str, InputSpec], ...]:
+        """The inputs a dynamic combo's chosen option adds (required, then optional); none for
+        another input, a value that is no option's key or a link."""
+        for option in self.options:
+            if option.key == value:
+                return (*option.required, *option.optional)
+        return ()
 
     def _among_choices(self, value: str) -> bool:
         """Listed, or accepted unlisted by choices that have an ``accepts`` (private files)."""
@@ -87,6 +99,8 @@ class InputSpec:
             options["multiline"] = True
         if self.tooltip:
             options["tooltip"] = self.tooltip
+        if self.options:
+            options["options"] = [option.to_object_info() for option in self.options]
         options.update(self.extra)
         head: Any = self.choice_list() if self.type == "COMBO" else self.type
         return [head, options] if options else [head]
@@ -103,7 +117,7 @@ class InputSpec:
             if not isinstance(value, str):
                 raise InputValueError("invalid_input_type", f"expected a string, got {_show(value)}")
             return value
-        elif self.type == "COMBO":
+        elif self.type in ("COMBO", DYNAMIC_COMBO):
             if not isinstance(value, str) or not self._among_choices(value):
                 raise InputValueError("value_not_in_list", self._not_a_choice(value))
             return value
@@ -116,6 +130,25 @@ class InputSpec:
         if self.max is not None and number > self.max:
             raise InputValueError("value_bigger_than_max", f"{number} is bigger than the maximum {self.max}")
         return number
+
+
+@dataclass(frozen=True)
+class ComboOption:
+    """One choice of a dynamic combo and the inputs choosing it adds (ComfyUI's ``DynamicCombo.Option``).
+
+    In an API prompt those inputs sit beside the combo as ``"<combo>.<input>"`` keys, as ComfyUI's
+    frontend sends them; the inputs of the options not chosen are not read.
+    """
+
+    key: str
+    required: tuple[tuple[str, InputSpec], ...] = ()
+    optional: tuple[tuple[str, InputSpec], ...] = ()
+
+    def to_object_info(self) -> dict[str, Any]:
+        inputs: dict[str, Any] = {"required": {name: spec.to_object_info() for name, spec in self.required}}
+        if self.optional:
+            inputs["optional"] = {name: spec.to_object_info() for name, spec in self.optional}
+        return {"key": self.key, "inputs": inputs}
 
 
 def accepts(input_type: str, output_type: str) -> bool:
@@ -213,6 +246,24 @@ def Boolean(default: bool = False, *, tooltip: str = "") -> InputSpec:
 def Combo(choices: Choices, *, default: str | None = None, tooltip: str = "") -> InputSpec:
     """A pick-one widget; ``choices`` may be a callable read at every use (files in a folder)."""
     return InputSpec("COMBO", default=default, choices=choices, tooltip=tooltip)
+
+
+def Option(
+    key: str,
+    required: Mapping[str, InputSpec] | None = None,
+    optional: Mapping[str, InputSpec] | None = None,
+) -> ComboOption:
+    """A dynamic combo's option and the inputs it adds."""
+    return ComboOption(key, tuple((required or {}).items()), tuple((optional or {}).items()))
+
+
+def DynamicCombo(options: Sequence[ComboOption], *, tooltip: str = "") -> InputSpec:
+    """A pick-one widget whose chosen option adds its own inputs (ComfyUI's V3 ``DynamicCombo``).
+
+    ComfyUI draws no default for it: the first option is the one a new node shows.
+    """
+    keys = tuple(option.key for option in options)
+    return InputSpec(DYNAMIC_COMBO, choices=keys, options=tuple(options), tooltip=tooltip)
 
 
 def Linked(type_name: str, *, tooltip: str = "") -> InputSpec:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from genserve.workflows.graph import parse_graph
 from genserve.workflows.nodes.builtin import pipeline_registry
 from genserve.workflows.ui_format import UIWorkflowError, is_ui_workflow, registry_object_info, ui_to_api
 from tests.unit.workflows.ui_graphs import chain, node, object_info, workflow
@@ -192,3 +193,47 @@ def test_an_input_saved_as_a_plain_socket_holds_no_widget_value() -> None:
     sampler = node(1, "Sampler", [5, "fixed", 1.5])
     sampler["inputs"].append({"name": "steps", "type": "INT", "link": None})
     assert ui_to_api(workflow([sampler], []), object_info)["1"]["inputs"] == {"seed": 5, "cfg": 1.5}
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (  # as audio_stable_audio_3_medium.json saves it
+            ["A fox.", 256, "on", 0.7, 64, 0.95, 0.05, 1.05, 3, 0.5, False, True],
+            {
+                "sampling_mode": "on",
+                "sampling_mode.temperature": 0.7,
+                "sampling_mode.top_k": 64,
+                "sampling_mode.top_p": 0.95,
+                "sampling_mode.min_p": 0.05,
+                "sampling_mode.repetition_penalty": 1.05,
+                "sampling_mode.seed": 3,
+                "sampling_mode.presence_penalty": 0.5,
+                "thinking": False,
+                "use_default_template": True,
+            },
+        ),
+        (
+            ["A fox.", 256, "off", True, False],
+            {"sampling_mode": "off", "thinking": True, "use_default_template": False},
+        ),
+    ],
+)
+def test_text_generate_sampling_mode_values_reach_their_inputs(
+    values: list[Any], expected: dict[str, Any]
+) -> None:
+    """``sampling_mode`` is a V3 dynamic combo: "off" has no widgets of its own, so the values
+    after it are ``thinking`` and ``use_default_template``, not temperature and top_k."""
+    registry = pipeline_registry()
+    generate = node(2, "TextGenerate", values, inputs=[("clip", "CLIP", 1)], outputs=[("STRING", [2])])
+    flow = workflow(
+        [
+            node(1, "CLIPLoader", ["demo-llm", "stable_diffusion", "default"], outputs=[("CLIP", [1])]),
+            generate,
+            node(3, "PreviewAny", None, inputs=[("source", "*", 2)]),
+        ],
+        [[1, 1, 0, 2, 0, "CLIP"], [2, 2, 0, 3, 0, "STRING"]],
+    )
+    api = ui_to_api(flow, registry_object_info(registry))
+    assert api["2"]["inputs"] == {"prompt": "A fox.", "max_length": 256, **expected, "clip": ["1", 0]}
+    assert parse_graph(api, registry).nodes["2"].values == {"prompt": "A fox.", "max_length": 256, **expected}

@@ -1,16 +1,22 @@
 """Diffusion transformer loader, and the gate that applies LoRAs to a shared transformer.
 
 Adapters mutate the transformer in place, so two concurrent runs with different LoRAs or
-strengths must never overlap. ``AdapterGate`` lets any number of runs that want the same
-(LoRA, strength) share the model at once; a run that wants another setting waits until the
-current users finish, then switches. A run without a LoRA disables adapters, giving the base
-model's output exactly.
+strengths must never overlap. ``AdapterGate`` lets any number of runs that want the same set of
+(LoRA, strength) share the model at once; a run that wants another set waits until the current
+users finish, then switches. A run without a LoRA disables adapters, giving the base model's
+output exactly.
+
+A set of several LoRAs (a ComfyUI chain of LoraLoaderModelOnly nodes) is active at once: peft adds
+each active adapter's output scaled by its weight, which is ComfyUI's W + sum(strength_i * delta_i).
+A LoRA named twice is one adapter at the sum of its strengths (the delta is linear in the
+strength), and the set is keyed in a fixed order, so the chain's order never changes the output.
 """
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -26,24 +32,37 @@ from genserve.models.loaders.single_file import load_single_file
 from genserve.models.memory import HOST
 from genserve.models.registry import ModelEntry
 
+# What a run asks the gate for: LoRAs with their strengths, in chain order.
+Adapters = Sequence[tuple[LoraWeights, float]]
+_UNKNOWN = (("", math.nan),)  # after a failed switch: the adapters' state must be set again
+
 
 class AdapterGate:
     def __init__(self, transformer: torch.nn.Module, compute_dtype: torch.dtype | None = None) -> None:
         self._transformer = transformer
         self._compute_dtype = compute_dtype
         self._cond = threading.Condition()
-        self._active: tuple[str, float] | None = None
+        self._active: tuple[tuple[str, float], ...] = ()
         self._users = 0
         self._adapters: set[str] = set()
 
     @contextmanager
     def applied(self, lora: LoraWeights | None, strength: float) -> Iterator[None]:
-        want = None if lora is None else (lora.adapter_name, float(strength))
+        """One LoRA at ``strength``, or the base model for None."""
+        with self.stacked(() if lora is None else ((lora, strength),)):
+            yield
+
+    @contextmanager
+    def stacked(self, adapters: Adapters) -> Iterator[None]:
+        """Every LoRA of ``adapters`` at once, each at its strength; none gives the base model."""
+        merged = _merged(adapters)
+        want = tuple((name, strength) for name, (_, strength) in merged.items())
         with self._cond:
             while self._users > 0 and self._active != want:
                 self._cond.wait()
             if self._active != want:
-                self._switch(lora, strength)
+                self._active = _UNKNOWN
+                self._switch(list(merged.values()))
             self._active = want
             self._users += 1
         try:
@@ -53,30 +72,35 @@ class AdapterGate:
                 self._users -= 1
                 self._cond.notify_all()
 
-    def _switch(self, lora: LoraWeights | None, strength: float) -> None:
+    def _switch(self, adapters: list[tuple[LoraWeights, float]]) -> None:
         model = self._transformer
-        if lora is None:
+        if not adapters:
             if self._adapters:
                 model.disable_adapters()
             return
-        if lora.adapter_name not in self._adapters:
-            try:
-                model.load_lora_adapter(
-                    dict(lora.state_dict),
-                    adapter_name=lora.adapter_name,
-                    metadata=lora.metadata,
-                    prefix="transformer",
-                )
-            except Exception as exc:
-                raise GenserveError(
-                    ErrorCode.INVALID_INPUT,
-                    f"lora_model_name: {lora.name} does not fit this diffusion model: {exc}",
-                    field="lora_model_name",
-                ) from exc
-            self._adapters.add(lora.adapter_name)
-            self._adapters_in_compute_dtype()
+        for lora, _ in adapters:
+            if lora.adapter_name not in self._adapters:
+                self._load(lora)
         model.enable_adapters()
-        model.set_adapters([lora.adapter_name], weights=[float(strength)])
+        names = [lora.adapter_name for lora, _ in adapters]
+        model.set_adapters(names, weights=[strength for _, strength in adapters])
+
+    def _load(self, lora: LoraWeights) -> None:
+        try:
+            self._transformer.load_lora_adapter(
+                dict(lora.state_dict),
+                adapter_name=lora.adapter_name,
+                metadata=lora.metadata,
+                prefix="transformer",
+            )
+        except Exception as exc:
+            raise GenserveError(
+                ErrorCode.INVALID_INPUT,
+                f"lora_model_name: {lora.name} does not fit this diffusion model: {exc}",
+                field="lora_model_name",
+            ) from exc
+        self._adapters.add(lora.adapter_name)
+        self._adapters_in_compute_dtype()
 
     def _adapters_in_compute_dtype(self) -> None:
         """peft makes the adapters in the base weights' dtype; on an fp8-stored base that is fp8,
@@ -86,6 +110,17 @@ class AdapterGate:
         for name, param in self._transformer.named_parameters():
             if "lora_" in name and param.dtype != self._compute_dtype:
                 param.data = param.data.to(self._compute_dtype)
+
+
+def _merged(adapters: Adapters) -> dict[str, tuple[LoraWeights, float]]:
+    """Per adapter, sorted by name, its LoRA and the exact sum of its strengths (``fsum``, so
+    neither the chain's order nor a repeat changes the strength by rounding)."""
+    loras: dict[str, LoraWeights] = {}
+    strengths: dict[str, list[float]] = {}
+    for lora, strength in adapters:
+        loras[lora.adapter_name] = lora
+        strengths.setdefault(lora.adapter_name, []).append(float(strength))
+    return {name: (loras[name], math.fsum(strengths[name])) for name in sorted(loras)}
 
 
 @dataclass

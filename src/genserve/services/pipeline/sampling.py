@@ -10,6 +10,7 @@ gives the same latent; the shift is the AuraFlow shift.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -139,7 +140,7 @@ def load_latent(raw: str, field: str, ctx: RunContext) -> tuple[torch.Tensor, di
 
 def sample(
     model: Any,
-    lora: Any,
+    loras: Sequence[tuple[Any, float]] | None,
     positive: Encoding,
     negative: Encoding | None,
     latent: torch.Tensor,
@@ -147,7 +148,8 @@ def sample(
     ctx: RunContext,
     custom: CustomSampling | None = None,
 ) -> torch.Tensor:
-    """The denoising loop on a loaded ``DiffusionModel``; returns the normalised 5-D latent on CPU."""
+    """The denoising loop on a loaded ``DiffusionModel`` with ``loras`` (loaded LoRAs and their
+    strengths, all applied at once); returns the normalised 5-D latent on CPU."""
     _check_channels(model, latent, settings)
     custom = custom or CustomSampling()
     batch, _, _, height, width = latent.shape
@@ -182,7 +184,7 @@ def sample(
         ctx.progress(step, total, stage="step", message=f"sampling step {step}/{total}")
 
     run = samplers.SAMPLERS[settings["sampler_name"]]
-    with torch.no_grad(), model.gate.applied(lora, settings["lora_strength"]):
+    with torch.no_grad(), model.gate.stacked(loras or ()):
         x = run(denoiser, x, sigmas, step_noise, on_step)
     if custom.last_denoised is not None:
         custom.last_denoised = unpack(custom.last_denoised.float().cpu(), height, width)
@@ -337,7 +339,8 @@ def sample_with_models(
     ctx: RunContext,
     custom: CustomSampling | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Pin the diffusion model (and LoRA) and sample; shared with ``edit`` and the workflow nodes."""
+    """Pin the diffusion model (and its LoRAs) and sample; shared with ``edit`` and the workflow
+    nodes. ``settings["loras"]`` (pairs of name and strength) applies several LoRAs at once."""
     if positive.prompt_embeds.shape[-1] != (negative or positive).prompt_embeds.shape[-1]:
         raise GenserveError(
             ErrorCode.INVALID_INPUT,
@@ -349,14 +352,13 @@ def sample_with_models(
         model = stack.enter_context(
             ctx.use_model(ModelKind.DIFFUSION, settings["unet_model_name"], "unet_model_name")
         )
-        lora_name = settings["lora_model_name"]
-        lora = (
-            stack.enter_context(ctx.use_model(ModelKind.LORA, lora_name, "lora_model_name"))
-            if lora_name
-            else None
-        )
+        loaded: dict[str, Any] = {}
+        for name, _ in _lora_chain(settings):
+            if name not in loaded:
+                loaded[name] = stack.enter_context(ctx.use_model(ModelKind.LORA, name, "lora_model_name"))
+        loras = [(loaded[name], strength) for name, strength in _lora_chain(settings)]
         try:
-            out = sample(model, lora, positive, negative, latent, settings, ctx, custom)
+            out = sample(model, loras, positive, negative, latent, settings, ctx, custom)
         except GenserveError:
             raise
         except Exception as exc:
@@ -365,6 +367,15 @@ def sample_with_models(
             ) from exc
     metadata = {**settings, "sample_ms": round((time.perf_counter() - started) * 1000, 3)}
     return out, metadata
+
+
+def _lora_chain(settings: dict[str, Any]) -> list[tuple[str, float]]:
+    """The LoRAs to apply with their strengths: ``settings["loras"]`` when given (a workflow's
+    chain of LoraLoaderModelOnly nodes), else the request's one ``lora_model_name``, if any."""
+    if settings.get("loras") is not None:
+        return [(name, float(strength)) for name, strength in settings["loras"]]
+    name = settings.get("lora_model_name")
+    return [(name, float(settings["lora_strength"]))] if name else []
 
 
 SERVICE = Service(

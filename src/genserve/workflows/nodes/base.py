@@ -119,7 +119,32 @@ class NodeType:
         return self.return_names if self.return_names is not None else self.return_types
 
     def input_spec(self, input_name: str) -> InputSpec | None:
-        return self.required.get(input_name) or self.optional.get(input_name)
+        """A declared input, or a dynamic combo's ``"<combo>.<input>"`` in any of its options."""
+        found = self.required.get(input_name) or self.optional.get(input_name)
+        combo, dot, sub = input_name.rpartition(".")
+        outer = self.input_spec(combo) if found is None and dot else None
+        for option in outer.options if outer is not None else ():
+            inner = dict((*option.required, *option.optional))
+            if sub in inner:
+                return inner[sub]
+        return found
+
+    def live_inputs(self, inputs: Mapping[str, Any]) -> dict[str, InputSpec]:
+        """The inputs a prompt's node may give: the declared ones plus, for each dynamic combo,
+        its chosen option's inputs as ``"<combo>.<input>"`` (ComfyUI's finalized class inputs).
+
+        The inputs of options not chosen are left out, so a prompt's values for them are ignored
+        as ComfyUI ignores them. A chosen option's input may be left out (ComfyUI would ask for it):
+        the node function uses that input's default.
+        """
+        live = {**self.required, **self.optional}
+        pending = list(live.items())
+        while pending:
+            name, spec = pending.pop()
+            added = {f"{name}.{sub}": inner for sub, inner in spec.chosen_inputs(inputs.get(name))}
+            live.update(added)
+            pending.extend(added.items())
+        return live
 
     def call(self, ctx: NodeContext, inputs: Mapping[str, Any]) -> NodeResult:
         """Run the function and check it returned what the declaration promises."""

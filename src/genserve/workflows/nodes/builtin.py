@@ -11,6 +11,7 @@ from pathlib import Path
 
 from genserve.models.registry import ModelRegistry
 from genserve.workflows.nodes.base import NodeRegistry
+from genserve.workflows.nodes.camera import camera_node_types
 from genserve.workflows.nodes.conditioning import conditioning_node_types
 from genserve.workflows.nodes.custom_sampling import custom_sampling_node_types
 from genserve.workflows.nodes.image import image_node_types
@@ -50,5 +51,6 @@ def pipeline_registry(models: ModelRegistry | None = None, input_dir: Path | Non
             *saving_node_types(),
             *primitive_node_types(),
             *text_node_types(),
+            *camera_node_types(),
         ]
     )

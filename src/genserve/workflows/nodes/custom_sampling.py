@@ -62,8 +62,7 @@ def model_settings(model: ModelRef, ctx: NodeContext) -> dict[str, Any]:
         if model.cfg_norm_strength is None
         else model.cfg_norm_strength,
         "unet_model_name": model.unet_name,
-        "lora_model_name": model.lora_name,
-        "lora_strength": model.lora_strength,
+        "loras": list(model.loras),
     }
 
 

@@ -90,16 +90,9 @@ def _vae_loader(ctx: NodeContext, vae_name: str) -> tuple[VaeRef]:
 
 
 def _lora_loader(ctx: NodeContext, model: ModelRef, lora_name: str, strength_model: float) -> tuple[ModelRef]:
-    if model.lora_name is not None:
-        # The adapter gate applies one LoRA at a time; stacking would silently drop the first.
-        raise GenserveError(
-            ErrorCode.INVALID_INPUT,
-            f"lora_name: the model already carries LoRA {model.lora_name}; "
-            "genserve applies one LoRA per model",
-            field="lora_name",
-        )
+    """The model with one more LoRA on its chain: a chain applies every LoRA, each at its strength."""
     name = _warm(ctx, ModelKind.LORA, lora_name, "lora_name")
-    return (replace(model, lora_name=name, lora_strength=float(strength_model)),)
+    return (replace(model, loras=(*model.loras, (name, float(strength_model)))),)
 
 
 def _aura_flow(ctx: NodeContext, model: ModelRef, shift: float) -> tuple[ModelRef]:

@@ -22,7 +22,17 @@ from pydantic import ValidationError
 from genserve.errors import ErrorCode, GenserveError
 from genserve.models.registry import ModelKind
 from genserve.services.text import generation
-from genserve.workflows.inputs import Boolean, Combo, Float, Int, Linked, String, with_options
+from genserve.workflows.inputs import (
+    Boolean,
+    DynamicCombo,
+    Float,
+    InputSpec,
+    Int,
+    Linked,
+    Option,
+    String,
+    with_options,
+)
 from genserve.workflows.nodes.base import NodeContext, NodeType
 from genserve.workflows.nodes.values import ClipRef, resources_of
 
@@ -30,6 +40,17 @@ THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
 MODE = "sampling_mode."
 # The node's input for a request field it fills from elsewhere than sampling_mode.
 INPUT_NAMES = {"messages": "prompt", "prompt": "prompt", "max_tokens": "max_length", "thinking": "thinking"}
+# What sampling_mode "on" adds, ComfyUI's defaults included; "off" adds nothing.
+SAMPLING_ON: dict[str, InputSpec] = {
+    "temperature": Float(0.7, min=0.01, max=2.0, step=0.000001),
+    "top_k": Int(64, min=0, max=1000),
+    "top_p": Float(0.95, min=0.0, max=1.0, step=0.01),
+    "min_p": Float(0.05, min=0.0, max=1.0, step=0.01),
+    "repetition_penalty": Float(1.05, min=0.0, max=5.0, step=0.01),
+    "seed": Int(0, min=0, max=0xFFFFFFFFFFFFFFFF),
+}
+SAMPLING_ON_OPTIONAL = {"presence_penalty": Float(0.0, min=0.0, max=5.0, step=0.01)}
+SAMPLING_INPUTS = {**SAMPLING_ON, **SAMPLING_ON_OPTIONAL}
 
 
 def _llm_name(ctx: NodeContext, clip: ClipRef) -> str:
@@ -53,6 +74,20 @@ def split_thinking(text: str) -> tuple[str, str]:
     return THINK.sub("", text).strip(), thinking
 
 
+def _sampling(options: dict[str, Any]) -> dict[str, Any]:
+    """sampling_mode "on"'s inputs as the service's fields; one left out takes its default."""
+    given = {name: options.get(MODE + name, spec.default) for name, spec in SAMPLING_INPUTS.items()}
+    return {
+        "temperature": float(given["temperature"]),
+        "top_k": int(given["top_k"]) or None,
+        "top_p": float(given["top_p"]) or None,
+        "min_p": float(given["min_p"]),
+        "repetition_penalty": float(given["repetition_penalty"]),
+        "presence_penalty": float(given["presence_penalty"]),
+        "seed": int(given["seed"]),
+    }
+
+
 def _request(
     model: str, prompt: str, system_prompt: str, max_length: int, options: dict[str, Any]
 ) -> generation.TextGenerationRequest:
@@ -66,16 +101,7 @@ def _request(
         fields["prompt"] = f"{system_prompt}\n\n{prompt}" if system_prompt else prompt
         fields["thinking"] = thinking or None  # no template: nothing to switch off
     if options.get("sampling_mode", "on") == "on":
-        top_k = int(options.get(MODE + "top_k", 64))
-        fields.update(
-            temperature=float(options.get(MODE + "temperature", 0.7)),
-            top_k=top_k or None,
-            top_p=float(options.get(MODE + "top_p", 0.95)) or None,
-            min_p=float(options.get(MODE + "min_p", 0.05)),
-            repetition_penalty=float(options.get(MODE + "repetition_penalty", 1.05)),
-            presence_penalty=float(options.get(MODE + "presence_penalty", 0.0)),
-            seed=int(options.get(MODE + "seed", 0)),
-        )
+        fields.update(_sampling(options))
     else:
         fields["temperature"] = 0.0
     try:
@@ -119,7 +145,10 @@ def text_node_types() -> list[NodeType]:
                 "clip": Linked("CLIP"),
                 "prompt": String("", multiline=True),
                 "max_length": Int(512, min=1, max=32768),
-                "sampling_mode": Combo(("on", "off"), default="on"),
+                "sampling_mode": with_options(
+                    DynamicCombo([Option("on", SAMPLING_ON, SAMPLING_ON_OPTIONAL), Option("off")]),
+                    display_name="Sampling Mode",
+                ),
             },
             optional={
                 "image": Linked("IMAGE"),
@@ -127,13 +156,6 @@ def text_node_types() -> list[NodeType]:
                 "audio": Linked("AUDIO"),
                 # A socket in ComfyUI's templates, never a widget.
                 "system_prompt": with_options(String("", multiline=True), forceInput=True),
-                MODE + "temperature": Float(0.7, min=0.01, max=2.0, step=0.000001),
-                MODE + "top_k": Int(64, min=0, max=1000),
-                MODE + "top_p": Float(0.95, min=0.0, max=1.0, step=0.01),
-                MODE + "min_p": Float(0.05, min=0.0, max=1.0, step=0.01),
-                MODE + "repetition_penalty": Float(1.05, min=0.0, max=5.0, step=0.01),
-                MODE + "seed": Int(0, min=0, max=0xFFFFFFFFFFFFFFFF),
-                MODE + "presence_penalty": Float(0.0, min=0.0, max=5.0, step=0.01),
                 "thinking": Boolean(False),
                 "use_default_template": Boolean(True),
             },

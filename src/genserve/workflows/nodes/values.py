@@ -1,7 +1,7 @@
 """What flows along the links of the pipeline node types, and what those nodes borrow to run.
 
 ComfyUI passes loaded model objects along links; here MODEL, CLIP and VAE values only *name* a
-model (plus the LoRA, shift and CFGNorm strength a MODEL carries), so a value kept in the output
+model (plus the LoRAs, shift and CFGNorm strength a MODEL carries), so a value kept in the output
 cache never pins a model in memory: the node that needs the weights borrows them from the
 ModelManager for just the time it runs, and the manager stays free to evict between runs.
 
@@ -44,14 +44,15 @@ if TYPE_CHECKING:
 class ModelRef:
     """A diffusion model by name, with what the model-patching nodes add to it.
 
-    ``shift`` and ``cfg_norm_strength`` None mean the pipeline defaults. genserve's sampler always
-    applies CFGNorm (at the default strength when no CFGNorm node set one); with cfg 1 it is the
-    identity, so only guided runs see the difference from ComfyUI without a CFGNorm node.
+    ``loras`` holds (LoRA name, strength) in chain order, one per LoraLoaderModelOnly node: all
+    apply at once, as ComfyUI patches each on top of the last. ``shift`` and ``cfg_norm_strength``
+    None mean the pipeline defaults. genserve's sampler always applies CFGNorm (at the default
+    strength when no CFGNorm node set one); with cfg 1 it is the identity, so only guided runs see
+    the difference from ComfyUI without a CFGNorm node.
     """
 
     unet_name: str
-    lora_name: str | None = None
-    lora_strength: float = 1.0
+    loras: tuple[tuple[str, float], ...] = ()
     shift: float | None = None
     cfg_norm_strength: float | None = None
 

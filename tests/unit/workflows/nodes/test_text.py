@@ -1,7 +1,8 @@
 """TextGenerate on the demo LLM: CLIPLoader hands on an llm/ model, the node runs the
 text_generation service (same text as the service for the same request), seeds repeat, and what
 the service cannot read (images), run (a text encoder) or switch (thinking without a template
-switch) is refused naming the input; min_p and the penalties reach the sampler."""
+switch) is refused naming the input; min_p and the penalties reach the sampler. ``sampling_mode``
+is ComfyUI's V3 dynamic combo: only the chosen option's ``sampling_mode.*`` inputs are read."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from genserve.app.runtime import Runtime
 from genserve.errors import ErrorCode, GenserveError
 from genserve.models.demo.llm import DEMO_LLM
 from genserve.models.registry import ModelKind
+from genserve.workflows.graph import GraphValidationError, parse_graph
 from genserve.workflows.nodes.builtin import PipelineResources, pipeline_registry
 from genserve.workflows.nodes.text import split_thinking
 from genserve.workflows.runner import WorkflowRunner
@@ -140,8 +142,52 @@ def test_clip_loader_lists_llms_and_text_generate_has_comfyuis_inputs(runner: Wo
     info = runner.registry.object_info()
     assert DEMO_LLM in info["CLIPLoader"]["input"]["required"]["clip_name"][0]
     node = info["TextGenerate"]
-    assert node["input_order"]["required"] == ["clip", "prompt", "max_length", "sampling_mode"]
+    assert node["input_order"] == {
+        "required": ["clip", "prompt", "max_length", "sampling_mode"],
+        "optional": ["image", "video", "audio", "system_prompt", "thinking", "use_default_template"],
+    }
     assert node["output_name"] == ["generated_text", "thinking"]
+    kind, options = node["input"]["required"]["sampling_mode"]
+    assert kind == "COMFY_DYNAMICCOMBO_V3" and options["display_name"] == "Sampling Mode"
+    on, off = options["options"]
+    assert on["key"] == "on" and off == {"key": "off", "inputs": {"required": {}}}
+    assert list(on["inputs"]["required"]) == [
+        "temperature",
+        "top_k",
+        "top_p",
+        "min_p",
+        "repetition_penalty",
+        "seed",
+    ]
+    assert on["inputs"]["required"]["temperature"] == [
+        "FLOAT",
+        {"default": 0.7, "min": 0.01, "max": 2.0, "step": 0.000001},
+    ]
+    assert on["inputs"]["optional"] == {
+        "presence_penalty": ["FLOAT", {"default": 0.0, "min": 0.0, "max": 5.0, "step": 0.01}]
+    }
+
+
+def test_the_chosen_options_inputs_are_checked_and_the_others_ignored(runner: WorkflowRunner) -> None:
+    bad = {"sampling_mode.temperature": 9.0, "sampling_mode.seed": -1, "sampling_mode.nope": 1}
+    with pytest.raises(GraphValidationError) as info:
+        parse_graph(text_prompt(**bad), runner.registry)
+    found = {(p.input_name, p.kind) for p in info.value.problems}
+    assert found == {
+        ("sampling_mode.temperature", "value_bigger_than_max"),
+        ("sampling_mode.seed", "value_smaller_than_min"),
+    }
+    graph = parse_graph(text_prompt(sampling_mode="off", **bad), runner.registry)
+    assert graph.nodes["2"].values == {
+        "prompt": "Describe a red fox.",
+        "max_length": 12,
+        "sampling_mode": "off",
+    }
+    with pytest.raises(GraphValidationError) as info:
+        parse_graph(text_prompt(sampling_mode="greedy"), runner.registry)
+    [problem] = info.value.problems
+    assert (problem.input_name, problem.kind) == ("sampling_mode", "value_not_in_list")
+    assert "on, off" in problem.message
 
 
 def test_split_thinking() -> None:
