@@ -19,11 +19,13 @@ setup: $(STAMP)
 
 # Installs exactly the lock: uv (pinned by the lock) is bootstrapped with the venv's pip, then
 # `uv pip sync` makes the venv match the lock, removing anything it does not list. No dependency
-# is resolved here, so nothing can move under a release upstream.
+# is resolved here, so nothing can move under a release upstream. Bytecode is compiled at install
+# (as pip does; uv does not by default): where PYTHONDONTWRITEBYTECODE is set, every process the
+# server or the tests start would otherwise compile torch and transformers from source again.
 $(STAMP): $(LOCK) pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --no-deps $$(grep -E '^uv==' $(LOCK))
-	$(BIN)/uv pip sync -q --python $(BIN)/python --find-links $(TORCH_WHEELS) $(LOCK)
+	$(BIN)/uv pip sync -q --compile-bytecode --python $(BIN)/python --find-links $(TORCH_WHEELS) $(LOCK)
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -8,6 +8,8 @@
 - A client may have ``bridge.max_queued_per_client`` jobs waiting and the bridge
   ``bridge.max_queued`` in all; past either the answer is 429 with ``Retry-After`` in the bridge's
   ``{"detail"}`` shape. Waiting jobs leave round-robin across clients.
+- Identical jobs each get their own files: the runner's cache never reuses a saved file for a
+  bridge job, whose files the bridge deletes once collected.
 """
 
 from __future__ import annotations
@@ -121,6 +123,17 @@ def test_a_prompt_gone_from_the_local_queue_is_run_again(server: LiveServer) -> 
             take_png(client, client_id)
         store = server.server.web.bridge.store  # type: ignore[union-attr]
         assert [j.state for j in store.jobs_for_client("vanishes")] == [JobState.DONE]
+
+
+def test_identical_jobs_each_get_their_own_image(server: LiveServer) -> None:
+    """The runner's output cache must not hand one job's saved file to the next identical job:
+    the bridge deletes a job's files once it has collected them, so the second would get none."""
+    with server.client() as client:
+        for client_id in ("twin-a", "twin-b", "twin-c"):
+            assert submit(client, client_id, 0.0, 77).status_code == 200
+        for client_id in ("twin-a", "twin-b", "twin-c"):
+            wait_done(client, client_id)
+            take_png(client, client_id)
 
 
 @pytest.mark.slow

@@ -381,10 +381,14 @@ class PromptQueue:
         return PromptOutcome(status=status)
 
     def _resources_for(self, item: PromptItem) -> Any:
-        """The run's resources: a confined key's prompt reads and writes in its own folders."""
-        if item.confined is None or not dataclasses.is_dataclass(self.resources):
+        """The run's resources: a confined key's prompt reads and writes in its own folders; a
+        private (bridge) prompt, whose files the bridge collects and deletes, writes its own."""
+        if not dataclasses.is_dataclass(self.resources):
             return self.resources
-        return dataclasses.replace(self.resources, confined=item.confined)  # type: ignore[type-var]
+        fields = {f.name for f in dataclasses.fields(self.resources)}
+        wanted = {"confined": item.confined, "own_outputs": item.private or None}
+        changes = {k: v for k, v in wanted.items() if v is not None and k in fields}
+        return dataclasses.replace(self.resources, **changes) if changes else self.resources  # type: ignore[type-var]
 
 
 def _item(job: Job) -> PromptItem:

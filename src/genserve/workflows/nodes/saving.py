@@ -119,8 +119,9 @@ def _preview_image(ctx: NodeContext, images: torch.Tensor) -> NodeResult:
 
 def files_still_there(result: NodeResult, resources: Any) -> bool:
     """Whether a cached save may stand for this run: every listed file exists, in the folder this
-    run would write to (a confined key's own, or outside every key's folder)."""
-    if not isinstance(resources, PipelineResources):
+    run would write to (a confined key's own, or outside every key's folder), and the run does
+    not take its files away afterwards (``own_outputs``)."""
+    if not isinstance(resources, PipelineResources) or resources.own_outputs:
         return False
     own = f"{CLIENTS}/{resources.confined}" if resources.confined is not None else None
     for entry in (result.ui or {}).get("images", []):

@@ -90,6 +90,9 @@ class PipelineResources:
     device: str | None = None
     temp_dir: Path | None = None
     confined: str | None = None  # the API key whose folders a prompt's files are kept to (owners.py)
+    # The run's saved files are taken away after it (the workflow bridge collects and deletes
+    # them), so it writes its own: another run's files, reused, would vanish under it or them.
+    own_outputs: bool = False
 
     @classmethod
     def from_runtime(

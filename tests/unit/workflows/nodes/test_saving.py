@@ -123,3 +123,17 @@ def test_a_confined_run_never_reuses_another_folders_file(
     assert mine.outputs["9"]["images"][0]["subfolder"] == "clients/key1/meta" != open_entry["subfolder"]
     # and back: the open run does not take the key's file either
     assert run(runner, resources, prompt).outputs["9"]["images"][0]["subfolder"] == "meta"
+
+
+def test_a_run_whose_files_are_taken_away_writes_its_own(
+    runner: WorkflowRunner, resources: PipelineResources
+) -> None:
+    """The workflow bridge deletes a job's files once collected: an identical job after it must
+    get a file of its own, not the listing of one about to vanish."""
+    prompt = save_prompt()
+    first = run(runner, resources, prompt).outputs["9"]["images"][0]
+    bridge_job = dataclasses.replace(resources, own_outputs=True)
+    again = run(runner, bridge_job, prompt)
+    assert again.executed == ("9",) and "1" in again.cached  # the load is reused, the save is not
+    second = again.outputs["9"]["images"][0]
+    assert second["filename"] != first["filename"] and saved_file(resources, second).is_file()
