@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from genserve.errors import GenserveError
-from genserve.models.formats import fp8, qwen_transformer, qwen_vl, wan_vae
+from genserve.models.formats import fp8, qwen_control, qwen_transformer, qwen_vl, wan_vae
 from genserve.models.formats.layouts import CACHE_FOLDER, snapshot_of
 from genserve.models.formats.safetensors_header import Header, is_safetensors, read_header
 from genserve.models.formats.sizes import weight_files
@@ -54,6 +54,13 @@ def _single_file(kind: ModelKind, header: Header) -> str:
         return "Wan-2.1 single file"
     if kind is ModelKind.TEXT_ENCODER and qwen_vl.is_old_layout(header):
         return f"ComfyUI single file (Qwen2.5-VL{quant})"
+    if kind is ModelKind.CONTROLNET and qwen_control.is_fun(header):
+        return f"VideoX-Fun ControlNet single file{quant}"
+    if kind is ModelKind.CONTROLNET and qwen_control.is_instantx(header):
+        inpainting = qwen_control.instantx_config(header)["extra_condition_channels"] > 0
+        return f"InstantX ControlNet single file ({'inpainting' if inpainting else 'union'}{quant})"
+    if kind is ModelKind.MODEL_PATCH and qwen_control.is_blockwise(header):
+        return f"DiffSynth block-wise ControlNet{quant}"
     if kind is ModelKind.LORA:
         from genserve.models.loaders.lora import LAYOUTS
 

@@ -16,6 +16,8 @@ class ModelKind(StrEnum):
     TEXT_ENCODER = "text_encoders"
     DIFFUSION = "diffusion_models"
     LORA = "loras"
+    CONTROLNET = "controlnet"
+    MODEL_PATCH = "model_patches"
     LIPSYNC = "lipsync"
     LLM = "llm"
 
@@ -29,6 +31,8 @@ _LABELS = {
     ModelKind.TEXT_ENCODER: "text encoder model",
     ModelKind.DIFFUSION: "diffusion model",
     ModelKind.LORA: "LoRA",
+    ModelKind.CONTROLNET: "ControlNet",
+    ModelKind.MODEL_PATCH: "model patch",
     ModelKind.LIPSYNC: "lip-sync model",
     ModelKind.LLM: "language model",
 }

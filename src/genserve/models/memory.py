@@ -46,6 +46,8 @@ ABLE = {
     ModelKind.DIFFUSION: {MemoryMode.RESIDENT, MemoryMode.OFFLOADED, MemoryMode.STREAMED},
     ModelKind.TEXT_ENCODER: {MemoryMode.RESIDENT, MemoryMode.OFFLOADED},
     ModelKind.VAE: {MemoryMode.RESIDENT, MemoryMode.OFFLOADED},
+    ModelKind.CONTROLNET: {MemoryMode.RESIDENT, MemoryMode.OFFLOADED},
+    ModelKind.MODEL_PATCH: {MemoryMode.RESIDENT, MemoryMode.OFFLOADED},
 }
 HOST = torch.device("cpu")  # where offloaded and streamed weights wait
 

@@ -34,13 +34,13 @@ FOLDERS: dict[str, ModelKind | None] = {
     "embeddings": None,
     "diffusers": None,
     "vae_approx": None,
-    "controlnet": None,
+    "controlnet": ModelKind.CONTROLNET,
     "gligen": None,
     "upscale_models": None,
     "hypernetworks": None,
     "photomaker": None,
     "classifiers": None,
-    "model_patches": None,
+    "model_patches": ModelKind.MODEL_PATCH,
     "audio_encoders": None,
 }
 LEGACY = {"clip": "text_encoders", "unet": "diffusion_models"}

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from genserve.models.demo import controlnets
 from genserve.models.demo.lipsync import build_lipsync_demo
 from genserve.models.demo.llm import DEMO_LLM, build_llm
 from genserve.models.loaders.text_encoder import EDIT_PROMPT_TEMPLATE, TEMPLATE_PREFIX_TOKENS
@@ -255,6 +256,8 @@ def demo_targets(root: Path) -> dict[ModelKind, Path]:
         ModelKind.TEXT_ENCODER: root / ModelKind.TEXT_ENCODER.value / DEMO_TEXT_ENCODER,
         ModelKind.DIFFUSION: root / ModelKind.DIFFUSION.value / DEMO_TRANSFORMER,
         ModelKind.LORA: root / ModelKind.LORA.value / DEMO_LORA,
+        ModelKind.CONTROLNET: root / ModelKind.CONTROLNET.value / controlnets.UNION,
+        ModelKind.MODEL_PATCH: root / ModelKind.MODEL_PATCH.value / controlnets.CANNY_PATCH,
         ModelKind.LIPSYNC: root / ModelKind.LIPSYNC.value / DEMO_LIPSYNC,
         ModelKind.LLM: root / ModelKind.LLM.value / DEMO_LLM,
     }
@@ -290,6 +293,10 @@ def build_demo(root: Path, images_dir: Path | None = None, seed: int = 0, force:
             build_lipsync_demo(path, seed=seed)
         elif kind is ModelKind.LLM:
             build_llm(path, seed)
+        elif kind is ModelKind.CONTROLNET:
+            controlnets.build_controlnets(path.parent, targets[ModelKind.DIFFUSION], seed)
+        elif kind is ModelKind.MODEL_PATCH:
+            controlnets.build_model_patches(path.parent, targets[ModelKind.DIFFUSION], seed)
         else:
             from diffusers import QwenImageTransformer2DModel
 

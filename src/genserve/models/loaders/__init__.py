@@ -20,6 +20,7 @@ def default_loaders(
     the text encoder's looks for a single file's tokenizer under ``models_root`` and ``hf_home``."""
     from transformers.utils import logging as transformers_logging
 
+    from genserve.models.loaders.control import load_controlnet, load_model_patch
     from genserve.models.loaders.llm import load_llm
     from genserve.models.loaders.lora import load_lora
     from genserve.models.loaders.text_encoder import make_text_encoder_loader
@@ -36,6 +37,8 @@ def default_loaders(
         ),
         ModelKind.DIFFUSION: load_transformer,
         ModelKind.LORA: load_lora,
+        ModelKind.CONTROLNET: load_controlnet,
+        ModelKind.MODEL_PATCH: load_model_patch,
         ModelKind.LLM: load_llm,
     }
     if lipsync is not None:

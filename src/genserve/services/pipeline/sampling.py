@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from contextlib import ExitStack
-from dataclasses import dataclass, field
+from contextlib import ExitStack, nullcontext
 from typing import Any, Literal
 
 import torch
@@ -22,6 +21,8 @@ from genserve.errors import ErrorCode, GenserveError
 from genserve.models.registry import ModelKind
 from genserve.services.base import RunContext, Service, ServiceModel
 from genserve.services.pipeline import samplers
+from genserve.services.pipeline.control import BlockPatch, Controls, enter_models, padded
+from genserve.services.pipeline.custom_sampling import CustomSampling
 from genserve.services.pipeline.imaging import pack, unpack
 from genserve.services.pipeline.latent_encoder import LATENT_FORMAT
 from genserve.services.pipeline.text_encoder import ENCODING_FORMAT, Encoding
@@ -147,9 +148,11 @@ def sample(
     settings: dict[str, Any],
     ctx: RunContext,
     custom: CustomSampling | None = None,
+    controls: Controls | None = None,
 ) -> torch.Tensor:
     """The denoising loop on a loaded ``DiffusionModel`` with ``loras`` (loaded LoRAs and their
-    strengths, all applied at once); returns the normalised 5-D latent on CPU."""
+    strengths, all applied at once) and ``controls`` (prepared ControlNets and patches); returns
+    the normalised 5-D latent on CPU."""
     _check_channels(model, latent, settings)
     custom = custom or CustomSampling()
     batch, _, _, height, width = latent.shape
@@ -165,12 +168,17 @@ def sample(
         raise ValueError(f"{len(seeds)} seeds for a batch of {batch}")
     noise = _seeded_noise(seeds, (batch // len(seeds), 1, *latent.shape[1:2], height, width))
     noise = noise.view(latent.shape) if custom.add_noise else torch.zeros(latent.shape)
+    # An odd latent side (a ComfyUI size such as 1128 px, 141 latent pixels) is padded to the 2x2
+    # patch grid circularly, as ComfyUI's Qwen model pads, and cropped off again at the end.
+    crop_to = (height, width)
+    latent, noise = _to_patch_grid(latent.float()), _to_patch_grid(noise)
+    height, width = latent.shape[-2:]
     x = pack(noise) * sigmas[0] + pack(latent.float()) * (1 - sigmas[0])
     x = x.to(device=model.device, dtype=model.dtype)
     guided = settings["cfg"] != 1.0
     conditions = [positive] + ([negative] if guided and negative is not None else [])
     denoiser: samplers.Denoiser = _Denoiser(
-        model, conditions, positive.reference_latents, latent.shape, settings, ctx
+        model, conditions, positive.reference_latents, latent.shape, settings, ctx, controls
     )
     denoiser = custom.wrap(denoiser, noise, latent, x)
     noise_gens = [torch.Generator(device="cpu").manual_seed(s + 1 if s < MAX_SEED else 0) for s in seeds]
@@ -184,52 +192,23 @@ def sample(
         ctx.progress(step, total, stage="step", message=f"sampling step {step}/{total}")
 
     run = samplers.SAMPLERS[settings["sampler_name"]]
-    with torch.no_grad(), model.gate.stacked(loras or ()):
+    patching = controls.patching(model.transformer) if controls else nullcontext()
+    with torch.no_grad(), model.gate.stacked(loras or ()), patching:
         x = run(denoiser, x, sigmas, step_noise, on_step)
+    rows, cols = crop_to
     if custom.last_denoised is not None:
-        custom.last_denoised = unpack(custom.last_denoised.float().cpu(), height, width)
-    return unpack(x.float().cpu(), height, width)
+        custom.last_denoised = unpack(custom.last_denoised.float().cpu(), height, width)[..., :rows, :cols]
+    return unpack(x.float().cpu(), height, width)[..., :rows, :cols]
 
 
-@dataclass
-class CustomSampling:
-    """What ComfyUI's SamplerCustomAdvanced and SetLatentNoiseMask add to KSampler's settings.
-
-    ``sigmas`` replaces the scheduler's schedule; ``add_noise`` False starts from the latent itself
-    (DisableNoise); ``noise_mask`` (``[B or 1, 1, H, W]`` at any resolution, 1 = repaint) keeps the
-    rest of the latent as it was, as ComfyUI's inpainting sampler does: outside the mask the model
-    sees the input latent noised to the current sigma, and its estimate is replaced by the input.
-    After sampling ``last_denoised`` holds the last step's x0 estimate (ComfyUI's denoised_output).
-    """
-
-    sigmas: torch.Tensor | None = None
-    add_noise: bool = True
-    noise_mask: torch.Tensor | None = None
-    last_denoised: torch.Tensor | None = field(default=None, init=False)
-
-    def wrap(
-        self, denoiser: samplers.Denoiser, noise: torch.Tensor, latent: torch.Tensor, like: torch.Tensor
-    ) -> samplers.Denoiser:
-        keep = None
-        if self.noise_mask is not None:
-            batch, channels, _, height, width = latent.shape
-            mask = self.noise_mask.float().reshape(-1, 1, *self.noise_mask.shape[-2:])
-            mask = torch.nn.functional.interpolate(mask, size=(height, width), mode="bilinear")
-            mask = mask.repeat(-(-batch // mask.shape[0]), 1, 1, 1)[:batch]
-            packed = pack(mask.unsqueeze(2).expand(batch, channels, 1, height, width).contiguous())
-            keep = (packed.to(like), pack(latent.float()).to(like), pack(noise.float()).to(like))
-
-        def denoise(x_t: torch.Tensor, sigma: float) -> torch.Tensor:
-            if keep is not None:
-                mask, source, drawn = keep
-                x_t = x_t * mask + (drawn * sigma + source * (1 - sigma)) * (1 - mask)
-            out = denoiser(x_t, sigma)
-            if keep is not None:
-                out = out * mask + source * (1 - mask)
-            self.last_denoised = out
-            return out
-
-        return denoise
+def _to_patch_grid(latent: torch.Tensor) -> torch.Tensor:
+    """``[B, C, 1, H, W]`` padded circularly to even H and W (unchanged when already even)."""
+    batch, channels, frames, height, width = latent.shape
+    if not height % 2 and not width % 2:
+        return latent
+    flat = latent.reshape(batch, channels * frames, height, width)
+    padded = torch.nn.functional.pad(flat, (0, width % 2, 0, height % 2), mode="circular")
+    return padded.reshape(batch, channels, frames, *padded.shape[-2:])
 
 
 def _check_channels(model: Any, latent: torch.Tensor, settings: dict[str, Any]) -> None:
@@ -261,8 +240,11 @@ class _Denoiser:
         shape: torch.Size,
         settings: dict[str, Any],
         ctx: RunContext,
+        controls: Controls | None = None,
     ) -> None:
         device, dtype = model.device, model.dtype
+        self.controls = controls if controls else None
+        self.blocks = len(getattr(model.transformer, "transformer_blocks", ()))
         self.batch, self.channels, _, height, width = shape
         self.transformer, self.device, self.dtype = model.transformer, device, dtype
         self.cfg, self.cfg_norm_strength, self.ctx = settings["cfg"], settings["cfg_norm_strength"], ctx
@@ -278,10 +260,18 @@ class _Denoiser:
             self.prepared.append((embeds, None if bool(mask.all()) else mask.expand(self.batch, -1)))
 
     def velocity(
-        self, x_t: torch.Tensor, sigma: float, embeds: torch.Tensor, mask: torch.Tensor | None
+        self, x_t: torch.Tensor, sigma: float, embeds: torch.Tensor, mask: torch.Tensor | None, condition: int
     ) -> torch.Tensor:
         hidden = torch.cat([x_t, *self.references], dim=1) if self.references else x_t
         timestep = torch.full((self.batch,), sigma * 1000.0, device=self.device, dtype=self.dtype) / 1000
+        extra: dict[str, Any] = {}
+        if self.controls is not None:
+            own_shapes = [shapes[:1] for shapes in self.img_shapes]
+            samples = self.controls.block_samples(
+                condition, sigma, x_t, embeds, mask, timestep, own_shapes, self.blocks
+            )
+            if samples is not None:
+                extra["controlnet_block_samples"] = padded(samples, hidden.shape[1])
         out = self.transformer(
             hidden_states=hidden,
             timestep=timestep,
@@ -289,14 +279,15 @@ class _Denoiser:
             encoder_hidden_states_mask=mask,
             img_shapes=self.img_shapes,
             return_dict=False,
+            **extra,
         )[0]
         return out[:, : x_t.shape[1]]
 
     def __call__(self, x_t: torch.Tensor, sigma: float) -> torch.Tensor:
         self.ctx.check_cancelled()
-        cond = x_t - sigma * self.velocity(x_t, sigma, *self.prepared[0])
+        cond = x_t - sigma * self.velocity(x_t, sigma, *self.prepared[0], 0)
         uncond = (
-            x_t - sigma * self.velocity(x_t, sigma, *self.prepared[1]) if len(self.prepared) > 1 else None
+            x_t - sigma * self.velocity(x_t, sigma, *self.prepared[1], 1) if len(self.prepared) > 1 else None
         )
         guided_x0 = samplers.cfg_combine(cond, uncond, self.cfg)
         # Packed features are channel-major: CFGNorm normalises per pixel over the channels.
@@ -338,9 +329,11 @@ def sample_with_models(
     settings: dict[str, Any],
     ctx: RunContext,
     custom: CustomSampling | None = None,
+    patches: Sequence[BlockPatch] = (),
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Pin the diffusion model (and its LoRAs) and sample; shared with ``edit`` and the workflow
-    nodes. ``settings["loras"]`` (pairs of name and strength) applies several LoRAs at once."""
+    nodes. ``settings["loras"]`` (pairs of name and strength) applies several LoRAs at once; the
+    conditionings' ControlNets and the model's block-wise ``patches`` are loaded beside it."""
     if positive.prompt_embeds.shape[-1] != (negative or positive).prompt_embeds.shape[-1]:
         raise GenserveError(
             ErrorCode.INVALID_INPUT,
@@ -348,17 +341,30 @@ def sample_with_models(
             field="negative_encoding_file",
         )
     started = time.perf_counter()
+    guided = settings["cfg"] != 1.0 and negative is not None
+    controls = Controls([positive.controls, *([negative.controls] if guided else [])], patches)
     with ExitStack() as stack:
         model = stack.enter_context(
             ctx.use_model(ModelKind.DIFFUSION, settings["unet_model_name"], "unet_model_name")
         )
+        if controls:
+            size = (latent.shape[-2] + latent.shape[-2] % 2, latent.shape[-1] + latent.shape[-1] % 2)
+            controls.prepare(
+                enter_models(stack, ctx),
+                model.transformer,
+                size,
+                settings["shift"],
+                model.device,
+                model.dtype,
+                ctx,
+            )
         loaded: dict[str, Any] = {}
         for name, _ in _lora_chain(settings):
             if name not in loaded:
                 loaded[name] = stack.enter_context(ctx.use_model(ModelKind.LORA, name, "lora_model_name"))
         loras = [(loaded[name], strength) for name, strength in _lora_chain(settings)]
         try:
-            out = sample(model, loras, positive, negative, latent, settings, ctx, custom)
+            out = sample(model, loras, positive, negative, latent, settings, ctx, custom, controls)
         except GenserveError:
             raise
         except Exception as exc:

@@ -21,6 +21,7 @@ from genserve.errors import ErrorCode, GenserveError
 from genserve.models.loaders.text_encoder import EDIT_PROMPT_TEMPLATE, TEMPLATE_PREFIX_TOKENS
 from genserve.models.registry import ModelKind
 from genserve.services.base import RunContext, Service, ServiceModel
+from genserve.services.pipeline.control import ControlHint
 from genserve.services.pipeline.imaging import fitted_dimensions, resize, vae_encode
 from genserve.storage.artifacts import save_tensors
 from genserve.storage.images import load_image
@@ -64,6 +65,9 @@ class Encoding:
     prompt_mask: torch.Tensor  # [1, L], 1 = real token
     reference_latents: list[torch.Tensor]  # each [1, 16, 1, h, w], normalised
     metadata: dict[str, Any]
+    # ControlNets applied to this conditioning (ControlNetApplyAdvanced), in chain order; in memory
+    # only: an encoding file never carries them.
+    controls: tuple[ControlHint, ...] = ()
 
     def to_file_payload(self) -> dict[str, Any]:
         return {

@@ -13,6 +13,7 @@ from genserve.models.registry import ModelRegistry
 from genserve.workflows.nodes.base import NodeRegistry
 from genserve.workflows.nodes.camera import camera_node_types
 from genserve.workflows.nodes.conditioning import conditioning_node_types
+from genserve.workflows.nodes.controlnet import controlnet_node_types
 from genserve.workflows.nodes.custom_sampling import custom_sampling_node_types
 from genserve.workflows.nodes.image import image_node_types
 from genserve.workflows.nodes.image_filters import image_filter_node_types
@@ -41,6 +42,7 @@ def pipeline_registry(models: ModelRegistry | None = None, input_dir: Path | Non
         [
             *image_node_types(Path(input_dir) if input_dir is not None else None),
             *model_node_types(models),
+            *controlnet_node_types(models),
             *sampling_node_types(),
             *conditioning_node_types(),
             *custom_sampling_node_types(),

@@ -18,7 +18,8 @@ import torch
 
 from genserve.errors import ErrorCode, GenserveError
 from genserve.services.pipeline import samplers
-from genserve.services.pipeline.sampling import MAX_SEED, CustomSampling, sample_with_models
+from genserve.services.pipeline.custom_sampling import CustomSampling
+from genserve.services.pipeline.sampling import MAX_SEED, sample_with_models
 from genserve.services.pipeline.text_encoder import Encoding
 from genserve.workflows.inputs import Combo, Float, Int, Linked, String
 from genserve.workflows.nodes.base import NodeContext, NodeType
@@ -139,8 +140,6 @@ def _sampler_custom_advanced(
     if sigmas.numel() <= 1:  # nothing to step through: ComfyUI returns the latent unchanged
         return (dict(latent_image), dict(latent_image))
     _check_sigmas(sigmas)
-    if latent.shape[-1] % 2 or latent.shape[-2] % 2:
-        raise GenserveError(ErrorCode.INVALID_INPUT, "latent_image: latent height and width must be even")
     settings = {
         "seed": noise.seed,
         "steps": sigmas.numel() - 1,
@@ -155,7 +154,9 @@ def _sampler_custom_advanced(
     )
     negative = guider.negative if guider.cfg != 1.0 else None
     rctx = resources_of(ctx).run_context(ctx)
-    sampled, _ = sample_with_models(guider.positive, negative, latent, settings, rctx, custom)
+    sampled, _ = sample_with_models(
+        guider.positive, negative, latent, settings, rctx, custom, guider.model.patches
+    )
     denoised = custom.last_denoised if custom.last_denoised is not None else sampled
     return ({**latent_image, "samples": sampled}, {**latent_image, "samples": denoised})
 

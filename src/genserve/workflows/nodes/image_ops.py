@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from genserve.errors import ErrorCode, GenserveError
-from genserve.workflows.inputs import Combo, Float, InputSpec, Int, Linked
+from genserve.workflows.inputs import Combo, ComboOption, DynamicCombo, Float, InputSpec, Int, Linked
 from genserve.workflows.nodes.base import NodeContext, NodeType
 
 MAX_RESOLUTION = 16384  # ComfyUI's nodes.MAX_RESOLUTION
@@ -219,34 +219,27 @@ def _pad_for_outpaint(
     return (padded, mask.unsqueeze(0))
 
 
-def _resize_options() -> dict[str, InputSpec]:
-    """ResizeImageMaskNode's per-mode inputs, under ComfyUI's flattened ``resize_type.`` names."""
+def _resize_type() -> InputSpec:
+    """ResizeImageMaskNode's ``resize_type``: ComfyUI's V3 dynamic combo, each mode with its own
+    inputs (sent as ``resize_type.<input>``, saved in a UI workflow right after the mode)."""
     side = Int(512, min=0, max=MAX_RESOLUTION, step=1)
     crop = Combo(("disabled", "center"), default="center")
-    return {
-        "resize_type.width": side,
-        "resize_type.height": side,
-        "resize_type.crop": crop,
-        "resize_type.multiplier": Float(1.0, min=0.01, max=8.0, step=0.01),
-        "resize_type.longer_size": side,
-        "resize_type.shorter_size": side,
-        "resize_type.megapixels": Float(1.0, min=0.01, max=16.0, step=0.01),
-        "resize_type.match": Linked("IMAGE,MASK"),
-        "resize_type.multiple": Int(8, min=1, max=MAX_RESOLUTION, step=1),
-    }
-
-
-RESIZE_TYPES = (
-    "scale dimensions",
-    "scale by multiplier",
-    "scale longer dimension",
-    "scale shorter dimension",
-    "scale width",
-    "scale height",
-    "scale total pixels",
-    "match size",
-    "scale to multiple",
-)
+    modes = (
+        ComboOption("scale dimensions", required=(("width", side), ("height", side), ("crop", crop))),
+        ComboOption(
+            "scale by multiplier", required=(("multiplier", Float(1.0, min=0.01, max=8.0, step=0.01)),)
+        ),
+        ComboOption("scale longer dimension", required=(("longer_size", side),)),
+        ComboOption("scale shorter dimension", required=(("shorter_size", side),)),
+        ComboOption("scale width", required=(("width", side),)),
+        ComboOption("scale height", required=(("height", side),)),
+        ComboOption(
+            "scale total pixels", required=(("megapixels", Float(1.0, min=0.01, max=16.0, step=0.01)),)
+        ),
+        ComboOption("match size", required=(("match", Linked("IMAGE,MASK")), ("crop", crop))),
+        ComboOption("scale to multiple", required=(("multiple", Int(8, min=1, max=MAX_RESOLUTION, step=1)),)),
+    )
+    return DynamicCombo(modes)
 
 
 def image_ops_node_types() -> list[NodeType]:
@@ -268,10 +261,9 @@ def image_ops_node_types() -> list[NodeType]:
             _resize_image_mask,
             required={
                 "input": Linked("IMAGE,MASK"),
-                "resize_type": Combo(RESIZE_TYPES, default="scale dimensions"),
+                "resize_type": _resize_type(),
                 "scale_method": Combo(SCALE_METHODS, default="area"),
             },
-            optional=_resize_options(),
             return_types=("IMAGE,MASK",),
             return_names=("resized",),
             display_name="Resize Image/Mask",

@@ -61,7 +61,7 @@ def clip_input(registry: ModelRegistry | None) -> InputSpec:
     return Combo(lambda: [*encoders(), *llms()], tooltip=tooltip)
 
 
-def _warm(ctx: NodeContext, kind: ModelKind, name: str, field: str) -> str:
+def warm(ctx: NodeContext, kind: ModelKind, name: str, field: str) -> str:
     """Resolve (MODEL_NOT_FOUND naming the input) and load without pinning; the canonical name."""
     res = resources_of(ctx)
     entry = res.models.registry.resolve(kind, name, field)
@@ -72,7 +72,7 @@ def _warm(ctx: NodeContext, kind: ModelKind, name: str, field: str) -> str:
 
 def _unet_loader(ctx: NodeContext, unet_name: str, weight_dtype: str = "default") -> tuple[ModelRef]:
     # weight_dtype is accepted for ComfyUI workflows; the manager picks the dtype per device.
-    return (ModelRef(_warm(ctx, ModelKind.DIFFUSION, unet_name, "unet_name")),)
+    return (ModelRef(warm(ctx, ModelKind.DIFFUSION, unet_name, "unet_name")),)
 
 
 def _clip_loader(
@@ -81,17 +81,17 @@ def _clip_loader(
     """A text encoder by that name, else an LLM by that name (MODEL_NOT_FOUND lists the encoders)."""
     registry = resources_of(ctx).models.registry
     if registry.find(ModelKind.TEXT_ENCODER, clip_name) is None and registry.find(ModelKind.LLM, clip_name):
-        return (ClipRef(_warm(ctx, ModelKind.LLM, clip_name, "clip_name"), kind=ModelKind.LLM),)
-    return (ClipRef(_warm(ctx, ModelKind.TEXT_ENCODER, clip_name, "clip_name")),)
+        return (ClipRef(warm(ctx, ModelKind.LLM, clip_name, "clip_name"), kind=ModelKind.LLM),)
+    return (ClipRef(warm(ctx, ModelKind.TEXT_ENCODER, clip_name, "clip_name")),)
 
 
 def _vae_loader(ctx: NodeContext, vae_name: str) -> tuple[VaeRef]:
-    return (VaeRef(_warm(ctx, ModelKind.VAE, vae_name, "vae_name")),)
+    return (VaeRef(warm(ctx, ModelKind.VAE, vae_name, "vae_name")),)
 
 
 def _lora_loader(ctx: NodeContext, model: ModelRef, lora_name: str, strength_model: float) -> tuple[ModelRef]:
     """The model with one more LoRA on its chain: a chain applies every LoRA, each at its strength."""
-    name = _warm(ctx, ModelKind.LORA, lora_name, "lora_name")
+    name = warm(ctx, ModelKind.LORA, lora_name, "lora_name")
     return (replace(model, loras=(*model.loras, (name, float(strength_model)))),)
 
 

@@ -17,7 +17,8 @@ import torch
 
 from genserve.errors import ErrorCode, GenserveError
 from genserve.services.pipeline import samplers
-from genserve.services.pipeline.sampling import MAX_SEED, CustomSampling, sample_with_models
+from genserve.services.pipeline.custom_sampling import CustomSampling
+from genserve.services.pipeline.sampling import MAX_SEED, sample_with_models
 from genserve.services.pipeline.text_encoder import (
     Encoding,
     encode_references,
@@ -106,11 +107,12 @@ def _reference_method(
 
 
 def _empty_latent(ctx: NodeContext, width: int, height: int, batch_size: int = 1) -> tuple[dict[str, Any]]:
+    """Zeros at ``width // 8`` x ``height // 8``, as ComfyUI: a side that is not a multiple of 8
+    loses the rest, and an odd latent side is padded to the sampler's 2x2 grid while sampling."""
     for name, side in (("width", width), ("height", height)):
-        if side % 16:
-            # The transformer packs 2x2 latent patches of the 8x VAE grid: sides must be multiples of 16.
+        if side < VAE_SCALE:
             raise GenserveError(
-                ErrorCode.INVALID_INPUT, f"{name}: must be a multiple of 16, got {side}", field=name
+                ErrorCode.INVALID_INPUT, f"{name}: must be at least {VAE_SCALE}, got {side}", field=name
             )
     shape = (batch_size, LATENT_CHANNELS, 1, height // VAE_SCALE, width // VAE_SCALE)
     return ({"samples": torch.zeros(shape)},)
@@ -133,8 +135,6 @@ def _ksampler(
     latent = latent_samples(latent_image)
     if denoise <= 0:  # ComfyUI: no sigmas, the latent comes back unchanged
         return ({"samples": latent},)
-    if latent.shape[-1] % 2 or latent.shape[-2] % 2:
-        raise GenserveError(ErrorCode.INVALID_INPUT, "latent_image: latent height and width must be even")
     settings = {
         "seed": seed,
         "steps": steps,
@@ -151,6 +151,7 @@ def _ksampler(
         settings,
         res.run_context(ctx),
         CustomSampling(noise_mask=latent_image.get("noise_mask")),  # SetLatentNoiseMask
+        model.patches,
     )
     return ({**latent_image, "samples": sampled},)
 

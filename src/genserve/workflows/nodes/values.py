@@ -5,7 +5,8 @@ model (plus the LoRAs, shift and CFGNorm strength a MODEL carries), so a value k
 cache never pins a model in memory: the node that needs the weights borrows them from the
 ModelManager for just the time it runs, and the manager stays free to evict between runs.
 
-- MODEL: ``ModelRef``; CLIP: ``ClipRef``; VAE: ``VaeRef``.
+- MODEL: ``ModelRef``; CLIP: ``ClipRef``; VAE: ``VaeRef``; CONTROL_NET: ``ControlNetRef``;
+  MODEL_PATCH: ``ModelPatchRef``.
 - CONDITIONING: ``text_encoder.Encoding`` (embeddings, mask, reference latents), as the services use.
 - LATENT: ``{"samples": tensor}`` with genserve's 5-D Qwen-Image latent ``[B, 16, 1, H/8, W/8]``,
   normalised as the VAE service stores it (ComfyUI's own dict shape, genserve's tensor layout).
@@ -30,6 +31,7 @@ from genserve.config import PipelineSettings
 from genserve.errors import ErrorCode, GenserveError
 from genserve.models.registry import ModelKind
 from genserve.services.base import ProgressEvent, RunContext
+from genserve.services.pipeline.control import BlockPatch
 from genserve.storage.paths import Sandbox
 from genserve.workflows.nodes.base import NodeContext
 
@@ -55,6 +57,22 @@ class ModelRef:
     loras: tuple[tuple[str, float], ...] = ()
     shift: float | None = None
     cfg_norm_strength: float | None = None
+    patches: tuple[BlockPatch, ...] = ()  # QwenImageDiffsynthControlnet, in chain order
+
+
+@dataclass(frozen=True)
+class ControlNetRef:
+    """CONTROL_NET: a ControlNet by name; ``takes_mask`` for the inpainting ones (68 inputs)."""
+
+    control_net_name: str
+    takes_mask: bool = False
+
+
+@dataclass(frozen=True)
+class ModelPatchRef:
+    """MODEL_PATCH: a block-wise ControlNet patch by name."""
+
+    name: str
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from genserve.models.demo import pipeline as demo
 from genserve.models.registry import ModelKind, ModelRegistry
@@ -34,14 +36,20 @@ def test_tokenizer_prefix_is_64_tokens(demo_models: Path) -> None:
 
 def test_build_is_seeded_and_keeps_existing(tmp_path: Path) -> None:
     first = demo.build_demo(tmp_path / "a", images_dir=tmp_path / "img")
-    assert len(first.built) == 6 and first.seconds < 60 and demo.demo_present(tmp_path / "a")
+    assert len(first.built) == 8 and first.seconds < 60 and demo.demo_present(tmp_path / "a")
     second = demo.build_demo(tmp_path / "b")
     for kind, name in [("vae", demo.DEMO_VAE), ("diffusion_models", demo.DEMO_TRANSFORMER)]:
         a = (tmp_path / "a" / kind / name / "diffusion_pytorch_model.safetensors").read_bytes()
         assert a == (tmp_path / "b" / kind / name / "diffusion_pytorch_model.safetensors").read_bytes()
+    for control in ("controlnet", "model_patches"):  # every control file, seeded (same tensors)
+        files = sorted(p.name for p in (tmp_path / "a" / control).iterdir())
+        assert len(files) >= 2
+        for name in files:
+            a, b = (load_file(str(tmp_path / side / control / name)) for side in "ab")
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     lipsync = Path("lipsync") / demo.DEMO_LIPSYNC / "model.onnx"
     assert (tmp_path / "a" / lipsync).read_bytes() == (tmp_path / "b" / lipsync).read_bytes()
     assert second.images == []
     again = demo.build_demo(tmp_path / "a")
-    assert again.built == [] and len(again.skipped) == 6
+    assert again.built == [] and len(again.skipped) == 8
     assert {p.name for p in first.images} == {"person.png", "cloth.png"}

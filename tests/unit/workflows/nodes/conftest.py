@@ -28,9 +28,9 @@ def node_resources(runtime: Runtime, data_root: Path) -> PipelineResources:
 
 
 def _caller(registry: NodeRegistry, resources: Any) -> NodeCall:
-    def call(name: str, **inputs: Any) -> tuple[Any, ...]:
-        ctx = NodeContext("prompt", "1", name, resources=resources)
-        return registry[name].call(ctx, inputs).outputs
+    def call(node_type: str, /, **inputs: Any) -> tuple[Any, ...]:
+        ctx = NodeContext("prompt", "1", node_type, resources=resources)
+        return registry[node_type].call(ctx, inputs).outputs
 
     return call
 
