@@ -100,15 +100,22 @@ class AdapterGate:
                 field="lora_model_name",
             ) from exc
         self._adapters.add(lora.adapter_name)
-        self._adapters_in_compute_dtype()
+        self._adapters_in_compute_dtype(lora)
 
-    def _adapters_in_compute_dtype(self) -> None:
-        """peft makes the adapters in the base weights' dtype; on an fp8-stored base that is fp8,
-        which cannot compute: the adapters (small) are kept in the compute dtype, unfused."""
+    def _adapters_in_compute_dtype(self, lora: LoraWeights) -> None:
+        """peft makes an adapter in its base layer's dtype; on an fp8-stored base that is fp8, which
+        cannot compute and has already rounded the LoRA's values. The adapter (small) is kept in
+        the compute dtype, unfused, holding the file's exact values again."""
         if self._compute_dtype is None:
             return
+        marker = f".{lora.adapter_name}."
         for name, param in self._transformer.named_parameters():
-            if "lora_" in name and param.dtype != self._compute_dtype:
+            if marker not in name:
+                continue
+            source = lora.state_dict.get("transformer." + name.replace(marker, "."))
+            if source is not None and source.shape == param.shape:
+                param.data = source.to(device=param.device, dtype=self._compute_dtype)
+            elif param.dtype != self._compute_dtype:
                 param.data = param.data.to(self._compute_dtype)
 
 

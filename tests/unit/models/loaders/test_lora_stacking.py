@@ -30,8 +30,11 @@ CPU = torch.device("cpu")
 pytestmark = pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute:UserWarning")
 
 
-def write_random_lora(path: Path, transformer_folder: Path, seed: int, attention_only: bool) -> Path:
-    """A rank-2 diffusers-layout LoRA (no alpha: scale 1) on the attention Linears or on all."""
+def write_random_lora(
+    path: Path, transformer_folder: Path, seed: int, attention_only: bool, fp8_exact: bool = True
+) -> Path:
+    """A rank-2 diffusers-layout LoRA (no alpha: scale 1) on the attention Linears or on all; its
+    values fp8-exact unless ``fp8_exact`` is False."""
     model = load_transformer(
         ModelEntry(ModelKind.DIFFUSION, "t", transformer_folder), CPU, torch.float32
     ).model.transformer
@@ -41,8 +44,9 @@ def write_random_lora(path: Path, transformer_folder: Path, seed: int, attention
         if isinstance(module, torch.nn.Linear) and (".attn." in name or not attention_only):
             down = torch.randn(2, module.in_features, generator=generator)
             up = torch.randn(module.out_features, 2, generator=generator)
-            tensors[f"transformer.{name}.lora_A.weight"] = _fp8_exact(down * 0.05)
-            tensors[f"transformer.{name}.lora_B.weight"] = _fp8_exact(up * 0.05)
+            exact = _fp8_exact if fp8_exact else (lambda values: values)
+            tensors[f"transformer.{name}.lora_A.weight"] = exact(down * 0.05)
+            tensors[f"transformer.{name}.lora_B.weight"] = exact(up * 0.05)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path))
     return path
@@ -166,3 +170,32 @@ def test_runs_with_different_chains_never_see_each_other_s(
     for i, out in results.items():
         assert torch.equal(out, expected[i % len(sets)]), sets[i % len(sets)]
     assert len(results) == 12
+
+
+def test_a_lora_on_an_fp8_stored_base_keeps_its_own_precision(demo_models: Path, tmp_path: Path) -> None:
+    """peft builds the adapter in the base layer's dtype (fp8 here): the gate puts the file's
+    exact values back, so the LoRA acts as on the same base weights held in fp32. (The file's
+    Linear biases are rounded to fp8 first: fp8 storage keeps them in fp8 too.)"""
+    transformer = demo_models / "diffusion_models" / DEMO_TRANSFORMER
+    path = write_random_lora(
+        tmp_path / "fine.safetensors", transformer, 3, attention_only=False, fp8_exact=False
+    )
+    lora = _load(path)
+    [file] = [
+        f for f in write_transformer_files(transformer, tmp_path) if f.name == "demo_fp8_e4m3fn.safetensors"
+    ]
+    state = load_file(str(file))
+    for key, value in state.items():
+        if key.endswith(".bias") and state.get(key.removesuffix(".bias") + ".weight", value).dim() == 2:
+            state[key] = value.to(torch.float8_e4m3fn).to(value.dtype)
+    save_file(state, str(file))
+    stored = load_transformer(ModelEntry(ModelKind.DIFFUSION, "f", file), CPU, torch.float32)
+    assert stored.narrow is not None
+    stored.narrow()
+    wide = load_transformer(ModelEntry(ModelKind.DIFFUSION, "w", file), CPU, torch.float32).model
+    base = transformer_output(wide.transformer)
+    assert torch.equal(transformer_output(stored.model.transformer), base)
+    want = _stacked(wide, [(lora, 1.0)])
+    got = _stacked(stored.model, [(lora, 1.0)])
+    assert (want - base).abs().max() > 1e-2
+    assert torch.allclose(got, want, atol=1e-6, rtol=1e-6), (got - want).abs().max()
