@@ -38,6 +38,7 @@ from bridge_queue import data_root, environment, serve
 
 from genserve.models.demo import pipeline as demo
 from genserve.models.demo.layouts import write_every_layout
+from genserve.models.demo.vision_chat import DEMO_VL_LLM
 from genserve.workflows.graph import GraphValidationError, is_link, parse_graph
 from genserve.workflows.nodes.builtin import pipeline_registry
 from genserve.workflows.ui_format import UIWorkflowError, registry_object_info, ui_to_api
@@ -114,21 +115,25 @@ def shrink(prompt: dict[str, Any]) -> None:
                 inputs["value"] = min(inputs["value"], SMALL["width"])
 
 
-def llm_loaders(prompt: dict[str, Any]) -> set[str]:
-    """Loaders whose output is TextGenerate's ``clip``: they name an LLM, not a text encoder."""
+def llm_loaders(prompt: dict[str, Any], seeing: bool = False) -> set[str]:
+    """Loaders whose output is TextGenerate's ``clip``: they name an LLM, not a text encoder
+    (with ``seeing``, only those of a TextGenerate that is given an image: a vision LLM)."""
     return {
         str(node["inputs"]["clip"][0])
         for node in prompt.values()
-        if node["class_type"] == "TextGenerate" and is_link(node["inputs"].get("clip"))
+        if node["class_type"] == "TextGenerate"
+        and is_link(node["inputs"].get("clip"))
+        and (not seeing or is_link(node["inputs"].get("image")))
     }
 
 
 def map_files(row: Row, object_info: dict[str, Any], client: httpx.Client, person: bytes) -> None:
     """Model names to the closest file of the same loader's list (an LLM for TextGenerate's
-    loader: CLIPLoader lists text encoders, then LLMs); LoadImage names uploaded."""
+    loader: CLIPLoader lists text encoders, then LLMs; the demo's vision-language LLM when that
+    TextGenerate is given an image); LoadImage names uploaded."""
     answer = client.get("/models/text_encoders")
     encoders = set(answer.json()) if answer.status_code == 200 else set()
-    for_llm = llm_loaders(row.prompt)
+    for_llm, for_vision = llm_loaders(row.prompt), llm_loaders(row.prompt, seeing=True)
     for node_id, node in row.prompt.items():
         info = object_info.get(node["class_type"])
         for name, value in node["inputs"].items():
@@ -149,6 +154,8 @@ def map_files(row: Row, object_info: dict[str, Any], client: httpx.Client, perso
             choices = [c for c in head if isinstance(c, str)] if isinstance(head, list) else []
             if node_id in for_llm:
                 choices = [c for c in choices if c not in encoders] or choices
+            if node_id in for_vision:  # the demo's vision-language LLM
+                choices = [c for c in choices if c == DEMO_VL_LLM] or choices
             if value in choices:
                 row.mapped.append(value)
             elif choices:

@@ -83,6 +83,18 @@ class GraphValidationError(GenserveError):
         self.problems = problems
 
 
+def _unknown(class_type: str) -> str:
+    """The missing-type message; comfy.org's API nodes (``QwenImageEditApi``...) are named as such,
+    so a user knows that no local model would stand in for them."""
+    message = f"unknown node type {class_type!r}"
+    if class_type.endswith("Api"):
+        message += (
+            ": a comfy.org API node, which sends the work to comfy.org's paid cloud service; "
+            "genserve runs its own models and does not call it (use a local template instead)"
+        )
+    return message
+
+
 def node_errors(problems: Iterable[Problem]) -> dict[str, Any]:
     """ComfyUI's ``node_errors`` body: per node id, its class and its errors."""
     out: dict[str, Any] = {}
@@ -147,9 +159,7 @@ def parse_graph(data: Any, registry: NodeRegistry, outputs: Iterable[str] | None
         raw[node_id] = {"class_type": class_type, "inputs": dict(inputs), "_meta": node.get("_meta")}
         node_type = registry.get(class_type)
         if node_type is None:
-            problems.append(
-                Problem("missing_node_type", f"unknown node type {class_type!r}", node_id, class_type)
-            )
+            problems.append(Problem("missing_node_type", _unknown(class_type), node_id, class_type))
         else:
             types[node_id] = node_type
 

@@ -149,6 +149,16 @@ def test_unknown_class_is_an_error_even_when_unused(registry: NodeRegistry) -> N
     assert _problems(data, registry) == [("20", "Warp", None, "missing_node_type")]
 
 
+def test_a_comfy_org_api_node_is_named_as_one(registry: NodeRegistry) -> None:
+    data = chain()
+    data["20"] = {"class_type": "QwenImageEditApi", "inputs": {}}
+    with pytest.raises(GraphValidationError) as excinfo:
+        parse_graph(data, registry)
+    [problem] = excinfo.value.problems
+    assert problem.kind == "missing_node_type" and "comfy.org API node" in problem.message
+    assert "cloud" in problem.message and "QwenImageEditApi" in problem.message
+
+
 def test_chosen_outputs_limit_the_graph(registry: NodeRegistry) -> None:
     data = chain()
     data["5"] = {"class_type": "Collect", "inputs": {"values": ["1", 0]}}

@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 from genserve.models.demo import controlnets
 from genserve.models.demo.lipsync import build_lipsync_demo
 from genserve.models.demo.llm import DEMO_LLM, build_llm
+from genserve.models.demo.vision_chat import DEMO_VL_LLM, build_vision_chat
 from genserve.models.loaders.text_encoder import EDIT_PROMPT_TEMPLATE, TEMPLATE_PREFIX_TOKENS
 from genserve.models.registry import ModelKind
 
@@ -73,7 +74,7 @@ class DemoReport:
     seconds: float = 0.0
 
 
-def _train_tokenizer(seed: int):  # -> tokenizers.Tokenizer
+def train_demo_tokenizer(seed: int):  # -> tokenizers.Tokenizer
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     prefix_text = EDIT_TEMPLATE_PREFIX.replace("<|im_start|>", "").replace("<|im_end|>", "")
@@ -158,7 +159,7 @@ def build_text_encoder(folder: Path, seed: int) -> None:
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     tokenizer = Qwen2Tokenizer(
-        tokenizer_object=_train_tokenizer(seed),
+        tokenizer_object=train_demo_tokenizer(seed),
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         unk_token=None,
@@ -263,10 +264,25 @@ def demo_targets(root: Path) -> dict[ModelKind, Path]:
     }
 
 
+def demo_extras(root: Path) -> dict[ModelKind, list[Path]]:
+    """The files a kind's builder writes beside its target, checked as part of it."""
+    control, patches = root / ModelKind.CONTROLNET.value, root / ModelKind.MODEL_PATCH.value
+    return {
+        ModelKind.CONTROLNET: [control / controlnets.INPAINTING, control / controlnets.FUN],
+        ModelKind.MODEL_PATCH: [patches / controlnets.INPAINT_PATCH],
+        ModelKind.LLM: [root / ModelKind.LLM.value / DEMO_VL_LLM],
+    }
+
+
+def _built(root: Path, kind: ModelKind, path: Path) -> bool:
+    return path.exists() and all(p.exists() for p in demo_extras(root).get(kind, []))
+
+
 def demo_present(root: Path) -> bool:
     """Built, and nothing added to the demo set since (a newer genserve adds the missing ones)."""
     root = Path(root)
-    return (root / DEMO_MARKER).is_file() and all(p.exists() for p in demo_targets(root).values())
+    targets = demo_targets(root)
+    return (root / DEMO_MARKER).is_file() and all(_built(root, k, p) for k, p in targets.items())
 
 
 def build_demo(root: Path, images_dir: Path | None = None, seed: int = 0, force: bool = False) -> DemoReport:
@@ -278,7 +294,7 @@ def build_demo(root: Path, images_dir: Path | None = None, seed: int = 0, force:
     for kind, path in targets.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         label = f"{kind.value}/{path.name}"
-        if path.exists() and not force:
+        if _built(root, kind, path) and not force:
             report.skipped.append(label)
             continue
         if path.is_dir():
@@ -293,6 +309,7 @@ def build_demo(root: Path, images_dir: Path | None = None, seed: int = 0, force:
             build_lipsync_demo(path, seed=seed)
         elif kind is ModelKind.LLM:
             build_llm(path, seed)
+            build_vision_chat(path.parent / DEMO_VL_LLM, seed)
         elif kind is ModelKind.CONTROLNET:
             controlnets.build_controlnets(path.parent, targets[ModelKind.DIFFUSION], seed)
         elif kind is ModelKind.MODEL_PATCH:

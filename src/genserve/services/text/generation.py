@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import torch
+from PIL import Image
 from pydantic import Field, model_validator
 
 from genserve.errors import ErrorCode, GenserveError
 from genserve.models.registry import ModelKind
 from genserve.services.base import RunContext, Service, ServiceModel
+from genserve.storage.images import load_image
 
 if TYPE_CHECKING:
     from genserve.models.loaders.llm import CausalLM
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 MAX_TOKENS = 4096
 MAX_PROMPT_CHARS = 200_000
 MAX_STOPS = 4
+MAX_IMAGES = 8
 
 
 class ChatMessage(ServiceModel):
@@ -79,11 +82,19 @@ class TextGenerationRequest(ServiceModel):
     seed: int | None = Field(
         None, ge=-(2**63), lt=2**64, description="Same seed and request, same text; none = random."
     )
+    images: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        default_factory=list,
+        max_length=MAX_IMAGES,
+        description="Images (files inside a read root) shown to a vision-language model before the "
+        "text of the last user message; needs messages. A text-only model refuses them.",
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> TextGenerationRequest:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of prompt or messages")
+        if self.images and self.messages is None:
+            raise ValueError("images are shown in a chat: send messages, not a prompt")
         return self
 
 
@@ -155,8 +166,18 @@ def options_to_fields(options: Mapping[str, str]) -> dict[str, Any]:
 # -- running ------------------------------------------------------------------------------------
 
 
-def _prompt_ids(llm: CausalLM, request: TextGenerationRequest) -> torch.Tensor:
+def _prompt_inputs(
+    llm: CausalLM, request: TextGenerationRequest, images: Sequence[Image.Image]
+) -> dict[str, torch.Tensor]:
+    """``input_ids`` (and, with images, the pixel patches and their grids) for ``generate``."""
     tokenizer = llm.tokenizer
+    vision: dict[str, torch.Tensor] = {}
+    if images and llm.processor is None:
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT,
+            f"images: model {request.model} reads text only; give a vision-language model or no images",
+            field="images",
+        )
     if request.messages is not None:
         if not getattr(tokenizer, "chat_template", None):
             raise GenserveError(
@@ -164,10 +185,18 @@ def _prompt_ids(llm: CausalLM, request: TextGenerationRequest) -> torch.Tensor:
                 f"messages: model {request.model} has no chat template; send a prompt instead",
                 field="messages",
             )
-        chat = [message.model_dump() for message in request.messages]
+        chat: list[dict[str, Any]] = [message.model_dump() for message in request.messages]
+        if images:
+            chat = _with_images(chat, len(images))
         switch = _thinking_switch(tokenizer, request)
         text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False, **switch)
-        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        if images:
+            assert llm.processor is not None
+            vision = llm.processor.images(images)
+            text = llm.processor.text([text], vision, padding=False)["input_ids"]
+            ids = text if isinstance(text, torch.Tensor) else torch.tensor(text)
+        else:
+            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
         field = "messages"
     else:
         if request.thinking:
@@ -187,7 +216,20 @@ def _prompt_ids(llm: CausalLM, request: TextGenerationRequest) -> torch.Tensor:
             f"{field}: {ids.shape[1]} tokens; model {request.model} takes fewer than {limit}",
             field=field,
         )
-    return ids
+    return {"input_ids": ids, **vision}
+
+
+def _with_images(chat: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """The chat with ``count`` images before the text of its last user message (content parts,
+    as vision-language chat templates read them)."""
+    users = [i for i, message in enumerate(chat) if message["role"] == "user"]
+    if not users:
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT, "images: the chat has no user message to show them in", field="images"
+        )
+    last = users[-1]
+    parts = [{"type": "image"}] * count + [{"type": "text", "text": chat[last]["content"]}]
+    return [*chat[:last], {"role": "user", "content": parts}, *chat[last + 1 :]]
 
 
 def _thinking_switch(tokenizer: Any, request: TextGenerationRequest) -> dict[str, bool]:
@@ -219,12 +261,25 @@ def _pad_id(llm: CausalLM) -> int | None:
 
 
 def run(request: TextGenerationRequest, ctx: RunContext) -> TextGenerationResponse:
+    images = [load_image(ctx.sandbox, raw, f"images[{i}]") for i, raw in enumerate(request.images)]
+    return generate(request, ctx, images)
+
+
+def generate(
+    request: TextGenerationRequest, ctx: RunContext, images: Sequence[Image.Image] = ()
+) -> TextGenerationResponse:
+    """``run`` with the request's images already in memory (a workflow's IMAGE)."""
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
     from genserve.services.text.token_stream import IncrementalText, SeededSampler, StopWhen, penalties
 
+    if len(images) > MAX_IMAGES:
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT, f"images: at most {MAX_IMAGES} images, got {len(images)}", field="images"
+        )
     with ctx.use_model(ModelKind.LLM, request.model, "model") as llm:
-        prompt = _prompt_ids(llm, request).to(llm.device)
+        inputs = {k: v.to(llm.device) for k, v in _prompt_inputs(llm, request, images).items()}
+        prompt = inputs.pop("input_ids")
         sampling = request.temperature > 0
         seed = (request.seed if request.seed is not None else secrets.randbelow(2**31)) if sampling else None
         emitted = 0
@@ -249,6 +304,7 @@ def run(request: TextGenerationRequest, ctx: RunContext) -> TextGenerationRespon
             output = llm.model.generate(
                 input_ids=prompt,
                 attention_mask=torch.ones_like(prompt),
+                **inputs,
                 max_new_tokens=request.max_tokens,
                 do_sample=False,  # sampling, when asked for, is SeededSampler's: see its docstring
                 logits_processor=processors,

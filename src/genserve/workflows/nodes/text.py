@@ -7,8 +7,9 @@ through the model's chat template (``use_default_template``, ComfyUI's default) 
 ``system_prompt`` as the system message, or is continued as plain text; ``thinking`` is the
 template's thinking switch (ComfyUI's tokenizer does the same), refused where there is none.
 Sampling ``on`` maps to the service's seeded sampler (temperature, top_k, top_p, min_p, seed) and
-its penalties (repetition, presence); ``off`` is greedy with no penalties, as ComfyUI's. It reads
-text only, so an image, video or audio input is refused rather than silently unseen.
+its penalties (repetition, presence); ``off`` is greedy with no penalties, as ComfyUI's. An
+``image`` (every image of the batch) is shown to a vision-language model before the prompt, as
+ComfyUI's does; a text-only model refuses it, and video or audio is refused rather than unseen.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from genserve.workflows.inputs import (
     with_options,
 )
 from genserve.workflows.nodes.base import NodeContext, NodeType
-from genserve.workflows.nodes.values import ClipRef, resources_of
+from genserve.workflows.nodes.values import ClipRef, resources_of, tensor_to_images
 
 THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
 MODE = "sampling_mode."
@@ -124,15 +125,29 @@ def _text_generate(
     system_prompt: str = "",
     **options: Any,
 ) -> tuple[str, str]:
-    for name, given in (("image", image), ("video", video), ("audio", audio)):
+    for name, given in (("video", video), ("audio", audio)):
         if given is not None:
             raise GenserveError(
                 ErrorCode.INVALID_INPUT,
-                f"{name}: genserve's text generation reads text only; disconnect the {name}",
+                f"{name}: genserve's text generation reads text and images only; disconnect the {name}",
                 field=name,
             )
     request = _request(_llm_name(ctx, clip), prompt, system_prompt, max_length, options)
-    response = generation.run(request, resources_of(ctx).run_context(ctx))
+    pictures = tensor_to_images(image) if image is not None else []
+    if pictures and request.messages is None:
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT,
+            "image: images are shown through the chat template; turn use_default_template on",
+            field="image",
+        )
+    try:
+        response = generation.generate(request, resources_of(ctx).run_context(ctx), pictures)
+    except GenserveError as exc:
+        if exc.details.get("field") == "images":  # the node calls it image
+            raise GenserveError(
+                exc.code, exc.message.replace("images:", "image:", 1), field="image"
+            ) from None
+        raise
     return split_thinking(response.text)
 
 

@@ -15,7 +15,7 @@ from genserve.app.runtime import Runtime
 from genserve.errors import ErrorCode, GenserveError
 from genserve.models.demo.llm import CHAT_TEMPLATE, DEMO_LLM
 from genserve.models.loaders.llm import CausalLM
-from genserve.services.text.generation import TextGenerationRequest, _prompt_ids
+from genserve.services.text.generation import TextGenerationRequest, _prompt_inputs
 from genserve.services.text.token_stream import PresencePenalty, penalties
 
 GREEDY = {"model": DEMO_LLM, "prompt": "Once upon a time", "temperature": 0, "max_tokens": 30}
@@ -110,7 +110,7 @@ def test_thinking_sets_the_chat_templates_switch(runtime: Runtime) -> None:
 
         def rendered(thinking: bool | None) -> str:
             request = TextGenerationRequest.model_validate({**CHAT, "thinking": thinking})
-            return str(tokenizer.decode(_prompt_ids(switched, request)[0]))
+            return str(tokenizer.decode(_prompt_inputs(switched, request, ())["input_ids"][0]))
 
         off, on, default = rendered(False), rendered(True), rendered(None)
     assert off.endswith("<think>\n\n</think>\n\n") and on == default and not on.endswith("</think>\n\n")

@@ -1,6 +1,7 @@
 """TextGenerate on the demo LLM: CLIPLoader hands on an llm/ model, the node runs the
-text_generation service (same text as the service for the same request), seeds repeat, and what
-the service cannot read (images), run (a text encoder) or switch (thinking without a template
+text_generation service (same text as the service for the same request), seeds repeat, a
+vision-language LLM is shown the image, and what the model cannot read (an image for a text-only
+LLM), run (a text encoder) or switch (thinking without a template
 switch) is refused naming the input; min_p and the penalties reach the sampler. ``sampling_mode``
 is ComfyUI's V3 dynamic combo: only the chosen option's ``sampling_mode.*`` inputs are read."""
 
@@ -14,6 +15,7 @@ import pytest
 from genserve.app.runtime import Runtime
 from genserve.errors import ErrorCode, GenserveError
 from genserve.models.demo.llm import DEMO_LLM
+from genserve.models.demo.vision_chat import DEMO_VL_LLM
 from genserve.models.registry import ModelKind
 from genserve.workflows.graph import GraphValidationError, parse_graph
 from genserve.workflows.nodes.builtin import PipelineResources, pipeline_registry
@@ -121,12 +123,32 @@ def test_sampling_off_is_greedy_whatever_the_seed(
     )
 
 
-def test_an_image_input_is_refused_naming_it(runner: WorkflowRunner, resources: PipelineResources) -> None:
+def test_an_image_for_a_text_only_llm_is_refused_naming_it(
+    runner: WorkflowRunner, resources: PipelineResources
+) -> None:
     prompt = text_prompt(image=["3", 0])
     prompt["3"] = {"class_type": "LoadImage", "inputs": {"image": "person.png"}}
     with pytest.raises(GenserveError) as info:
         runner.run(prompt, resources=resources)
     assert info.value.code is ErrorCode.INVALID_INPUT and info.value.details["field"] == "image"
+    assert "reads text only" in info.value.message
+
+
+def test_a_vision_llm_is_shown_the_image(runner: WorkflowRunner, resources: PipelineResources) -> None:
+    """ComfyUI's llm_qwen3vl_text_gen template: LoadImage -> TextGenerate(image) on a VL model."""
+
+    def seen(image: str | None, **inputs: Any) -> str:
+        prompt = text_prompt(DEMO_VL_LLM, sampling_mode="off", **inputs)
+        if image is not None:
+            prompt["2"]["inputs"]["image"] = ["3", 0]
+            prompt["3"] = {"class_type": "LoadImage", "inputs": {"image": image}}
+        return generated(runner, resources, prompt)
+
+    person, cloth, blind = seen("person.png"), seen("cloth.png"), seen(None)
+    assert len({person, cloth, blind}) == 3 and seen("person.png") == person
+    with pytest.raises(GenserveError) as info:
+        seen("person.png", use_default_template=False)
+    assert info.value.details["field"] == "image" and "use_default_template" in info.value.message
 
 
 def test_a_text_encoder_is_not_an_llm(
