@@ -28,13 +28,14 @@ VISION_MP = 64 * 64 / 1_000_000
 
 def _builder_digest() -> str:
     from genserve.models.demo import controlnets as controlnet_demo
+    from genserve.models.demo import layered as layered_demo
     from genserve.models.demo import lipsync as lipsync_demo
     from genserve.models.demo import llm as llm_demo
     from genserve.models.demo import vision_chat as vision_chat_demo
 
     sources = b"".join(
         Path(m.__file__).read_bytes()
-        for m in (demo, lipsync_demo, llm_demo, controlnet_demo, vision_chat_demo)
+        for m in (demo, lipsync_demo, llm_demo, controlnet_demo, vision_chat_demo, layered_demo)
     )
     return hashlib.sha1(sources).hexdigest()[:12]
 

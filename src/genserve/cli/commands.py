@@ -228,7 +228,8 @@ def models_demo(
     With --formats, also write them again in every layout users hold (ComfyUI single files with bare or
     prefixed keys, fp8 plain or scaled, the Wan-layout VAE, the old-layout text encoder with its
     tokenizer folder, LoRAs in the Lightning, ComfyUI, kohya and peft layouts, a diffusers snapshot and a
-    hub-cache folder), each named demo_*, to try them through the same loaders.
+    hub-cache folder), each named demo_*, to try them through the same loaders; and a tiny
+    Qwen-Image-Layered transformer and RGBA VAE under ComfyUI's names.
     """
     settings = settings_of(ctx)
     from genserve.models.demo import pipeline as demo

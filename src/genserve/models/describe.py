@@ -49,9 +49,11 @@ def _single_file(kind: ModelKind, header: Header) -> str:
     if kind is ModelKind.DIFFUSION and qwen_transformer.is_qwen_transformer(header):
         keys = "prefixed" if any(k.startswith(qwen_transformer.PREFIX) for k in header.names()) else "bare"
         marker = ", Edit-2511" if header.has(qwen_transformer.ZERO_COND_MARKER) else ""
+        marker += ", Layered" if header.has(qwen_transformer.LAYERED_KEY) else ""
         return f"ComfyUI single file ({keys} keys{quant}{marker})"
     if kind is ModelKind.VAE and wan_vae.is_wan_vae(header):
-        return "Wan-2.1 single file"
+        rgba = header.shape("encoder.conv1.weight")[1] == 4
+        return "Wan-2.1 single file" + (" (RGBA, Layered)" if rgba else "")
     if kind is ModelKind.TEXT_ENCODER and qwen_vl.is_old_layout(header):
         return f"ComfyUI single file (Qwen2.5-VL{quant})"
     if kind is ModelKind.CONTROLNET and qwen_control.is_fun(header):

@@ -7,13 +7,21 @@ fp8 plain, ``scale_weight`` and ``weight_scale``), ``vae/demo_wan.safetensors``,
 ``loras/demo_{lightning,comfyui,kohya,peft}.safetensors``, a diffusers snapshot
 ``diffusion_models/demo_snapshot/`` (it serves its VAE and text encoder too), and the same
 snapshot in the hub cache's layout, ``diffusion_models/models--genserve--demo-edit`` (repo id
-``genserve/demo-edit``).
+``genserve/demo-edit``); and Qwen-Image-Layered's pair, ``diffusion_models/qwen_image_layered_bf16
+.safetensors`` and ``vae/qwen_image_layered_vae.safetensors`` (kept out of the plain demo set: its
+RGBA VAE would sort first among the VAEs, and so be every new node's default).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from genserve.models.demo.layered import (
+    LAYERED_TRANSFORMER,
+    LAYERED_VAE,
+    build_layered_transformer,
+    build_layered_vae,
+)
 from genserve.models.demo.lora_files import write_lora_layouts
 from genserve.models.demo.pipeline import DEMO_LORA, DEMO_TEXT_ENCODER, DEMO_TRANSFORMER, DEMO_VAE
 from genserve.models.demo.single_files import (
@@ -39,4 +47,6 @@ def write_every_layout(root: Path) -> list[Path]:
         *write_lora_layouts(root / "loras", root / "loras" / DEMO_LORA),
         write_snapshot(root, diffusion / SNAPSHOT),
         write_hub_cache(root, diffusion, REPO_ID),
+        build_layered_transformer(diffusion / LAYERED_TRANSFORMER, diffusion / DEMO_TRANSFORMER, 0),
+        build_layered_vae(root / "vae" / LAYERED_VAE, root / "vae" / DEMO_VAE, 0),
     ]

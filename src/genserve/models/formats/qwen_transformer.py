@@ -5,7 +5,8 @@ ComfyUI's module names are diffusers' ``QwenImageTransformer2DModel`` names, wit
 under ``model.diffusion_model.``. The file holds no config, so it is derived from the tensors'
 shapes plus the architecture's fixed constants (2x2 patches, a head dim of 128, rope axes
 16/56/56): a smaller file of the same architecture (genserve's demo) loads through the same code
-as the 20B one. Edit-2511 files carry a marker key ``__index_timestep_zero__``.
+as the 20B one. Edit-2511 files carry a marker key ``__index_timestep_zero__``; Qwen-Image-Layered
+files have ``time_text_embed.addition_t_embedding`` (and use layer-wise rope with it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ PATCH_SIZE = 2
 HEAD_DIM = 128
 ROPE_AXES = (16, 56, 56)
 ZERO_COND_MARKER = "__index_timestep_zero__"
+LAYERED_KEY = "time_text_embed.addition_t_embedding.weight"
 _BLOCK = re.compile(r"^transformer_blocks\.(\d+)\.")
 # Modules that fp8 storage leaves in the compute dtype (diffusers' default skip list for layerwise
 # casting): small, and where fp8's error would show. The rest of the Linear layers store fp8.
@@ -79,6 +81,9 @@ def derive_config(header: Header, field_name: str = "unet_model_name") -> dict[s
         "guidance_embeds": "time_text_embed.guidance_embedder.linear_1.weight" in shapes,
         "axes_dims_rope": ROPE_AXES,
         "zero_cond_t": ZERO_COND_MARKER in shapes,
+        # Qwen-Image-Layered: an RGB/layer embedding added to the timestep's, and layer-wise rope.
+        "use_additional_t_cond": LAYERED_KEY in shapes,
+        "use_layer3d_rope": LAYERED_KEY in shapes,
     }
 
 

@@ -29,7 +29,7 @@ def is_wan_vae(header: Header) -> bool:
 
 def derive_config(header: Header, field_name: str = "vae_model_name") -> dict[str, Any]:
     try:
-        base_dim = header.shape("encoder.conv1.weight")[0]
+        base_dim, channels = header.shape("encoder.conv1.weight")[:2]
         z_dim = header.shape("conv2.weight")[0]
     except KeyError:
         raise GenserveError(
@@ -44,6 +44,7 @@ def derive_config(header: Header, field_name: str = "vae_model_name") -> dict[st
         "dim_mult": DIM_MULT,
         "num_res_blocks": NUM_RES_BLOCKS,
         "temperal_downsample": TEMPORAL_DOWNSAMPLE,
+        "input_channels": channels,  # 3 (RGB), or 4 for Qwen-Image-Layered's RGBA VAE
     }
 
 

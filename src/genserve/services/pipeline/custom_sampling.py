@@ -32,11 +32,11 @@ class CustomSampling:
     ) -> samplers.Denoiser:
         keep = None
         if self.noise_mask is not None:
-            batch, channels, _, height, width = latent.shape
+            batch, channels, frames, height, width = latent.shape
             mask = self.noise_mask.float().reshape(-1, 1, *self.noise_mask.shape[-2:])
             mask = torch.nn.functional.interpolate(mask, size=(height, width), mode="bilinear")
             mask = mask.repeat(-(-batch // mask.shape[0]), 1, 1, 1)[:batch]
-            packed = pack(mask.unsqueeze(2).expand(batch, channels, 1, height, width).contiguous())
+            packed = pack(mask.unsqueeze(2).expand(batch, channels, frames, height, width).contiguous())
             keep = (packed.to(like), pack(latent.float()).to(like), pack(noise.float()).to(like))
 
         def denoise(x_t: torch.Tensor, sigma: float) -> torch.Tensor:

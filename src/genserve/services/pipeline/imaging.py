@@ -62,17 +62,20 @@ def resize(image: Image.Image, size: tuple[int, int], method: str = "lanczos") -
     return image.resize(size, resample=RESAMPLE[method])
 
 
-def to_vae_input(image: Image.Image, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """RGB image -> ``[1, 3, 1, H, W]`` in [-1, 1]."""
-    array = np.asarray(image, dtype=np.float32) / 255.0
+def to_vae_input(
+    image: Image.Image, device: torch.device, dtype: torch.dtype, channels: int = 3
+) -> torch.Tensor:
+    """Image -> ``[1, channels, 1, H, W]`` in [-1, 1]: RGB, or RGBA for Qwen-Image-Layered's VAE
+    (an image without alpha is opaque)."""
+    array = np.asarray(image.convert("RGBA" if channels == 4 else "RGB"), dtype=np.float32) / 255.0
     tensor = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
     return (tensor * 2.0 - 1.0).unsqueeze(2).to(device=device, dtype=dtype)
 
 
 def from_vae_output(decoded: torch.Tensor) -> Image.Image:
-    """``[1, 3, H, W]`` in [-1, 1] -> RGB image, rounded as diffusers' image processor does."""
+    """``[1, 3 or 4, H, W]`` in [-1, 1] -> RGB (RGBA) image, rounded as diffusers' image processor does."""
     array = (decoded[0].float() / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray((array * 255).round().astype(np.uint8))
+    return Image.fromarray((array * 255).round().astype(np.uint8), "RGBA" if array.shape[-1] == 4 else "RGB")
 
 
 def latent_stats(vae: torch.nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +98,7 @@ def vae_encode(vae: Vae, image: Image.Image) -> torch.Tensor:
         return cached
     module = vae.module
     param = next(module.parameters())
-    pixels = to_vae_input(image, param.device, param.dtype)
+    pixels = to_vae_input(image, param.device, param.dtype, module.config.input_channels)
     latent = module.encode(pixels).latent_dist.mode()
     mean, std = latent_stats(module, latent)
     normalised = ((latent - mean) / std).cpu().float()
@@ -114,15 +117,17 @@ def vae_decode(vae: Vae, latent: torch.Tensor) -> Image.Image:
 
 
 def pack(latent: torch.Tensor) -> torch.Tensor:
-    """``[B, C, 1, H, W]`` -> ``[B, (H/2)*(W/2), C*4]``."""
-    batch, channels, _, height, width = latent.shape
-    patches = latent.view(batch, channels, height // 2, 2, width // 2, 2).permute(0, 2, 4, 1, 3, 5)
-    return patches.reshape(batch, (height // 2) * (width // 2), channels * 4)
+    """``[B, C, F, H, W]`` -> ``[B, F*(H/2)*(W/2), C*4]``: each frame's 2x2 patches, frame after
+    frame (a layered latent's layers, as diffusers' layered pipeline packs them)."""
+    batch, channels, frames, height, width = latent.shape
+    patches = latent.reshape(batch, channels, frames, height // 2, 2, width // 2, 2)
+    patches = patches.permute(0, 2, 3, 5, 1, 4, 6)
+    return patches.reshape(batch, frames * (height // 2) * (width // 2), channels * 4)
 
 
-def unpack(packed: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Inverse of ``pack`` for a latent of ``height`` x ``width`` (latent pixels)."""
+def unpack(packed: torch.Tensor, height: int, width: int, frames: int = 1) -> torch.Tensor:
+    """Inverse of ``pack`` for ``frames`` frames of ``height`` x ``width`` (latent pixels)."""
     batch, _, features = packed.shape
     channels = features // 4
-    latent = packed.view(batch, height // 2, width // 2, channels, 2, 2).permute(0, 3, 1, 4, 2, 5)
-    return latent.reshape(batch, channels, 1, height, width)
+    latent = packed.view(batch, frames, height // 2, width // 2, channels, 2, 2).permute(0, 4, 1, 2, 5, 3, 6)
+    return latent.reshape(batch, channels, frames, height, width)

@@ -21,8 +21,9 @@ from genserve.errors import ErrorCode, GenserveError
 from genserve.models.registry import ModelKind
 from genserve.services.base import RunContext, Service, ServiceModel
 from genserve.services.pipeline import samplers
-from genserve.services.pipeline.control import BlockPatch, Controls, enter_models, padded
+from genserve.services.pipeline.control import BlockPatch, Controls, enter_models
 from genserve.services.pipeline.custom_sampling import CustomSampling
+from genserve.services.pipeline.denoiser import Denoiser
 from genserve.services.pipeline.imaging import pack, unpack
 from genserve.services.pipeline.latent_encoder import LATENT_FORMAT
 from genserve.services.pipeline.text_encoder import ENCODING_FORMAT, Encoding
@@ -155,7 +156,7 @@ def sample(
     the normalised 5-D latent on CPU."""
     _check_channels(model, latent, settings)
     custom = custom or CustomSampling()
-    batch, _, _, height, width = latent.shape
+    batch, _, frames, height, width = latent.shape
     sigmas = custom.sigmas
     if sigmas is None:
         sigmas = samplers.sigma_schedule(
@@ -166,7 +167,7 @@ def sample(
     seeds = settings.get("seeds") or [settings["seed"]]
     if batch % len(seeds):
         raise ValueError(f"{len(seeds)} seeds for a batch of {batch}")
-    noise = _seeded_noise(seeds, (batch // len(seeds), 1, *latent.shape[1:2], height, width))
+    noise = _seeded_noise(seeds, (batch // len(seeds), *latent.shape[1:]))
     noise = noise.view(latent.shape) if custom.add_noise else torch.zeros(latent.shape)
     # An odd latent side (a ComfyUI size such as 1128 px, 141 latent pixels) is padded to the 2x2
     # patch grid circularly, as ComfyUI's Qwen model pads, and cropped off again at the end.
@@ -177,7 +178,7 @@ def sample(
     x = x.to(device=model.device, dtype=model.dtype)
     guided = settings["cfg"] != 1.0
     conditions = [positive] + ([negative] if guided and negative is not None else [])
-    denoiser: samplers.Denoiser = _Denoiser(
+    denoiser: samplers.Denoiser = Denoiser(
         model, conditions, positive.reference_latents, latent.shape, settings, ctx, controls
     )
     denoiser = custom.wrap(denoiser, noise, latent, x)
@@ -197,8 +198,9 @@ def sample(
         x = run(denoiser, x, sigmas, step_noise, on_step)
     rows, cols = crop_to
     if custom.last_denoised is not None:
-        custom.last_denoised = unpack(custom.last_denoised.float().cpu(), height, width)[..., :rows, :cols]
-    return unpack(x.float().cpu(), height, width)[..., :rows, :cols]
+        denoised = unpack(custom.last_denoised.float().cpu(), height, width, frames)
+        custom.last_denoised = denoised[..., :rows, :cols]
+    return unpack(x.float().cpu(), height, width, frames)[..., :rows, :cols]
 
 
 def _to_patch_grid(latent: torch.Tensor) -> torch.Tensor:
@@ -221,79 +223,21 @@ def _check_channels(model: Any, latent: torch.Tensor, settings: dict[str, Any]) 
             f"latent_file: {channels} latent channels, but {name} takes {takes}",
             field="latent_file",
         )
+    layered = getattr(model.transformer.config, "use_layer3d_rope", False)
+    if latent.shape[2] != 1 and not layered:
+        name = settings.get("unet_model_name") or "the diffusion model"
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT,
+            f"latent_file: a latent of {latent.shape[2]} layers, but {name} samples one image "
+            "(layered latents are for Qwen-Image-Layered)",
+            field="latent_file",
+        )
 
 
 def _seeded_noise(seeds: list[int], chunk_shape: tuple[int, ...]) -> torch.Tensor:
     """One chunk of the batch per seed, each drawn by its own CPU generator (device-independent)."""
     generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
     return torch.cat([torch.randn(chunk_shape, generator=g, dtype=torch.float32) for g in generators])
-
-
-class _Denoiser:
-    """x_t, sigma -> the guided x0 estimate: the transformer under each condition, CFG, then CFGNorm."""
-
-    def __init__(
-        self,
-        model: Any,
-        conditions: list[Encoding],
-        references: list[torch.Tensor],
-        shape: torch.Size,
-        settings: dict[str, Any],
-        ctx: RunContext,
-        controls: Controls | None = None,
-    ) -> None:
-        device, dtype = model.device, model.dtype
-        self.controls = controls if controls else None
-        self.blocks = len(getattr(model.transformer, "transformer_blocks", ()))
-        self.batch, self.channels, _, height, width = shape
-        self.transformer, self.device, self.dtype = model.transformer, device, dtype
-        self.cfg, self.cfg_norm_strength, self.ctx = settings["cfg"], settings["cfg_norm_strength"], ctx
-        self.references = [
-            pack(r.to(device=device, dtype=dtype)).expand(self.batch, -1, -1) for r in references
-        ]
-        own = (1, height // 2, width // 2)
-        self.img_shapes = [[own, *[(1, r.shape[-2] // 2, r.shape[-1] // 2) for r in references]]] * self.batch
-        self.prepared = []
-        for cond in conditions:
-            mask = cond.prompt_mask.to(device)
-            embeds = cond.prompt_embeds.to(device=device, dtype=dtype).expand(self.batch, -1, -1)
-            self.prepared.append((embeds, None if bool(mask.all()) else mask.expand(self.batch, -1)))
-
-    def velocity(
-        self, x_t: torch.Tensor, sigma: float, embeds: torch.Tensor, mask: torch.Tensor | None, condition: int
-    ) -> torch.Tensor:
-        hidden = torch.cat([x_t, *self.references], dim=1) if self.references else x_t
-        timestep = torch.full((self.batch,), sigma * 1000.0, device=self.device, dtype=self.dtype) / 1000
-        extra: dict[str, Any] = {}
-        if self.controls is not None:
-            own_shapes = [shapes[:1] for shapes in self.img_shapes]
-            samples = self.controls.block_samples(
-                condition, sigma, x_t, embeds, mask, timestep, own_shapes, self.blocks
-            )
-            if samples is not None:
-                extra["controlnet_block_samples"] = padded(samples, hidden.shape[1])
-        out = self.transformer(
-            hidden_states=hidden,
-            timestep=timestep,
-            encoder_hidden_states=embeds,
-            encoder_hidden_states_mask=mask,
-            img_shapes=self.img_shapes,
-            return_dict=False,
-            **extra,
-        )[0]
-        return out[:, : x_t.shape[1]]
-
-    def __call__(self, x_t: torch.Tensor, sigma: float) -> torch.Tensor:
-        self.ctx.check_cancelled()
-        cond = x_t - sigma * self.velocity(x_t, sigma, *self.prepared[0], 0)
-        uncond = (
-            x_t - sigma * self.velocity(x_t, sigma, *self.prepared[1], 1) if len(self.prepared) > 1 else None
-        )
-        guided_x0 = samplers.cfg_combine(cond, uncond, self.cfg)
-        # Packed features are channel-major: CFGNorm normalises per pixel over the channels.
-        shape = (self.batch, x_t.shape[1], self.channels, 4)
-        normed = samplers.cfg_norm(guided_x0.view(shape), cond.view(shape), self.cfg_norm_strength, 2)
-        return normed.view_as(guided_x0)
 
 
 def run(request: SampleRequest, ctx: RunContext) -> SampleResponse:
@@ -347,6 +291,12 @@ def sample_with_models(
         model = stack.enter_context(
             ctx.use_model(ModelKind.DIFFUSION, settings["unet_model_name"], "unet_model_name")
         )
+        if controls and latent.shape[2] != 1:
+            raise GenserveError(
+                ErrorCode.INVALID_INPUT,
+                "latent_image: ControlNets and model patches steer one-image latents, not layered ones",
+                field="latent_image",
+            )
         if controls:
             size = (latent.shape[-2] + latent.shape[-2] % 2, latent.shape[-1] + latent.shape[-1] % 2)
             controls.prepare(

@@ -40,10 +40,10 @@ def _reference_latent(
     if latent is None:
         return (conditioning,)
     samples = latent_samples(latent)
-    if samples.shape[0] != 1:
+    if samples.shape[0] != 1 or samples.shape[2] != 1:
         raise GenserveError(
             ErrorCode.INVALID_INPUT,
-            f"latent: a reference latent is one image, got a batch of {samples.shape[0]}",
+            f"latent: a reference latent is one image, got {samples.shape[0]} x {samples.shape[2]} frames",
             field="latent",
         )
     if samples.shape[-1] % 2 or samples.shape[-2] % 2:

@@ -196,8 +196,15 @@ def _vae_decode(ctx: NodeContext, samples: dict[str, Any], vae: VaeRef) -> tuple
     res = resources_of(ctx)
     latent = latent_samples(samples)
     rctx = res.run_context(ctx)
+    if latent.dim() == 5 and latent.shape[2] != 1:
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT,
+            f"samples: a latent of {latent.shape[2]} layers; split it into a batch first "
+            "(LatentCutToBatch with dim t), as the layered templates do",
+            field="samples",
+        )
     images = [decode_latent(latent[i : i + 1], vae.vae_name, rctx)[0] for i in range(latent.shape[0])]
-    return (image_to_tensor(images),)
+    return (image_to_tensor(images, keep_alpha=True),)
 
 
 def _fingerprint(input_dir: Path) -> Callable[..., Any]:

@@ -156,6 +156,17 @@ def _ksampler(
     return ({**latent_image, "samples": sampled},)
 
 
+MAX_LAYERS = 64  # ComfyUI allows 16384; each layer is a whole image's tokens more to sample
+
+
+def _empty_layered(
+    ctx: NodeContext, width: int, height: int, layers: int, batch_size: int = 1
+) -> tuple[dict[str, Any]]:
+    """Zeros ``[B, 16, layers + 1, H/8, W/8]``: the composite image, then one frame per layer."""
+    (empty,) = _empty_latent(ctx, width, height, batch_size)
+    return ({"samples": empty["samples"].repeat(1, 1, layers + 1, 1, 1)},)
+
+
 def _latent_node_types() -> list[NodeType]:
     """ComfyUI's generic latent and reference-method nodes, for the templates that use them."""
     return [
@@ -171,6 +182,19 @@ def _latent_node_types() -> list[NodeType]:
             display_name="Empty Latent Image",
             description="Create a new batch of empty latent images to be denoised via sampling.",
             category="latent",
+        ),
+        NodeType(
+            "EmptyQwenImageLayeredLatentImage",
+            _empty_layered,
+            required={
+                "width": Int(640, min=16, max=16384, step=16),
+                "height": Int(640, min=16, max=16384, step=16),
+                "layers": Int(3, min=0, max=MAX_LAYERS),
+                "batch_size": Int(1, min=1, max=4096),
+            },
+            return_types=("LATENT",),
+            display_name="Empty Qwen Image Layered Latent",
+            category="latent/qwen",
         ),
         NodeType(
             "FluxKontextMultiReferenceLatentMethod",

@@ -88,7 +88,7 @@ def write_pngs(
     root = res.sandbox.output_dir(base, "filename_prefix", name="workflows.output_dir")
     folder = res.sandbox.output_dir(root.joinpath(*subfolders), "filename_prefix", name=filename_prefix)
     saved = []
-    for image in tensor_to_images(images):
+    for image in tensor_to_images(images, keep_alpha=True):
         ctx.check_cancelled()
         path, _ = _next_free(folder, stem)
         data = png_bytes(image, ctx.prompt, ctx.extra_pnginfo, compress_level)

@@ -197,28 +197,35 @@ def resources_of(ctx: NodeContext) -> PipelineResources:
     return ctx.resources
 
 
-def image_to_tensor(images: list[Image.Image]) -> torch.Tensor:
-    """RGB images of one size -> ComfyUI's IMAGE ``[B, H, W, 3]`` float in 0..1."""
-    arrays = [np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0 for image in images]
+def image_to_tensor(images: list[Image.Image], keep_alpha: bool = False) -> torch.Tensor:
+    """Images of one size -> ComfyUI's IMAGE ``[B, H, W, 3]`` float in 0..1; ``[B, H, W, 4]`` with
+    ``keep_alpha`` when every image has an alpha channel (Qwen-Image-Layered's VAE decodes RGBA)."""
+    mode = "RGBA" if keep_alpha and all(image.mode == "RGBA" for image in images) else "RGB"
+    arrays = [np.asarray(image.convert(mode), dtype=np.float32) / 255.0 for image in images]
     return torch.from_numpy(np.stack(arrays))
 
 
-def tensor_to_images(images: torch.Tensor) -> list[Image.Image]:
-    """IMAGE ``[B, H, W, C]`` -> RGB images; exact for tensors that came from 8-bit images."""
+def tensor_to_images(images: torch.Tensor, keep_alpha: bool = False) -> list[Image.Image]:
+    """IMAGE ``[B, H, W, C]`` -> RGB images (RGBA with ``keep_alpha`` for a 4-channel IMAGE, as
+    ComfyUI saves one); exact for tensors that came from 8-bit images."""
     if images.dim() != 4 or images.shape[-1] not in (1, 3, 4):
         raise GenserveError(
             ErrorCode.INVALID_INPUT, f"expected an IMAGE [B, H, W, C], got {list(images.shape)}"
         )
-    array = (images[..., :3].float().clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+    alpha = keep_alpha and images.shape[-1] == 4
+    array = (
+        (images[..., : 4 if alpha else 3].float().clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+    )
     if array.shape[-1] == 1:
         array = np.repeat(array, 3, axis=-1)
-    return [Image.fromarray(item, "RGB") for item in array]
+    return [Image.fromarray(item, "RGBA" if alpha else "RGB") for item in array]
 
 
 def latent_samples(latent: Any) -> torch.Tensor:
-    """The 5-D tensor of a LATENT value, checked, so a wrong layout fails naming what it got."""
+    """The 5-D tensor of a LATENT value, checked, so a wrong layout fails naming what it got.
+    ``T`` is 1 for an image, ``layers + 1`` for Qwen-Image-Layered's latent."""
     samples = latent.get("samples") if isinstance(latent, dict) else None
-    if not isinstance(samples, torch.Tensor) or samples.dim() != 5 or samples.shape[2] != 1:
+    if not isinstance(samples, torch.Tensor) or samples.dim() != 5 or samples.shape[2] < 1:
         shape = list(samples.shape) if isinstance(samples, torch.Tensor) else None
-        raise GenserveError(ErrorCode.INVALID_INPUT, f"expected a LATENT [B, C, 1, H, W], got {shape}")
+        raise GenserveError(ErrorCode.INVALID_INPUT, f"expected a LATENT [B, C, T, H, W], got {shape}")
     return samples
