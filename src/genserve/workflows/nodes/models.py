@@ -71,8 +71,22 @@ def warm(ctx: NodeContext, kind: ModelKind, name: str, field: str) -> str:
 
 
 def _unet_loader(ctx: NodeContext, unet_name: str, weight_dtype: str = "default") -> tuple[ModelRef]:
-    # weight_dtype is accepted for ComfyUI workflows; the manager picks the dtype per device.
-    return (ModelRef(warm(ctx, ModelKind.DIFFUSION, unet_name, "unet_name")),)
+    """``weight_dtype`` default takes the manager's choice; an fp8 e4m3fn choice is honoured where
+    the manager keeps the weights in fp8 (an unscaled fp8 file under ``models.fp8_storage``), and
+    refused, saying why, where it would have to round bf16 weights to fp8 (ComfyUI would)."""
+    name = warm(ctx, ModelKind.DIFFUSION, unet_name, "unet_name")
+    if weight_dtype != "default":
+        res = resources_of(ctx)
+        stored = res.models.load(ModelKind.DIFFUSION, name, device=res.device).fp8_stored
+        if weight_dtype == "fp8_e5m2" or not stored:
+            raise GenserveError(
+                ErrorCode.INVALID_INPUT,
+                f"weight_dtype: {weight_dtype} is not possible for {name}: genserve keeps weights in "
+                "fp8 (e4m3fn) only where they are exactly fp8, an unscaled fp8 file with "
+                "models.fp8_storage on or auto; it does not round other weights; choose default",
+                field="weight_dtype",
+            )
+    return (ModelRef(name),)
 
 
 def _clip_loader(
