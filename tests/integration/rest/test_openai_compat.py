@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
 from genserve.models.demo.llm import DEMO_LLM
+from genserve.models.demo.vision_chat import DEMO_VL_LLM
 from tests.integration.conftest import LiveServer
 
 
@@ -119,3 +123,31 @@ def test_client_disconnect_cancels_the_stream(server: LiveServer) -> None:
     finally:
         server.runtime.engine.observers.remove(records.append)
     assert [r.outcome for r in records if r.service == "text_generation"] in (["CANCELLED"], ["cancelled"])
+
+
+def _data_url(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def test_a_vision_llm_reads_image_url_parts(ai: openai.OpenAI, demo_images: Path) -> None:
+    """OpenAI's vision message shape (text and image_url parts, inline data: URLs) on the demo
+    vision-language model; a text-only model and a remote URL are refused naming messages."""
+
+    def ask(model: str, *images: Path, url: str | None = None) -> Any:
+        parts: list[dict[str, Any]] = [{"type": "text", "text": "What is this?"}]
+        parts += [{"type": "image_url", "image_url": {"url": url or _data_url(p)}} for p in images]
+        return ai.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": parts}], max_tokens=6, temperature=0
+        )
+
+    person, cloth = demo_images / "person.png", demo_images / "cloth.png"
+    blind, seen, other = ask(DEMO_VL_LLM), ask(DEMO_VL_LLM, person), ask(DEMO_VL_LLM, cloth)
+    assert seen.usage is not None and blind.usage is not None
+    assert seen.usage.prompt_tokens > blind.usage.prompt_tokens + 10
+    assert seen.choices[0].message.content != other.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(DEMO_LLM, person)
+    assert "reads text only" in str(info.value)
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(DEMO_VL_LLM, person, url="https://example.com/cat.png")
+    assert info.value.body["param"] == "messages" and "data: URL" in str(info.value)  # type: ignore[index]

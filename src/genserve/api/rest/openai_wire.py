@@ -144,24 +144,48 @@ def chat_fields(body: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]
         role = _ROLES.get(given) if isinstance(given, str) else None
         if role is None:
             raise _bad("messages", f"messages[{i}].role {given!r} is not supported")
-        messages.append({"role": role, "content": _text_content(message.get("content"), i)})
+        text, images = _content(message.get("content"), i)
+        if images and (role != "user" or i != len(raw) - 1):
+            raise _bad("messages", f"messages[{i}]: images are read in the last message only, a user's")
+        messages.append({"role": role, "content": text})
+        if images:
+            fields["images"] = images
     fields["messages"] = messages
     return fields, names
 
 
-def _text_content(content: Any, i: int) -> str:
+def _content(content: Any, i: int) -> tuple[str, list[str]]:
+    """The text of a message and the data: URLs of its ``image_url`` parts (a vision-language
+    model sees them before the text)."""
     if isinstance(content, str):
-        return content
+        return content, []
     if isinstance(content, list):
-        parts = []
-        for part in content:
-            if not (
-                isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str)
-            ):
-                raise _bad("messages", f"messages[{i}].content: only text parts are supported")
-            parts.append(part["text"])
-        return "".join(parts)
-    raise _bad("messages", f"messages[{i}].content must be a string or a list of text parts")
+        parts, images = [], []
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, Mapping) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            elif kind == "image_url":
+                images.append(_image_url(part.get("image_url"), f"messages[{i}].content[{j}]"))
+            else:
+                raise _bad(
+                    "messages", f"messages[{i}].content[{j}]: only text and image_url parts are supported"
+                )
+        return "".join(parts), images
+    raise _bad("messages", f"messages[{i}].content must be a string or a list of text and image_url parts")
+
+
+def _image_url(value: Any, where: str) -> str:
+    url = value.get("url") if isinstance(value, Mapping) else value
+    detail = value.get("detail", "auto") if isinstance(value, Mapping) else "auto"
+    if detail not in (None, "auto"):
+        raise _bad(
+            "messages",
+            f"{where}: image_url.detail {detail!r} is not supported (the model's own sizing applies)",
+        )
+    if not isinstance(url, str) or not url.startswith("data:"):
+        raise _bad("messages", f"{where}: send the image inline as a data: URL (remote URLs are not fetched)")
+    return url
 
 
 def completion_fields(body: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -9,7 +9,10 @@ carries the whole text, so streamed and plain callers see the same result.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -21,7 +24,7 @@ from pydantic import Field, model_validator
 from genserve.errors import ErrorCode, GenserveError
 from genserve.models.registry import ModelKind
 from genserve.services.base import RunContext, Service, ServiceModel
-from genserve.storage.images import load_image
+from genserve.storage.images import load_image, reading_image
 
 if TYPE_CHECKING:
     from genserve.models.loaders.llm import CausalLM
@@ -30,6 +33,8 @@ MAX_TOKENS = 4096
 MAX_PROMPT_CHARS = 200_000
 MAX_STOPS = 4
 MAX_IMAGES = 8
+MAX_IMAGE_CHARS = 16 * 1024 * 1024  # a data: URL of a 12 MB image; a path is far shorter
+DATA_URL = re.compile(r"data:image/[\w.+-]+;base64,", re.IGNORECASE)
 
 
 class ChatMessage(ServiceModel):
@@ -82,11 +87,12 @@ class TextGenerationRequest(ServiceModel):
     seed: int | None = Field(
         None, ge=-(2**63), lt=2**64, description="Same seed and request, same text; none = random."
     )
-    images: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+    images: list[Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_CHARS)]] = Field(
         default_factory=list,
         max_length=MAX_IMAGES,
-        description="Images (files inside a read root) shown to a vision-language model before the "
-        "text of the last user message; needs messages. A text-only model refuses them.",
+        description="Images shown to a vision-language model before the text of the last user "
+        "message, each a file inside a read root or a data: URL (data:image/png;base64,...); needs "
+        "messages. A text-only model refuses them.",
     )
 
     @model_validator(mode="after")
@@ -261,8 +267,24 @@ def _pad_id(llm: CausalLM) -> int | None:
 
 
 def run(request: TextGenerationRequest, ctx: RunContext) -> TextGenerationResponse:
-    images = [load_image(ctx.sandbox, raw, f"images[{i}]") for i, raw in enumerate(request.images)]
+    images = [_image(raw, f"images[{i}]", ctx) for i, raw in enumerate(request.images)]
     return generate(request, ctx, images)
+
+
+def _image(raw: str, field: str, ctx: RunContext) -> Image.Image:
+    """A data: URL decoded (within storage.max_image_pixels), else a file inside a read root."""
+    found = DATA_URL.match(raw)
+    if found is None:
+        return load_image(ctx.sandbox, raw, field)
+    try:
+        data = base64.b64decode(raw[found.end() :], validate=True)
+    except binascii.Error:
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT, f"{field}: the data: URL's base64 does not decode", field=field
+        ) from None
+    with reading_image(data, field, "the data: URL", ctx.sandbox.max_image_pixels) as image:
+        image.load()
+        return image.convert("RGB")
 
 
 def generate(

@@ -4,6 +4,7 @@ outside the read roots, too many."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,3 +70,21 @@ def test_image_fields_are_checked_before_any_work(fields: dict[str, Any], why: s
     body = {**CHAT, "images": ["a.png"], **fields}
     with pytest.raises(ValidationError, match=why):
         TextGenerationRequest.model_validate({k: v for k, v in body.items() if v is not None})
+
+
+def test_a_data_url_is_the_same_image_as_its_file(
+    run: Callable[..., Any], fails: Callable[..., GenserveError], data_root: Path
+) -> None:
+    person = data_root / "inputs" / "person.png"
+    url = "data:image/png;base64," + base64.b64encode(person.read_bytes()).decode()
+    assert (
+        run("text_generation", {**CHAT, "images": [url]}).text
+        == run("text_generation", {**CHAT, "images": [str(person)]}).text
+    )
+    broken = fails(
+        ErrorCode.INVALID_INPUT, "text_generation", {**CHAT, "images": ["data:image/png;base64,@@@"]}
+    )
+    assert broken.details["field"] == "images[0]" and "base64" in broken.message
+    text = "data:image/png;base64," + base64.b64encode(b"not an image").decode()
+    junk = fails(ErrorCode.INVALID_INPUT, "text_generation", {**CHAT, "images": [text]})
+    assert junk.details["field"] == "images[0]" and "not an image" in junk.message
