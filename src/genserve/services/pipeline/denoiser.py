@@ -13,7 +13,7 @@ import torch
 from genserve.services.base import RunContext
 from genserve.services.pipeline import samplers
 from genserve.services.pipeline.control import Controls, padded
-from genserve.services.pipeline.imaging import pack
+from genserve.services.pipeline.imaging import pack, to_patch_grid
 from genserve.services.pipeline.text_encoder import Encoding
 
 
@@ -36,6 +36,7 @@ class Denoiser:
         self.batch, self.channels, frames, height, width = shape
         self.transformer, self.device, self.dtype = model.transformer, device, dtype
         self.cfg, self.cfg_norm_strength, self.ctx = settings["cfg"], settings["cfg_norm_strength"], ctx
+        references = [to_patch_grid(r) for r in references]  # an odd side padded, as the latent's
         self.references = [
             pack(r.to(device=device, dtype=dtype)).expand(self.batch, -1, -1) for r in references
         ]

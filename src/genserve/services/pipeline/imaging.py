@@ -131,3 +131,14 @@ def unpack(packed: torch.Tensor, height: int, width: int, frames: int = 1) -> to
     channels = features // 4
     latent = packed.view(batch, frames, height // 2, width // 2, channels, 2, 2).permute(0, 4, 1, 2, 5, 3, 6)
     return latent.reshape(batch, channels, frames, height, width)
+
+
+def to_patch_grid(latent: torch.Tensor) -> torch.Tensor:
+    """``[B, C, F, H, W]`` padded circularly to even H and W (unchanged when already even), as
+    ComfyUI's Qwen model pads a latent to its 2x2 patches."""
+    batch, channels, frames, height, width = latent.shape
+    if not height % 2 and not width % 2:
+        return latent
+    flat = latent.reshape(batch, channels * frames, height, width)
+    padded = torch.nn.functional.pad(flat, (0, width % 2, 0, height % 2), mode="circular")
+    return padded.reshape(batch, channels, frames, *padded.shape[-2:])

@@ -24,7 +24,7 @@ from genserve.services.pipeline import samplers
 from genserve.services.pipeline.control import BlockPatch, Controls, enter_models
 from genserve.services.pipeline.custom_sampling import CustomSampling
 from genserve.services.pipeline.denoiser import Denoiser
-from genserve.services.pipeline.imaging import pack, unpack
+from genserve.services.pipeline.imaging import pack, to_patch_grid, unpack
 from genserve.services.pipeline.latent_encoder import LATENT_FORMAT
 from genserve.services.pipeline.text_encoder import ENCODING_FORMAT, Encoding
 from genserve.storage.artifacts import load_tensors, save_tensors
@@ -172,7 +172,7 @@ def sample(
     # An odd latent side (a ComfyUI size such as 1128 px, 141 latent pixels) is padded to the 2x2
     # patch grid circularly, as ComfyUI's Qwen model pads, and cropped off again at the end.
     crop_to = (height, width)
-    latent, noise = _to_patch_grid(latent.float()), _to_patch_grid(noise)
+    latent, noise = to_patch_grid(latent.float()), to_patch_grid(noise)
     height, width = latent.shape[-2:]
     x = pack(noise) * sigmas[0] + pack(latent.float()) * (1 - sigmas[0])
     x = x.to(device=model.device, dtype=model.dtype)
@@ -201,16 +201,6 @@ def sample(
         denoised = unpack(custom.last_denoised.float().cpu(), height, width, frames)
         custom.last_denoised = denoised[..., :rows, :cols]
     return unpack(x.float().cpu(), height, width, frames)[..., :rows, :cols]
-
-
-def _to_patch_grid(latent: torch.Tensor) -> torch.Tensor:
-    """``[B, C, 1, H, W]`` padded circularly to even H and W (unchanged when already even)."""
-    batch, channels, frames, height, width = latent.shape
-    if not height % 2 and not width % 2:
-        return latent
-    flat = latent.reshape(batch, channels * frames, height, width)
-    padded = torch.nn.functional.pad(flat, (0, width % 2, 0, height % 2), mode="circular")
-    return padded.reshape(batch, channels, frames, *padded.shape[-2:])
 
 
 def _check_channels(model: Any, latent: torch.Tensor, settings: dict[str, Any]) -> None:

@@ -46,10 +46,6 @@ def _reference_latent(
             f"latent: a reference latent is one image, got {samples.shape[0]} x {samples.shape[2]} frames",
             field="latent",
         )
-    if samples.shape[-1] % 2 or samples.shape[-2] % 2:
-        raise GenserveError(
-            ErrorCode.INVALID_INPUT, "latent: latent height and width must be even", field="latent"
-        )
     references = [*conditioning.reference_latents, samples]
     return (replace(conditioning, reference_latents=references, metadata=dict(conditioning.metadata)),)
 

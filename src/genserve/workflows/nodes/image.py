@@ -38,7 +38,7 @@ from genserve.workflows.owners import CLIENTS, reachable
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 UPSCALE_METHODS = {"nearest-exact": "nearest", "bilinear": "bilinear", "area": "area", "bicubic": "bicubic"}
 UPSCALE_METHODS["lanczos"] = "lanczos"
-LATENT_PIXELS = 16  # 8x VAE compression and 2x2 transformer patches: pixel sides a multiple of 16
+LATENT_PIXELS = 8  # the VAE's 8x compression (an odd latent side is padded to the 2x2 patches when sampling)
 # ComfyUI's megapixel is 1024 * 1024 pixels (genserve's services count 1,000,000): a workflow's
 # ``megapixels`` means what it means in ComfyUI.
 COMFY_MEGAPIXEL = 1024 * 1024
@@ -176,7 +176,7 @@ def _vae_encode(ctx: NodeContext, pixels: torch.Tensor, vae: VaeRef) -> tuple[di
     width, height = images[0].size
     crop = (width // LATENT_PIXELS * LATENT_PIXELS, height // LATENT_PIXELS * LATENT_PIXELS)
     if 0 in crop:
-        raise GenserveError(ErrorCode.INVALID_INPUT, f"pixels: {width}x{height} is smaller than 16x16")
+        raise GenserveError(ErrorCode.INVALID_INPUT, f"pixels: {width}x{height} is smaller than 8x8")
     if crop != (width, height):  # ComfyUI crops to the VAE's grid too, from the centre
         left, top = (width - crop[0]) // 2, (height - crop[1]) // 2
         images = [img.crop((left, top, left + crop[0], top + crop[1])) for img in images]
