@@ -273,12 +273,19 @@ class Engine:
         return self._jobs.get(job_id)
 
     def remove(self, job_ids: Sequence[str]) -> list[str]:
-        """Take waiting jobs out of their lane before they start; returns the ids removed."""
+        """Take waiting jobs out of their lane before they start; returns the ids removed.
+
+        A job a worker took in the instant between the look and the removal (its future running,
+        its ``running`` flag not yet set) is cancelled instead: ``_execute`` checks the cancel
+        before any work, so it ends without running, as if it had been removed."""
         removed = []
         for job_id in job_ids:
             job = self._jobs.get(job_id)
-            if job is not None and not job.running and job.future.cancel():
-                removed.append(job_id)
+            if job is None or job.running:
+                continue
+            if not job.future.cancel():
+                job.cancel.set()
+            removed.append(job_id)
         return removed
 
     def _job_done(self, job: Job, service: str, started: float, done: Future[BaseModel]) -> None:

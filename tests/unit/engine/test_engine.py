@@ -336,3 +336,31 @@ def test_close_waits_for_running_work_and_refuses_new(make_engine: MakeEngine) -
 
     asyncio.run(scenario())
     engine.close()  # idempotent
+
+
+def test_a_job_removed_as_its_worker_takes_it_never_runs(
+    make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race behind a bridge cancel that did not stop a remote prompt: the worker has taken the
+    job (its future runs) but not yet marked it running when the removal comes. The worker is held
+    in that instant here; the removal must still keep the service from running."""
+    log = StepLog()
+    steps = steps_service(log)
+    engine = make_engine(steps)
+    taken, go_on = threading.Event(), threading.Event()
+    mark_started = engine._jobs.started
+
+    def held(job: Any) -> None:
+        taken.set()
+        go_on.wait(5)
+        mark_started(job)
+
+    monkeypatch.setattr(engine._jobs, "started", held)
+    job = engine.enqueue(steps, {"steps": 3})
+    assert taken.wait(5) and not job.running
+    assert engine.remove([job.id]) == [job.id]
+    go_on.set()
+    with pytest.raises(GenserveError) as excinfo:
+        job.future.result(timeout=5)
+    assert excinfo.value.code is ErrorCode.CANCELLED
+    assert not log.started.is_set()
