@@ -17,19 +17,19 @@ a socket that closes early is not trusted either way: the history says whether t
 finished. A prompt taken out of the backend's queue (``POST /queue {"clear": true}`` there, or a
 restart) sends no final message, so a socket quiet for ``watch_interval_s`` has the backend's
 queue looked at: a prompt gone from it is collected from the history, or is ``PromptLost``.
-Cancelling removes the prompt from the backend's queue, or interrupts it only when it is the one
+Cancelling (at once, in the background, so neither the socket's closing nor a slow backend cuts
+it short) removes the prompt from the backend's queue, or interrupts it only when it is the one
 running there (``/interrupt`` without a prompt id would stop another client's job).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -146,31 +146,22 @@ class ComfyBackend(Backend):
                 close_timeout=self.cancel_timeout_s,
                 proxy=None,
             ) as ws:
-                response = await self._call("POST", "/prompt", json={"prompt": graph, "client_id": job_id})
-                if response.status_code != 200:
-                    raise JobFailed(f"{self.name} refused the workflow: {_refusal(response)}")
-                prompt_id = str(response.json()["prompt_id"])
-                while True:
-                    try:
-                        raw = await asyncio.wait_for(ws.recv(), self.watch_interval_s)
-                    except TimeoutError:  # quiet: is the prompt still there? (cancelling recv is safe)
-                        if vanished := await self._gone(prompt_id):
-                            break
-                        continue
-                    if isinstance(raw, bytes):  # preview images; the bridge sends percentages only
-                        continue
-                    message = json.loads(raw)
-                    if prompt_of(message) != prompt_id:
-                        continue
-                    on_message(message)
-                    if is_final(message):
-                        final = message
-                        break
-        except asyncio.CancelledError:
-            if prompt_id is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.shield(asyncio.wait_for(self._cancel(prompt_id), self.cancel_timeout_s))
-            raise
+                try:
+                    response = await self._call(
+                        "POST", "/prompt", json={"prompt": graph, "client_id": job_id}
+                    )
+                    if response.status_code != 200:
+                        raise JobFailed(f"{self.name} refused the workflow: {_refusal(response)}")
+                    prompt_id = str(response.json()["prompt_id"])
+                    final, vanished = await self._follow(ws, prompt_id, on_message)
+                except asyncio.CancelledError:
+                    if prompt_id is not None:
+                        # At once (before the socket's closing handshake) and in the background
+                        # with the whole request timeout: a backend busy computing may answer
+                        # slowly, and a cancel cut short after the queue deletion but before the
+                        # interrupt would leave the prompt running there.
+                        self._in_background(self._cancel(prompt_id))
+                    raise
         except _NETWORK_ERRORS as exc:
             if prompt_id is None:
                 raise BackendDown(f"{self.name} ({self.url}): {type(exc).__name__}: {exc}") from None
@@ -178,6 +169,27 @@ class ComfyBackend(Backend):
         if prompt_id is None:
             raise BackendDown(f"{self.name}: the socket closed before the prompt was queued")
         return await self._collect(prompt_id, final, vanished)
+
+    async def _follow(
+        self, ws: Any, prompt_id: str, on_message: MessageSink
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """The prompt's messages to its final one; (that message, or None with whether the prompt
+        vanished from the queue when the socket went quiet)."""
+        while True:
+            try:
+                raw = await asyncio.wait_for(ws.recv(), self.watch_interval_s)
+            except TimeoutError:  # quiet: is the prompt still there? (cancelling recv is safe)
+                if await self._gone(prompt_id):
+                    return None, True
+                continue
+            if isinstance(raw, bytes):  # preview images; the bridge sends percentages only
+                continue
+            message = json.loads(raw)
+            if prompt_of(message) != prompt_id:
+                continue
+            on_message(message)
+            if is_final(message):
+                return message, False
 
     async def _gone(self, prompt_id: str) -> bool:
         """Whether the prompt has left the backend's queue; an unanswered look says no (the
@@ -255,16 +267,21 @@ class ComfyBackend(Backend):
         """Take the prompt out of the backend's queue, or interrupt it if it is the one running;
         its history entry is deleted once it has stopped (at once when it never ran)."""
         try:
-            await self._http.post("/queue", json={"delete": [prompt_id]})
-            if prompt_id in await self._queued(running_only=True):
-                await self._http.post("/interrupt", json={"prompt_id": prompt_id})
-                task = asyncio.get_running_loop().create_task(self._forget_when_ended(prompt_id))
-                self._cleanups.add(task)
-                task.add_done_callback(self._cleanups.discard)
-            else:
-                await self._http.post("/history", json={"delete": [prompt_id]})
-        except (*_NETWORK_ERRORS, ValueError) as exc:
-            log.info("%s: could not cancel %s: %s: %s", self.name, prompt_id, type(exc).__name__, exc)
+            async with asyncio.timeout(self.timeout_s):
+                await self._http.post("/queue", json={"delete": [prompt_id]})
+                if prompt_id in await self._queued(running_only=True):
+                    await self._http.post("/interrupt", json={"prompt_id": prompt_id})
+                    self._in_background(self._forget_when_ended(prompt_id))
+                else:
+                    await self._http.post("/history", json={"delete": [prompt_id]})
+        except (*_NETWORK_ERRORS, ValueError, TimeoutError) as exc:
+            log.warning("%s: could not cancel %s: %s: %s", self.name, prompt_id, type(exc).__name__, exc)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` past the job that started it; ``close`` gives what is left a moment."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
 
     async def _queued(self, running_only: bool = False) -> set[str]:
         """Prompt ids the backend runs (and, unless ``running_only``, has waiting)."""
