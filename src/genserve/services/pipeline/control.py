@@ -32,7 +32,7 @@ from PIL import Image
 from genserve.errors import ErrorCode, GenserveError
 from genserve.models.registry import ModelKind
 from genserve.services.base import RunContext
-from genserve.services.pipeline.imaging import pack, vae_encode
+from genserve.services.pipeline.imaging import center_crop, pack, vae_encode
 
 VAE_SCALE = 8
 
@@ -65,16 +65,7 @@ class BlockPatch:
 def fit(images: torch.Tensor, width: int, height: int, mode: str) -> torch.Tensor:
     """``[B, C, H, W]`` cropped from the centre to ``width:height`` and scaled to that size
     (ComfyUI's ``common_upscale`` with ``crop="center"``)."""
-    _, _, old_h, old_w = images.shape
-    old_aspect, new_aspect = old_w / old_h, width / height
-    if old_aspect > new_aspect:
-        keep = round(old_w * new_aspect / old_aspect)
-        left = (old_w - keep) // 2
-        images = images[..., left : left + keep]
-    elif old_aspect < new_aspect:
-        keep = round(old_h * old_aspect / new_aspect)
-        top = (old_h - keep) // 2
-        images = images[..., top : top + keep, :]
+    images = center_crop(images, width, height)
     if images.shape[-2:] == (height, width):
         return images
     kwargs = {"align_corners": False} if mode == "bilinear" else {}
@@ -161,6 +152,7 @@ class Controls:
         self.patches = tuple(patches)
         self._active: list[list[_ActiveControl]] = [[] for _ in self.conditions]
         self._patches: list[tuple[Any, torch.Tensor, float]] = []
+        self.base: torch.nn.Module | None = None  # the transformer, once prepared
 
     def __bool__(self) -> bool:
         return any(self.conditions) or bool(self.patches)

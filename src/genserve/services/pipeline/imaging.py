@@ -142,3 +142,16 @@ def to_patch_grid(latent: torch.Tensor) -> torch.Tensor:
     flat = latent.reshape(batch, channels * frames, height, width)
     padded = torch.nn.functional.pad(flat, (0, width % 2, 0, height % 2), mode="circular")
     return padded.reshape(batch, channels, frames, *padded.shape[-2:])
+
+
+def center_crop(batch: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """``[..., H, W]`` cut from the centre to the aspect ratio of ``width`` x ``height``, as
+    ComfyUI's ``common_upscale(crop="center")`` does before it scales."""
+    old_h, old_w = batch.shape[-2:]
+    old_aspect, new_aspect = old_w / old_h, width / height
+    x = y = 0
+    if old_aspect > new_aspect:
+        x = round((old_w - old_w * (new_aspect / old_aspect)) / 2)
+    elif old_aspect < new_aspect:
+        y = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
+    return batch[..., y : old_h - y, x : old_w - x]

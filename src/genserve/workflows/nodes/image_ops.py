@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from genserve.errors import ErrorCode, GenserveError
+from genserve.services.pipeline.imaging import center_crop
 from genserve.workflows.inputs import Combo, ComboOption, DynamicCombo, Float, InputSpec, Int, Linked
 from genserve.workflows.nodes.base import NodeContext, NodeType
 
@@ -48,14 +49,7 @@ def scale(pixels: torch.Tensor, width: int, height: int, method: str, crop: str 
     is_image = pixels.dim() == 4
     batch = pixels.movedim(-1, 1) if is_image else pixels.unsqueeze(1)
     if crop == "center":
-        old_w, old_h = batch.shape[3], batch.shape[2]
-        old_aspect, new_aspect = old_w / old_h, width / height
-        x = y = 0
-        if old_aspect > new_aspect:
-            x = round((old_w - old_w * (new_aspect / old_aspect)) / 2)
-        elif old_aspect < new_aspect:
-            y = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
-        batch = batch[:, :, y : old_h - y, x : old_w - x]
+        batch = center_crop(batch, width, height)
     if method == "lanczos":
         resized = _lanczos(batch, width, height)
     else:

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from genserve.errors import ErrorCode, GenserveError
 from genserve.models.registry import ModelKind, ModelRegistry
+from genserve.models.slots import ModelStats
 from genserve.workflows.inputs import Combo, Float, InputSpec, Linked, String
 from genserve.workflows.nodes.base import NodeContext, NodeType
 from genserve.workflows.nodes.values import ClipRef, ModelRef, VaeRef, resources_of
@@ -63,29 +64,31 @@ def clip_input(registry: ModelRegistry | None) -> InputSpec:
 
 def warm(ctx: NodeContext, kind: ModelKind, name: str, field: str) -> str:
     """Resolve (MODEL_NOT_FOUND naming the input) and load without pinning; the canonical name."""
+    return warm_stats(ctx, kind, name, field).name
+
+
+def warm_stats(ctx: NodeContext, kind: ModelKind, name: str, field: str) -> ModelStats:
+    """``warm``, answering the manager's view of the loaded model (its name, memory mode, fp8)."""
     res = resources_of(ctx)
     entry = res.models.registry.resolve(kind, name, field)
     ctx.check_cancelled()
-    res.models.load(entry.kind, entry.name, device=res.device)
-    return entry.name
+    return res.models.load(entry.kind, entry.name, device=res.device)
 
 
 def _unet_loader(ctx: NodeContext, unet_name: str, weight_dtype: str = "default") -> tuple[ModelRef]:
     """``weight_dtype`` default takes the manager's choice; an fp8 e4m3fn choice is honoured where
     the manager keeps the weights in fp8 (an unscaled fp8 file under ``models.fp8_storage``), and
     refused, saying why, where it would have to round bf16 weights to fp8 (ComfyUI would)."""
-    name = warm(ctx, ModelKind.DIFFUSION, unet_name, "unet_name")
-    if weight_dtype != "default":
-        res = resources_of(ctx)
-        stored = res.models.load(ModelKind.DIFFUSION, name, device=res.device).fp8_stored
-        if weight_dtype == "fp8_e5m2" or not stored:
-            raise GenserveError(
-                ErrorCode.INVALID_INPUT,
-                f"weight_dtype: {weight_dtype} is not possible for {name}: genserve keeps weights in "
-                "fp8 (e4m3fn) only where they are exactly fp8, an unscaled fp8 file with "
-                "models.fp8_storage on or auto; it does not round other weights; choose default",
-                field="weight_dtype",
-            )
+    stats = warm_stats(ctx, ModelKind.DIFFUSION, unet_name, "unet_name")
+    name = stats.name
+    if weight_dtype != "default" and (weight_dtype == "fp8_e5m2" or not stats.fp8_stored):
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT,
+            f"weight_dtype: {weight_dtype} is not possible for {name}: genserve keeps weights in "
+            "fp8 (e4m3fn) only where they are exactly fp8, an unscaled fp8 file with "
+            "models.fp8_storage on or auto; it does not round other weights; choose default",
+            field="weight_dtype",
+        )
     return (ModelRef(name),)
 
 
