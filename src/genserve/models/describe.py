@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from genserve.errors import GenserveError
-from genserve.models.formats import fp8, qwen_control, qwen_transformer, qwen_vl, wan_vae
+from genserve.models.formats import fp8, int8_convrot, qwen_control, qwen_transformer, qwen_vl, wan_vae
 from genserve.models.formats.layouts import CACHE_FOLDER, snapshot_of
 from genserve.models.formats.safetensors_header import Header, is_safetensors, read_header
 from genserve.models.formats.sizes import weight_files
@@ -44,8 +44,7 @@ def _format(entry: ModelEntry) -> str:
 
 
 def _single_file(kind: ModelKind, header: Header) -> str:
-    scheme = fp8.detect(header)
-    quant = f", {scheme.label}" if scheme.label else ""
+    quant = _quantisation(header)
     if kind is ModelKind.DIFFUSION and qwen_transformer.is_qwen_transformer(header):
         keys = "prefixed" if any(k.startswith(qwen_transformer.PREFIX) for k in header.names()) else "bare"
         marker = ", Edit-2511" if header.has(qwen_transformer.ZERO_COND_MARKER) else ""
@@ -69,7 +68,19 @@ def _single_file(kind: ModelKind, header: Header) -> str:
         counts = {name: sum(bool(p.fullmatch(k)) for k in header.names()) for name, p in LAYOUTS.items()}
         best = max(counts, key=lambda name: counts[name])
         return f"{best} LoRA" if counts[best] == len(header.tensors) else "not a Qwen-Image LoRA"
-    return "safetensors file of another model"
+    return f"safetensors file of another model{quant}"
+
+
+def _quantisation(header: Header) -> str:
+    """What follows the format: ``, fp8 scaled``, ``, int8 convrot`` (both in a mixed file), or the
+    comfy_quant formats genserve refuses to load, so a listing shows why such a file will not."""
+    int8 = int8_convrot.scan(header)
+    known = (int8_convrot.FORMAT, *int8_convrot.FP8_FORMATS)
+    refused = sorted(name for name in int8.formats if name not in known)
+    if refused:
+        return f", {' + '.join(refused)}: not loadable"
+    labels = [label for label in (fp8.detect(header).label, int8.label) if label]
+    return "".join(f", {label}" for label in labels)
 
 
 def _dtype(entry: ModelEntry) -> str:

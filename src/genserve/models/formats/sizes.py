@@ -1,8 +1,9 @@
 """How many bytes a model takes once loaded in its compute dtype, read from its files' headers.
 
-A file's size on disk misleads: an fp8 file loaded in bf16 takes twice its size, in fp32 on a CPU
-four times. The manager reserves this figure before a load, so the budget and the memory mode
-are decided on what the model will really take.
+A file's size on disk misleads: an fp8 or int8 file loaded in bf16 takes twice its size, in fp32
+on a CPU four times (int8 weights are dequantised at load, see ``int8_convrot``). The manager
+reserves this figure before a load, so the budget and the memory mode are decided on what the
+model will really take.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 
 from genserve.errors import GenserveError
-from genserve.models.formats import qwen_transformer
+from genserve.models.formats import int8_convrot, qwen_transformer
 from genserve.models.formats.fp8 import MARKERS, SCALE_SUFFIXES, detect
 from genserve.models.formats.layouts import diffusers_folder, snapshot_of
 from genserve.models.formats.safetensors_header import DTYPES, is_safetensors, read_header
@@ -32,9 +33,10 @@ def weight_files(entry: ModelEntry) -> list[Path]:
 
 
 def loaded_bytes(entry: ModelEntry, dtype: torch.dtype, keep_fp8: bool = False) -> int:
-    """Floating tensors counted in ``dtype`` (those fp8 storage keeps narrow at one byte, when
-    ``keep_fp8``), the rest as stored; scales and markers not at all. Files that are not
-    safetensors, or not readable (the loader names the problem), count their size on disk."""
+    """Floating tensors and int8 weights (dequantised at load) counted in ``dtype`` (those fp8
+    storage keeps narrow at one byte, when ``keep_fp8``), the rest as stored; scales and markers
+    not at all. Files that are not safetensors, or not readable (the loader names the problem),
+    count their size on disk."""
     try:
         return _from_headers(weight_files(entry), dtype, keep_fp8) or entry.disk_bytes()
     except GenserveError:
@@ -62,7 +64,7 @@ def _from_headers(files: list[Path], dtype: torch.dtype, keep_fp8: bool) -> int:
             if key in MARKERS or key.endswith(SCALE_SUFFIXES):
                 continue
             stored = DTYPES.get(info.dtype, torch.uint8)
-            if stored.is_floating_point:
+            if stored.is_floating_point or info.dtype == int8_convrot.STORAGE:
                 each = 1 if key in narrow else size
             else:
                 each = torch.tensor([], dtype=stored).element_size()

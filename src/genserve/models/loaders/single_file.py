@@ -2,8 +2,9 @@
 
 The model is built with empty parameters (accelerate's ``init_empty_weights``: nothing is
 allocated), then each tensor is read from the file straight onto the target device, dequantised
-(fp8 with its scale) or cast to the compute dtype there, and assigned. So the peak is the model
-once, in its final dtype, on its device; never a whole fp32 copy in RAM.
+(fp8 with its scale; ComfyUI's int8 with its scale, un-rotated where convrot) or cast to the
+compute dtype there, and assigned. So the peak is the model once, in its final dtype, on its
+device; never a whole fp32 copy in RAM.
 
 The file must match the model exactly: a missing or a leftover key refuses the load, naming the
 file and the first keys each way, and nothing half-loaded is kept.
@@ -17,7 +18,7 @@ import torch
 from accelerate import init_empty_weights
 
 from genserve.errors import ErrorCode, GenserveError
-from genserve.models.formats import fp8
+from genserve.models.formats import fp8, int8_convrot
 from genserve.models.formats.safetensors_header import Header, iter_tensors
 
 SHOWN_KEYS = 5
@@ -39,17 +40,25 @@ def load_single_file(
     ``rename`` maps the file's keys to the module's; ``convert`` (optional) rewrites the whole
     renamed dict at once, for layouts that need more than a rename (the Wan VAE's).
     """
+    int8 = int8_convrot.detect(header, field_name)  # first: it names formats fp8.detect cannot read
     scheme = fp8.detect(header, field_name)
     with init_empty_weights():
         module = build()
     expected = set(module.state_dict())
-    wanted = [key for key in header.names() if not scheme.is_extra(key) and rename(key) is not None]
+    wanted = [
+        key
+        for key in header.names()
+        if not scheme.is_extra(key) and not int8.is_extra(key) and rename(key) is not None
+    ]
     scales = _scales(header, scheme, device)
+    int8_scales = int8.scales(header, device)
     state: dict[str, torch.Tensor] = {}
     for key, tensor in iter_tensors(header.path, wanted, device):
         name = rename(key)
         assert name is not None
-        if tensor.is_floating_point():
+        if key in int8.layers:
+            tensor = int8_convrot.dequantize(tensor, int8_scales[key], int8.layers[key].config, dtype)
+        elif tensor.is_floating_point():
             tensor = fp8.dequantize(tensor, scales.get(key), dtype)
         state[name] = tensor
     if convert is not None:
