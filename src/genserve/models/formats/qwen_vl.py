@@ -40,8 +40,13 @@ _BLOCK = re.compile(r"^visual\.blocks\.(\d+)\.")
 
 
 def is_old_layout(header: Header) -> bool:
-    """ComfyUI's file: ``model.embed_tokens`` and ``visual.patch_embed`` at the top level."""
-    return header.has("model.embed_tokens.weight") and header.has("visual.patch_embed.proj.weight")
+    """ComfyUI's file: ``model.embed_tokens`` and ``visual.patch_embed`` at the top level, and
+    Qwen2.5-VL's patch merger (``ln_q``): a Qwen3-VL file in the same layout has none."""
+    return (
+        header.has("model.embed_tokens.weight")
+        and header.has("visual.patch_embed.proj.weight")
+        and header.has("visual.merger.ln_q.weight")
+    )
 
 
 def model_key(key: str) -> str:

@@ -1,7 +1,10 @@
-"""Qwen2.5-VL text encoder loader: a transformers folder with its tokenizer and image processor,
-a diffusers snapshot's ``text_encoder/`` (with its ``tokenizer/`` and ``processor/``), or ComfyUI's
-single file (older key layout, bf16 or fp8 plain or scaled) with its tokenizer found beside it, in a
-snapshot, or in the Hugging Face cache.
+"""Text encoder loader. Qwen2.5-VL (Qwen-Image): a transformers folder with its tokenizer and
+image processor, a diffusers snapshot's ``text_encoder/`` (with its ``tokenizer/`` and
+``processor/``), or ComfyUI's single file (older key layout, bf16 or fp8 plain or scaled).
+Qwen3-VL (Qwen-Image 2.1): ComfyUI's single file (formats/qwen3_vl). A single file's tokenizer is
+found beside it, in a snapshot, or in the Hugging Face cache; ComfyUI encodes Qwen3-VL prompts with
+the Qwen2.5 tokenizer too, whose ids for every token the templates use are Qwen3-VL's. The bundle
+says which family it holds, so a pipeline refuses the wrong one by name.
 
 ``Qwen2VLProcessor`` cannot be built here (it insists on a video processor that needs
 torchvision), and the real checkpoint's processor fails the same way. ``EditPromptProcessor``
@@ -16,15 +19,15 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from PIL import Image
 
 from genserve.errors import ErrorCode, GenserveError
-from genserve.models.formats import qwen_vl
+from genserve.models.formats import qwen3_vl, qwen_vl
 from genserve.models.formats.layouts import diffusers_folder
-from genserve.models.formats.safetensors_header import is_safetensors, read_header
+from genserve.models.formats.safetensors_header import Header, is_safetensors, read_header
 from genserve.models.formats.tokenizer_files import TokenizerSource, find_tokenizer
 from genserve.models.loaders.base import LoadedModel, Loader, module_bytes
 from genserve.models.loaders.single_file import load_single_file
@@ -110,12 +113,22 @@ class _TensorDict(dict):
         return _TensorDict({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.items()})
 
 
+Family = Literal["qwen2.5-vl", "qwen3-vl"]
+FAMILY_LABELS: dict[str, str] = {"qwen2.5-vl": "Qwen2.5-VL", "qwen3-vl": "Qwen3-VL"}
+
+
 @dataclass
 class TextEncoder:
     """What ``manager.use('text_encoders', ...)`` yields."""
 
     model: torch.nn.Module
     processor: EditPromptProcessor
+    family: Family = "qwen2.5-vl"
+    name: str = ""  # the model's name under text_encoders/, for messages
+
+    @property
+    def family_label(self) -> str:
+        return FAMILY_LABELS[self.family]
 
     @property
     def device(self) -> torch.device:
@@ -135,18 +148,23 @@ def make_text_encoder_loader(
     """The loader, knowing where to look for a single file's tokenizer (see tokenizer_files)."""
 
     def load_text_encoder(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+        family: Family = "qwen2.5-vl"
         if entry.path.is_file() and is_safetensors(entry.path):
             source = find_tokenizer(entry.path, models_root, hf_home, allow_downloads, FIELD)
-            model, tokenizer_dir, processor_dir = (
-                _from_single_file(entry, source, device, dtype),
-                source.tokenizer,
-                source.processor,
-            )
+            header = read_header(entry.path, FIELD)
+            if qwen3_vl.is_qwen3_vl(header):
+                model, processor = _qwen3_from_single_file(entry, header, source, device, dtype)
+                family = "qwen3-vl"
+            else:
+                model = _from_single_file(entry, source, device, dtype)
+                processor = EditPromptProcessor(
+                    _tokenizer(source.tokenizer), _image_processor(source.processor)
+                )
         else:
             model, tokenizer_dir, processor_dir = _from_folder(entry, device, dtype)
+            processor = EditPromptProcessor(_tokenizer(tokenizer_dir), _image_processor(processor_dir))
         model.requires_grad_(False)
-        processor = EditPromptProcessor(_tokenizer(tokenizer_dir), _image_processor(processor_dir))
-        bundle = TextEncoder(model=model, processor=processor)
+        bundle = TextEncoder(model=model, processor=processor, family=family, name=entry.name)
         return LoadedModel(model=bundle, memory_bytes=module_bytes(model), device=device, move=model.to)
 
     return load_text_encoder
@@ -205,6 +223,34 @@ def _from_single_file(
         FIELD,
         convert=_tie_missing_head,
     )
+
+
+def _qwen3_from_single_file(
+    entry: ModelEntry, header: Header, source: TokenizerSource, device: torch.device, dtype: torch.dtype
+) -> tuple[Any, EditPromptProcessor]:
+    """Qwen3-VL from ComfyUI's file. The image processor is ComfyUI's preprocessing for this
+    vision tower (patch and merge sizes from the config, mean and std 0.5), not whatever
+    ``preprocessor_config.json`` came with the tokenizer: a Qwen-Image snapshot's is Qwen2.5-VL's."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokenizer = _tokenizer(source.tokenizer)
+    if source.config is not None:
+        config = Qwen3VLConfig.from_pretrained(source.config.parent)
+    else:
+        config = qwen3_vl.derive_config(header, tokenizer, FIELD)
+    log.info("text encoder %s (Qwen3-VL): tokenizer from %s", entry.name, source.origin)
+    model = load_single_file(
+        lambda: Qwen3VLForConditionalGeneration(config),
+        header,
+        device,
+        dtype,
+        qwen3_vl.model_key,
+        FIELD,
+        convert=_tie_missing_head,
+    )
+    image_processor = Qwen2VLImageProcessorPil(**qwen3_vl.image_processor_options(config))
+    return model, EditPromptProcessor(tokenizer, image_processor)
 
 
 def _tie_missing_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
