@@ -45,6 +45,8 @@ from genserve.workflows.ui_format import UIWorkflowError, registry_object_info, 
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft")
 SMALL = {"width": 128, "height": 128, "resolution": 128, "largest_size": 128, "steps": 4, "max_length": 32}
+# The demo LLM reads 4096 tokens; the 2.1 prompt enhancers' system prompts are longer in its tokens.
+MAX_TEXT = 2000
 
 
 @dataclass
@@ -105,8 +107,13 @@ def shrink(prompt: dict[str, Any]) -> None:
                 and inputs[name] > cap
             ):
                 inputs[name] = cap
+        for name, value in inputs.items():
+            if isinstance(value, str) and len(value) > MAX_TEXT:
+                inputs[name] = value[:MAX_TEXT]
         if isinstance(inputs.get("megapixels"), int | float) and inputs["megapixels"] > 0.02:
-            inputs["megapixels"] = 128 * 128 / 2**20
+            # ResolutionSelector's floor is 0.1 MP (ComfyUI's too); the scaling nodes take less.
+            floor = 0.1 if node["class_type"] == "ResolutionSelector" else 0.0
+            inputs["megapixels"] = max(floor, 128 * 128 / 2**20)
         title = str(node.get("_meta", {}).get("title", "")).lower()
         if node["class_type"] == "PrimitiveInt" and isinstance(inputs.get("value"), int):
             if "step" in title:

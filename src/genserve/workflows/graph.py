@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from genserve.errors import ErrorCode, GenserveError
-from genserve.workflows.inputs import InputValueError, accepts
+from genserve.workflows.inputs import ANY_TYPE, InputValueError, accepts
 from genserve.workflows.nodes.base import NodeRegistry, NodeType
 
 
@@ -265,6 +265,8 @@ def _check_node(
                 )
                 continue
             links[name] = link
+        elif spec.type == ANY_TYPE:
+            values[name] = value  # ComfyUI passes a constant on to an input of any type as it is
         elif not spec.is_widget:
             report(
                 "invalid_input_type",

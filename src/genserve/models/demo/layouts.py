@@ -9,7 +9,10 @@ fp8 plain, ``scale_weight`` and ``weight_scale``), ``vae/demo_wan.safetensors``,
 snapshot in the hub cache's layout, ``diffusion_models/models--genserve--demo-edit`` (repo id
 ``genserve/demo-edit``); and Qwen-Image-Layered's pair, ``diffusion_models/qwen_image_layered_bf16
 .safetensors`` and ``vae/qwen_image_layered_vae.safetensors`` (kept out of the plain demo set: its
-RGBA VAE would sort first among the VAEs, and so be every new node's default).
+RGBA VAE would sort first among the VAEs, and so be every new node's default); and Qwen-Image 2.1's
+files under their ComfyUI names, ``diffusion_models/qwen_image_2.1_{bf16,int8_convrot}``,
+``text_encoders/qwen3vl_8b_bf16`` (Qwen3-VL) and ``vae/qwen_image_2.1_vae_bf16`` (kept out of the
+plain set for the same reason).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from genserve.models.demo.layered import (
 )
 from genserve.models.demo.lora_files import write_lora_layouts
 from genserve.models.demo.pipeline import DEMO_LORA, DEMO_TEXT_ENCODER, DEMO_TRANSFORMER, DEMO_VAE
+from genserve.models.demo.qwen21 import build_qwen21_set
 from genserve.models.demo.single_files import (
     write_hub_cache,
     write_snapshot,
@@ -49,4 +53,5 @@ def write_every_layout(root: Path) -> list[Path]:
         write_hub_cache(root, diffusion, REPO_ID),
         build_layered_transformer(diffusion / LAYERED_TRANSFORMER, diffusion / DEMO_TRANSFORMER, 0),
         build_layered_vae(root / "vae" / LAYERED_VAE, root / "vae" / DEMO_VAE, 0),
+        *build_qwen21_set(root),
     ]

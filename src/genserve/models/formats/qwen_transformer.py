@@ -29,22 +29,22 @@ _BLOCK = re.compile(r"^transformer_blocks\.(\d+)\.")
 FP8_WIDE = ("pos_embed", "patch_embed", "norm", "^proj_in$", "^proj_out$")
 
 
-def fp8_stored(header: Header) -> set[str]:
+def fp8_stored(header: Header, wide: tuple[str, ...] = FP8_WIDE) -> set[str]:
     """The tensors (file keys) that fp8 storage keeps in fp8: the weights and biases of every Linear
-    (2-D weight) layer, unless it or a module around it matches ``FP8_WIDE``."""
+    (2-D weight) layer, unless it or a module around it matches ``wide`` (the model's FP8_WIDE)."""
     modules = {
         model_key(k)[: -len(".weight")]
         for k, t in header.tensors.items()
         if k.endswith(".weight") and len(t.shape) == 2
     }
-    narrow = {m for m in modules if not _wide(m)}
+    narrow = {m for m in modules if not _wide(m, wide)}
     return {k for k in header.tensors if model_key(k).rpartition(".")[0] in narrow}
 
 
-def _wide(module: str) -> bool:
+def _wide(module: str, wide: tuple[str, ...]) -> bool:
     parts = module.split(".")
     names = [".".join(parts[: i + 1]) for i in range(len(parts))]
-    return any(re.search(pattern, name) for pattern in FP8_WIDE for name in names)
+    return any(re.search(pattern, name) for pattern in wide for name in names)
 
 
 def is_qwen_transformer(header: Header) -> bool:

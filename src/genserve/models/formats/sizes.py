@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from genserve.errors import GenserveError
-from genserve.models.formats import int8_convrot, qwen_transformer
+from genserve.models.formats import int8_convrot, qwen21_transformer, qwen_transformer
 from genserve.models.formats.fp8 import MARKERS, SCALE_SUFFIXES, detect
 from genserve.models.formats.layouts import diffusers_folder, snapshot_of
 from genserve.models.formats.safetensors_header import DTYPES, is_safetensors, read_header
@@ -59,7 +59,8 @@ def _from_headers(files: list[Path], dtype: torch.dtype, keep_fp8: bool) -> int:
     total = 0
     for file in files:
         header = read_header(file)
-        narrow = qwen_transformer.fp8_stored(header) if keep_fp8 else set()
+        wide = qwen21_transformer.FP8_WIDE if qwen21_transformer.is_qwen21_transformer(header) else None
+        narrow = qwen_transformer.fp8_stored(header, wide or qwen_transformer.FP8_WIDE) if keep_fp8 else set()
         for key, info in header.tensors.items():
             if key in MARKERS or key.endswith(SCALE_SUFFIXES):
                 continue

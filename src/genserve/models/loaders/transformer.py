@@ -19,11 +19,13 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from genserve.errors import ErrorCode, GenserveError
-from genserve.models.formats import fp8, qwen_transformer
+from genserve.models.arch.qwen21_transformer import Qwen21Transformer
+from genserve.models.formats import fp8, qwen21_transformer, qwen_transformer
 from genserve.models.formats.layouts import diffusers_folder
 from genserve.models.formats.safetensors_header import is_safetensors, read_header
 from genserve.models.loaders.base import LoadedModel, module_bytes
@@ -74,6 +76,13 @@ class AdapterGate:
 
     def _switch(self, adapters: list[tuple[LoraWeights, float]]) -> None:
         model = self._transformer
+        if adapters and not hasattr(model, "load_lora_adapter"):
+            raise GenserveError(
+                ErrorCode.INVALID_INPUT,
+                f"lora_model_name: {adapters[0][0].name}: genserve does not apply LoRAs to Qwen-Image 2.1 "
+                "diffusion models yet; run it without the LoRA",
+                field="lora_model_name",
+            )
         if not adapters:
             if self._adapters:
                 model.disable_adapters()
@@ -178,7 +187,8 @@ def load_transformer(entry: ModelEntry, device: torch.device, dtype: torch.dtype
     model = DiffusionModel(transformer, compute_dtype=dtype)
 
     def narrow() -> int:
-        _keep_fp8(transformer, dtype)
+        wide = qwen21_transformer.FP8_WIDE if is_qwen21(transformer) else qwen_transformer.FP8_WIDE
+        _keep_fp8(transformer, dtype, wide)
         return module_bytes(transformer)
 
     return LoadedModel(
@@ -208,10 +218,23 @@ def _load_module(entry: ModelEntry, device: torch.device, dtype: torch.dtype) ->
             field=field_name,
         )
     header = read_header(entry.path, field_name)
+    if qwen21_transformer.is_qwen21_transformer(header):
+        config21 = qwen21_transformer.derive_config(header, field_name)
+        transformer = load_single_file(
+            lambda: Qwen21Transformer(config21),
+            header,
+            device,
+            dtype,
+            qwen21_transformer.model_key,
+            field_name,
+            convert=qwen21_transformer.fuse_mlp,
+        )
+        return transformer, fp8.detect(header, field_name).kind == "fp8"
     if not qwen_transformer.is_qwen_transformer(header):
         raise GenserveError(
             ErrorCode.MODEL_NOT_FOUND,
-            f"{field_name}: {entry.name} is not a Qwen-Image transformer (no txt_norm and img_in weights)",
+            f"{field_name}: {entry.name} is not a Qwen-Image or Qwen-Image 2.1 transformer (no txt_norm "
+            "or txt_in.text_norm, and img_in weights)",
             field=field_name,
         )
     config = qwen_transformer.derive_config(header, field_name)
@@ -221,7 +244,19 @@ def _load_module(entry: ModelEntry, device: torch.device, dtype: torch.dtype) ->
     return transformer, fp8.detect(header, field_name).kind == "fp8"
 
 
-def _keep_fp8(transformer: torch.nn.Module, dtype: torch.dtype) -> None:
+def is_qwen21_file(path: Path) -> bool:
+    """Whether a diffusion-model entry is a Qwen-Image 2.1 single file (its header only is read)."""
+    if not (path.is_file() and is_safetensors(path)):
+        return False
+    return qwen21_transformer.is_qwen21_transformer(read_header(path, "unet_name"))
+
+
+def is_qwen21(transformer: torch.nn.Module) -> bool:
+    """Whether a loaded diffusion model is Qwen-Image 2.1's (its own sampling path)."""
+    return isinstance(transformer, Qwen21Transformer)
+
+
+def _keep_fp8(transformer: torch.nn.Module, dtype: torch.dtype, wide: tuple[str, ...]) -> None:
     """The file's values are exact in fp8 (an unscaled cast), so storing them as fp8 loses nothing;
     the modules ``FP8_WIDE`` names stay in the compute dtype (sizes.loaded_bytes counts the same)."""
     from diffusers.hooks import apply_layerwise_casting
@@ -230,7 +265,7 @@ def _keep_fp8(transformer: torch.nn.Module, dtype: torch.dtype) -> None:
         transformer,
         storage_dtype=torch.float8_e4m3fn,
         compute_dtype=dtype,
-        skip_modules_pattern=qwen_transformer.FP8_WIDE,
+        skip_modules_pattern=wide,
     )
 
 

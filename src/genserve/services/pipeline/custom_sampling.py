@@ -3,6 +3,7 @@ sigmas, no starting noise, an inpainting mask, and the last step's x0 estimate."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -28,8 +29,14 @@ class CustomSampling:
     last_denoised: torch.Tensor | None = field(default=None, init=False)
 
     def wrap(
-        self, denoiser: samplers.Denoiser, noise: torch.Tensor, latent: torch.Tensor, like: torch.Tensor
+        self,
+        denoiser: samplers.Denoiser,
+        noise: torch.Tensor,
+        latent: torch.Tensor,
+        like: torch.Tensor,
+        pack: Callable[[torch.Tensor], torch.Tensor] = pack,
     ) -> samplers.Denoiser:
+        """``pack`` lays a latent out as the model's x (Qwen-Image's 2x2 patches by default)."""
         keep = None
         if self.noise_mask is not None:
             batch, channels, frames, height, width = latent.shape

@@ -18,14 +18,17 @@ import torch
 from pydantic import Field
 
 from genserve.errors import ErrorCode, GenserveError
+from genserve.models.arch.prefix_cache import CacheOptions
+from genserve.models.loaders.transformer import is_qwen21
 from genserve.models.registry import ModelKind
 from genserve.services.base import RunContext, Service, ServiceModel
-from genserve.services.pipeline import samplers
+from genserve.services.pipeline import qwen21_denoiser, samplers
 from genserve.services.pipeline.control import BlockPatch, Controls, enter_models
 from genserve.services.pipeline.custom_sampling import CustomSampling
 from genserve.services.pipeline.denoiser import Denoiser
 from genserve.services.pipeline.imaging import pack, to_patch_grid, unpack
 from genserve.services.pipeline.latent_encoder import LATENT_FORMAT
+from genserve.services.pipeline.qwen21_denoiser import Qwen21Denoiser
 from genserve.services.pipeline.text_encoder import ENCODING_FORMAT, Encoding
 from genserve.storage.artifacts import load_tensors, save_tensors
 
@@ -154,7 +157,13 @@ def sample(
     """The denoising loop on a loaded ``DiffusionModel`` with ``loras`` (loaded LoRAs and their
     strengths, all applied at once) and ``controls`` (prepared ControlNets and patches); returns
     the normalised 5-D latent on CPU."""
-    _check_channels(model, latent, settings)
+    qwen21 = is_qwen21(model.transformer)
+    if qwen21:
+        latent = _qwen21_latent(model, latent, settings, controls)
+        layout_pack, layout_unpack, to_grid = qwen21_denoiser.pack, qwen21_denoiser.unpack, _unchanged
+    else:
+        _check_channels(model, latent, settings)
+        layout_pack, layout_unpack, to_grid = pack, unpack, to_patch_grid
     custom = custom or CustomSampling()
     batch, _, frames, height, width = latent.shape
     sigmas = custom.sigmas
@@ -172,16 +181,21 @@ def sample(
     # An odd latent side (a ComfyUI size such as 1128 px, 141 latent pixels) is padded to the 2x2
     # patch grid circularly, as ComfyUI's Qwen model pads, and cropped off again at the end.
     crop_to = (height, width)
-    latent, noise = to_patch_grid(latent.float()), to_patch_grid(noise)
+    latent, noise = to_grid(latent.float()), to_grid(noise)
     height, width = latent.shape[-2:]
-    x = pack(noise) * sigmas[0] + pack(latent.float()) * (1 - sigmas[0])
+    x = layout_pack(noise) * sigmas[0] + layout_pack(latent.float()) * (1 - sigmas[0])
     x = x.to(device=model.device, dtype=model.dtype)
     guided = settings["cfg"] != 1.0
     conditions = [positive] + ([negative] if guided and negative is not None else [])
-    denoiser: samplers.Denoiser = Denoiser(
-        model, conditions, positive.reference_latents, latent.shape, settings, ctx, controls
-    )
-    denoiser = custom.wrap(denoiser, noise, latent, x)
+    denoiser: samplers.Denoiser
+    if qwen21:
+        options = CacheOptions(**settings.get("prefix_cache", {}))
+        denoiser = Qwen21Denoiser(model, conditions, settings, ctx, options)
+    else:
+        denoiser = Denoiser(
+            model, conditions, positive.reference_latents, latent.shape, settings, ctx, controls
+        )
+    denoiser = custom.wrap(denoiser, noise, latent, x, layout_pack)
     noise_gens = [torch.Generator(device="cpu").manual_seed(s + 1 if s < MAX_SEED else 0) for s in seeds]
 
     def step_noise(like: torch.Tensor) -> torch.Tensor:
@@ -198,9 +212,46 @@ def sample(
         x = run(denoiser, x, sigmas, step_noise, on_step)
     rows, cols = crop_to
     if custom.last_denoised is not None:
-        denoised = unpack(custom.last_denoised.float().cpu(), height, width, frames)
+        denoised = layout_unpack(custom.last_denoised.float().cpu(), height, width, frames)
         custom.last_denoised = denoised[..., :rows, :cols]
-    return unpack(x.float().cpu(), height, width, frames)[..., :rows, :cols]
+    return layout_unpack(x.float().cpu(), height, width, frames)[..., :rows, :cols]
+
+
+def _unchanged(latent: torch.Tensor) -> torch.Tensor:
+    return latent
+
+
+def _qwen21_latent(
+    model: Any, latent: torch.Tensor, settings: dict[str, Any], controls: Controls | None
+) -> torch.Tensor:
+    """The latent checked for Qwen-Image 2.1. An empty (all-zero) latent of the 8x VAE's layout (an
+    EmptyLatentImage) becomes an empty one of 2.1's 64 channels at 1/16, as ComfyUI resizes an
+    empty latent to the model's format; anything else must already be 2.1's."""
+    name = settings.get("unet_model_name") or "the diffusion model"
+    takes = model.transformer.config.in_channels
+    if latent.shape[1] != takes and latent.shape[1] == 16 and not latent.any():
+        batch, _, frames, height, width = latent.shape
+        return torch.zeros(batch, takes, frames, max(1, round(height / 2)), max(1, round(width / 2)))
+    if latent.shape[1] != takes:
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT,
+            f"latent_file: {latent.shape[1]} latent channels, but {name} (Qwen-Image 2.1) takes {takes}: "
+            "use the latent of TextEncodeQwenImage21 or of its VAE",
+            field="latent_file",
+        )
+    if latent.shape[2] != 1:
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT,
+            f"latent_file: a latent of {latent.shape[2]} layers, but {name} samples one image",
+            field="latent_file",
+        )
+    if controls:
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT,
+            f"control_net: genserve applies no ControlNets or model patches to Qwen-Image 2.1 ({name}) yet",
+            field="control_net",
+        )
+    return latent
 
 
 def _check_channels(model: Any, latent: torch.Tensor, settings: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from genserve.workflows.nodes.masks import mask_node_types
 from genserve.workflows.nodes.models import model_node_types
 from genserve.workflows.nodes.previews import preview_node_types
 from genserve.workflows.nodes.primitives import primitive_node_types
+from genserve.workflows.nodes.qwen21 import qwen21_node_types
 from genserve.workflows.nodes.sampling import sampling_node_types
 from genserve.workflows.nodes.saving import saving_node_types
 from genserve.workflows.nodes.text import text_node_types
@@ -45,6 +46,7 @@ def pipeline_registry(models: ModelRegistry | None = None, input_dir: Path | Non
             *controlnet_node_types(models),
             *sampling_node_types(),
             *conditioning_node_types(),
+            *qwen21_node_types(),
             *custom_sampling_node_types(),
             *image_filter_node_types(),
             *image_ops_node_types(),

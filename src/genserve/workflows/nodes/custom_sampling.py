@@ -17,13 +17,13 @@ from typing import Any
 import torch
 
 from genserve.errors import ErrorCode, GenserveError
-from genserve.services.pipeline import samplers
+from genserve.services.pipeline import qwen21_denoiser, samplers
 from genserve.services.pipeline.custom_sampling import CustomSampling
 from genserve.services.pipeline.sampling import MAX_SEED, sample_with_models
 from genserve.services.pipeline.text_encoder import Encoding
 from genserve.workflows.inputs import Combo, Float, Int, Linked, String
 from genserve.workflows.nodes.base import NodeContext, NodeType
-from genserve.workflows.nodes.values import ModelRef, latent_samples, resources_of
+from genserve.workflows.nodes.values import QWEN21, ModelRef, latent_samples, resources_of
 
 NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 MAX_SIGMAS = 10_001  # BasicScheduler's 10000 steps, plus the final 0
@@ -57,14 +57,23 @@ class SamplerRef:
 def model_settings(model: ModelRef, ctx: NodeContext) -> dict[str, Any]:
     """The sampling settings a MODEL value carries, the pipeline defaults where it sets none."""
     d = resources_of(ctx).defaults
-    return {
-        "shift": d.shift if model.shift is None else model.shift,
-        "cfg_norm_strength": d.cfg_norm_strength
-        if model.cfg_norm_strength is None
-        else model.cfg_norm_strength,
+    if model.family == QWEN21:
+        # ComfyUI's own for the model: a flux shift of mu 0.69, and no CFGNorm unless a node sets it.
+        shift, cfg_norm = qwen21_denoiser.DEFAULT_SHIFT, model.cfg_norm_strength
+    else:
+        shift, cfg_norm = (
+            d.shift,
+            d.cfg_norm_strength if model.cfg_norm_strength is None else model.cfg_norm_strength,
+        )
+    settings = {
+        "shift": shift if model.shift is None else model.shift,
+        "cfg_norm_strength": cfg_norm,
         "unet_model_name": model.unet_name,
         "loras": list(model.loras),
     }
+    if model.prefix_cache is not None:
+        settings["prefix_cache"] = {"device": model.prefix_cache[0], "dtype": model.prefix_cache[1]}
+    return settings
 
 
 def _random_noise(ctx: NodeContext, noise_seed: int) -> tuple[Noise]:

@@ -171,17 +171,14 @@ KONTEXT_SCALE = NodeType(
 
 
 def _vae_encode(ctx: NodeContext, pixels: torch.Tensor, vae: VaeRef) -> tuple[dict[str, torch.Tensor]]:
+    """Crops to the VAE's grid from the centre, as ComfyUI: 8 px, 16 px for Qwen-Image 2.1's VAE
+    (which also keeps an IMAGE's alpha channel: it encodes RGBA)."""
     res = resources_of(ctx)
-    images = tensor_to_images(pixels)
-    width, height = images[0].size
-    crop = (width // LATENT_PIXELS * LATENT_PIXELS, height // LATENT_PIXELS * LATENT_PIXELS)
-    if 0 in crop:
-        raise GenserveError(ErrorCode.INVALID_INPUT, f"pixels: {width}x{height} is smaller than 8x8")
-    if crop != (width, height):  # ComfyUI crops to the VAE's grid too, from the centre
-        left, top = (width - crop[0]) // 2, (height - crop[1]) // 2
-        images = [img.crop((left, top, left + crop[0], top + crop[1])) for img in images]
+    images = tensor_to_images(pixels, keep_alpha=True)
     rctx = res.run_context(ctx)
     with rctx.use_model(ModelKind.VAE, vae.vae_name, "vae") as model:
+        side = getattr(model.config, "spatial_compression", LATENT_PIXELS)
+        images = _cropped_to(images, side)
         latents = []
         for img in images:
             rctx.check_cancelled()
@@ -190,6 +187,19 @@ def _vae_encode(ctx: NodeContext, pixels: torch.Tensor, vae: VaeRef) -> tuple[di
             except Exception as exc:
                 raise GenserveError(ErrorCode.ENCODING_FAILED, f"VAE encoding failed: {exc}") from exc
     return ({"samples": torch.cat(latents)},)
+
+
+def _cropped_to(images: list[Image.Image], side: int) -> list[Image.Image]:
+    width, height = images[0].size
+    crop = (width // side * side, height // side * side)
+    if 0 in crop:
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT, f"pixels: {width}x{height} is smaller than {side}x{side}"
+        )
+    if crop == (width, height):
+        return images
+    left, top = (width - crop[0]) // 2, (height - crop[1]) // 2
+    return [img.crop((left, top, left + crop[0], top + crop[1])) for img in images]
 
 
 def _vae_decode(ctx: NodeContext, samples: dict[str, Any], vae: VaeRef) -> tuple[torch.Tensor]:

@@ -15,11 +15,12 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from genserve.errors import ErrorCode, GenserveError
+from genserve.models.loaders.transformer import is_qwen21_file
 from genserve.models.registry import ModelKind, ModelRegistry
 from genserve.models.slots import ModelStats
 from genserve.workflows.inputs import Combo, Float, InputSpec, Linked, String
 from genserve.workflows.nodes.base import NodeContext, NodeType
-from genserve.workflows.nodes.values import ClipRef, ModelRef, VaeRef, resources_of
+from genserve.workflows.nodes.values import QWEN21, QWEN_IMAGE, ClipRef, ModelRef, VaeRef, resources_of
 
 # ComfyUI's CLIPLoader types. genserve tells a model's family from its file, so the type only
 # has to be one ComfyUI knows: text_encoders/ entries load as Qwen-Image text encoders, llm/
@@ -89,7 +90,8 @@ def _unet_loader(ctx: NodeContext, unet_name: str, weight_dtype: str = "default"
             "models.fp8_storage on or auto; it does not round other weights; choose default",
             field="weight_dtype",
         )
-    return (ModelRef(name),)
+    entry = resources_of(ctx).models.registry.resolve(ModelKind.DIFFUSION, name, "unet_name")
+    return (ModelRef(name, family=QWEN21 if is_qwen21_file(entry.path) else QWEN_IMAGE),)
 
 
 def _clip_loader(

@@ -42,6 +42,10 @@ if TYPE_CHECKING:
     from genserve.models.manager import ModelManager
 
 
+QWEN_IMAGE = "qwen-image"
+QWEN21 = "qwen-image-2.1"
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """A diffusion model by name, with what the model-patching nodes add to it.
@@ -58,6 +62,8 @@ class ModelRef:
     shift: float | None = None
     cfg_norm_strength: float | None = None
     patches: tuple[BlockPatch, ...] = ()  # QwenImageDiffsynthControlnet, in chain order
+    family: str = QWEN_IMAGE  # QWEN21 for Qwen-Image 2.1's files: its own defaults and nodes
+    prefix_cache: tuple[str, str] | None = None  # QwenImage21Cache: (device, dtype)
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ def test_a_truncated_file_is_refused(root: Path, manager: ModelManager) -> None:
 def test_a_file_of_another_architecture_is_refused(root: Path, manager: ModelManager) -> None:
     shutil.copy(root / "vae" / "demo_wan.safetensors", root / "diffusion_models" / "a_vae.safetensors")
     message = refused(manager, ModelKind.DIFFUSION, "a_vae.safetensors")
-    assert "a_vae.safetensors is not a Qwen-Image transformer" in message
+    assert "a_vae.safetensors is not a Qwen-Image or Qwen-Image 2.1 transformer" in message
     shutil.copy(
         root / "diffusion_models" / "demo_bare.safetensors", root / "vae" / "a_transformer.safetensors"
     )
