@@ -87,6 +87,7 @@ def encode_prompts(
     template: str = EDIT_PROMPT_TEMPLATE,
     prefix_tokens: int = TEMPLATE_PREFIX_TOKENS,
     picture: str = PICTURE,
+    field: str = "clip_model_name",
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The last hidden state of Qwen2.5-VL over ``template`` (the edit one by default), its first
     ``prefix_tokens`` (the system prefix) dropped, per prompt.
@@ -96,6 +97,14 @@ def encode_prompts(
     it alone. The base model's last hidden state equals the full model's hidden_states[-1] bit for
     bit, without the language-model head (152k x 3584 per token on the real weights).
     """
+    if getattr(text_encoder, "family", "qwen2.5-vl") != "qwen2.5-vl":
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT,
+            f"{field}: {text_encoder.name} is a {text_encoder.family_label} text encoder, for Qwen-Image "
+            "2.1; Qwen-Image's encodings take its Qwen2.5-VL one (2.1 encodes with the workflow node "
+            "TextEncodeQwenImage21)",
+            field=field,
+        )
     base = text_encoder.model.model
     device = text_encoder.device
     pictures = "".join(picture.format(i + 1) for i in range(len(images)))
@@ -179,7 +188,7 @@ def encode_texts(
     with ctx.use_model(ModelKind.TEXT_ENCODER, clip_name, field) as text_encoder:
         ctx.check_cancelled()
         try:
-            return encode_prompts(text_encoder, prompts, vision_images, picture=picture)
+            return encode_prompts(text_encoder, prompts, vision_images, picture=picture, field=field)
         except GenserveError:
             raise
         except Exception as exc:

@@ -120,3 +120,11 @@ def test_object_info_shapes(runner: WorkflowRunner) -> None:
     assert switch["output_name"] == ["output"] and switch["category"] == "logic"
     assert info["PreviewAny"]["output_node"] is True
     assert info["StringConcatenate"]["input_order"]["required"] == ["string_a", "string_b", "delimiter"]
+
+
+def test_a_constant_on_an_any_type_input_is_passed_on(runner: WorkflowRunner) -> None:
+    """A subgraph input fed by a widget of its node converts to a constant, as in the 2.1 templates'
+    switches between the written prompt and the enhanced one: ComfyUI passes it on as it is."""
+    prompt = switch_prompt(False)
+    prompt["5"]["inputs"]["on_false"] = "as written"
+    assert preview(runner, prompt) == "as written"

@@ -154,3 +154,9 @@ def test_vae_encode_crops_to_the_16_px_grid_and_keeps_alpha(run_node: NodeCall, 
     opaque = image.clone()
     opaque[..., 3] = 1.0
     assert not torch.allclose(run_node("VAEEncode", pixels=opaque, vae=parts["vae"])[0]["samples"], latent)
+
+
+def test_qwen_images_text_nodes_refuse_the_qwen3_vl_encoder_by_name(run_node: NodeCall, parts: dict) -> None:
+    with pytest.raises(GenserveError, match="TextEncodeQwenImage21") as refused:
+        run_node("CLIPTextEncode", text="a cat", clip=parts["clip"])
+    assert refused.value.details["field"] == "clip_model_name"
