@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import re
 import sys
 import tempfile
 import time
@@ -47,6 +48,7 @@ MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft
 SMALL = {"width": 128, "height": 128, "resolution": 128, "largest_size": 128, "steps": 4, "max_length": 32}
 # The demo LLM reads 4096 tokens; the 2.1 prompt enhancers' system prompts are longer in its tokens.
 MAX_TEXT = 2000
+QWEN21_NAME = re.compile(r"qwen_image_2\.1|qwen3vl")
 
 
 @dataclass
@@ -134,6 +136,10 @@ def llm_loaders(prompt: dict[str, Any], seeing: bool = False) -> set[str]:
     }
 
 
+def is_qwen21_name(name: str) -> bool:
+    return bool(QWEN21_NAME.search(name.lower()))
+
+
 def map_files(row: Row, object_info: dict[str, Any], client: httpx.Client, person: bytes) -> None:
     """Model names to the closest file of the same loader's list (an LLM for TextGenerate's
     loader: CLIPLoader lists text encoders, then LLMs; the demo's vision-language LLM when that
@@ -163,6 +169,8 @@ def map_files(row: Row, object_info: dict[str, Any], client: httpx.Client, perso
                 choices = [c for c in choices if c not in encoders] or choices
             if node_id in for_vision:  # the demo's vision-language LLM
                 choices = [c for c in choices if c == DEMO_VL_LLM] or choices
+            # Qwen-Image 2.1's files stand in for 2.1's names only, and only for them.
+            choices = [c for c in choices if is_qwen21_name(c) == is_qwen21_name(value)] or choices
             if value in choices:
                 row.mapped.append(value)
             elif choices:

@@ -1,7 +1,8 @@
 """The demo models written again as the single files ComfyUI users hold, in every layout genserve
-reads: the transformer with bare and prefixed keys, as plain fp8, fp8 with ``scale_weight`` and fp8
-with ``weight_scale`` + ``comfy_quant``; the VAE in the Wan-2.1 layout; the text encoder in the
-older transformers layout (bf16 and scaled fp8) with its tokenizer in a sidecar folder.
+reads: the transformer with bare and prefixed keys, as plain fp8, fp8 with ``scale_weight``, fp8
+with ``weight_scale`` + ``comfy_quant`` and int8 ConvRot; the VAE in the Wan-2.1 layout; the text
+encoder in the older transformers layout (bf16 and scaled fp8) with its tokenizer in a sidecar
+folder.
 
 Each file holds the demo folder's exact weights (or their fp8 quantisation), so loading it must
 give the same model: that is what the tests check, through the real loading code.
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from genserve.models.formats import qwen_transformer, wan_vae
+from genserve.models.formats import int8_convrot, qwen_transformer, wan_vae
 from genserve.models.formats.tokenizer_files import sidecar_folder
 
 FP8 = torch.float8_e4m3fn
@@ -86,7 +87,15 @@ def write_transformer_files(folder: Path, out: Path) -> list[Path]:
         write(out / "demo_fp8_e4m3fn.safetensors", plain_fp8(state)),
         write(out / "demo_fp8_scaled.safetensors", scale_weight(prefixed)),
         write(out / "demo_fp8_weight_scale.safetensors", weight_scale(state)),
+        write(out / "demo_int8_convrot.safetensors", int8_convrot_blocks(prefixed)),
     ]
+
+
+def int8_convrot_blocks(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ComfyUI's int8 ConvRot file (as Qwen-Image-Edit-2511's ``_int8_convrot``): the blocks'
+    matrices in int8 with their scales and ``comfy_quant`` markers, the rest as it was."""
+    keys = [k for k, v in state.items() if "transformer_blocks." in k and _quantised(v)]
+    return int8_convrot.quantize_state_dict(state, keys)
 
 
 def write_vae_files(folder: Path, out: Path) -> list[Path]:

@@ -73,6 +73,7 @@ def transformer_output(model: torch.nn.Module) -> torch.Tensor:
         ("demo_fp8_e4m3fn.safetensors", True),
         ("demo_fp8_scaled.safetensors", True),
         ("demo_fp8_weight_scale.safetensors", True),
+        ("demo_int8_convrot.safetensors", True),  # int8's rounding, within fp8's tolerance
     ],
 )
 def test_transformer_files_load_as_the_folder(
