@@ -167,8 +167,8 @@ def map_files(row: Row, object_info: dict[str, Any], client: httpx.Client, perso
             choices = [c for c in head if isinstance(c, str)] if isinstance(head, list) else []
             if node_id in for_llm:
                 choices = [c for c in choices if c not in encoders] or choices
-            if node_id in for_vision:  # the demo's vision-language LLM
-                choices = [c for c in choices if c == DEMO_VL_LLM] or choices
+            if node_id in for_vision:  # an LLM that sees images: the demo's, or 2.1's edit enhancer
+                choices = [c for c in choices if c == DEMO_VL_LLM or "pe_i2i" in c] or choices
             # Qwen-Image 2.1's files stand in for 2.1's names only, and only for them.
             choices = [c for c in choices if is_qwen21_name(c) == is_qwen21_name(value)] or choices
             if value in choices:

@@ -38,11 +38,18 @@ _LABELS = {
 }
 
 
+# A diffusion model asked for in another storage dtype (UNETLoader's weight_dtype) is a model of
+# its own, named ``<file>#<storage>``: its weights rounded to that fp8 type at load, as ComfyUI does.
+STORAGE_MARK = "#"
+STORAGES = ("fp8_e4m3fn", "fp8_e5m2")
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     kind: ModelKind
     name: str
     path: Path
+    storage: str | None = None  # one of STORAGES: keep the weights rounded to that fp8 type
 
     @property
     def key(self) -> tuple[str, str]:

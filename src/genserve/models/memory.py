@@ -96,6 +96,8 @@ def fp8_size(
 ) -> int | None:
     """The bytes of ``entry`` kept in fp8 when ``policy`` (on, off, auto) keeps it so, else None.
     ``resident`` says whether a size would be resident; auto keeps fp8 where bf16 would not be."""
+    if entry.storage is not None:  # asked for (UNETLoader's weight_dtype): whatever the policy
+        return loaded_bytes(entry, dtype, keep_fp8=True)
     if policy == "off" or entry.kind is not ModelKind.DIFFUSION or not plain_fp8(entry):
         return None
     if policy == "on" or not resident(loaded_bytes(entry, dtype)):

@@ -9,6 +9,11 @@ Hugging Face models are found too: a diffusers snapshot folder under ``diffusion
 answers for its VAE and text encoder (it is used as a whole), and a repo id (``Qwen/Qwen-Image-Edit-2509``)
 names the hub-cache folder ``models--Qwen--Qwen-Image-Edit-2509`` in the kind's folder, in
 ``diffusion_models/``, or in the Hugging Face cache (``models.hf_home``).
+
+The ``llm`` kind also answers for a ComfyUI single-file LLM in ``text_encoders/`` (Qwen-Image 2.1's
+Qwen3.5 prompt enhancers; formats/llm_single_file tells one by its tensors), where ComfyUI users
+keep it, by its file name there; the ``text_encoders`` kind leaves such files out of its list, as
+no text encoder node can use one, so CLIPLoader lists each file once.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from pathlib import Path
 from genserve.config.lipsync import LipsyncModelSettings
 from genserve.errors import ErrorCode, GenserveError
 from genserve.models.formats.layouts import CACHE_FOLDER, REPO_ID, cache_folder_name, is_snapshot
-from genserve.models.kinds import WEIGHT_SUFFIXES, ModelEntry, ModelKind
+from genserve.models.formats.llm_single_file import detect_file
+from genserve.models.kinds import STORAGE_MARK, STORAGES, WEIGHT_SUFFIXES, ModelEntry, ModelKind
 from genserve.models.lipsync_registry import LipsyncRegistry
 from genserve.storage.paths import check_name, shown
 
@@ -45,6 +51,20 @@ def _repo_id(folder_name: str) -> str | None:
     listed, and asked for, by that."""
     match = CACHE_FOLDER.match(folder_name)
     return f"{match.group(1)}/{match.group(2)}" if match else None
+
+
+def _storage_of(kind: ModelKind, name: str, field: str) -> tuple[str, str | None]:
+    """``<file>#fp8_e4m3fn`` -> (the file's name, the storage): a diffusion model's rounded copy."""
+    base, mark, storage = name.rpartition(STORAGE_MARK)
+    if not mark or kind is not ModelKind.DIFFUSION:
+        return name, None
+    if storage not in STORAGES:
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT,
+            f"{field}: {shown(name)}: a stored copy is one of {', '.join(STORAGES)}",
+            field=field,
+        )
+    return base, storage
 
 
 def check_model_name(name: str, field: str) -> str:
@@ -89,6 +109,9 @@ class ModelRegistry:
             found -= {
                 n for n in found if n.endswith(SIDECAR) and n.removesuffix(SIDECAR) + ".safetensors" in found
             }
+            found -= set(self._single_file_llms())
+        if kind is ModelKind.LLM:
+            found.update(self._single_file_llms())
         if kind in SNAPSHOT_PARTS:
             found.update(p.name for p in _children(self.folder(ModelKind.DIFFUSION)) if is_snapshot(p))
         if kind in SNAPSHOT_PARTS or kind is ModelKind.DIFFUSION:
@@ -124,7 +147,13 @@ class ModelRegistry:
                     and (not snapshots_only or is_snapshot(path))
                 ):
                     return path
+        if kind is ModelKind.LLM and name in self._single_file_llms():
+            return self.folder(ModelKind.TEXT_ENCODER) / name
         return None
+
+    def _single_file_llms(self) -> list[str]:
+        """The files in ``text_encoders/`` whose tensors are a causal LM (cached per file)."""
+        return [p.name for p in _children(self.folder(ModelKind.TEXT_ENCODER)) if detect_file(p) is not None]
 
     def _by_repo_id(self, kind: ModelKind, repo_id: str) -> Path | None:
         name = cache_folder_name(repo_id)
@@ -149,10 +178,14 @@ class ModelRegistry:
             if name:  # an id is one folder name; the lip-sync registry answers for the rest
                 check_name(name, field)
             return self.lipsync.resolve(kind, name)
+        name, storage = _storage_of(kind, name, field)
         check_model_name(name, field)
         found = self.find(kind, name)
         if found is not None:
-            return ModelEntry(kind, name if REPO_ID.match(name) else found.name, found)
+            canonical = name if REPO_ID.match(name) else found.name
+            if storage is not None:
+                return ModelEntry(kind, f"{canonical}{STORAGE_MARK}{storage}", found, storage)
+            return ModelEntry(kind, canonical, found)
         names = self.available(kind)
         label = kind.label[0].upper() + kind.label[1:]
         raise GenserveError(

@@ -235,5 +235,6 @@ def test_text_generate_sampling_mode_values_reach_their_inputs(
         [[1, 1, 0, 2, 0, "CLIP"], [2, 2, 0, 3, 0, "STRING"]],
     )
     api = ui_to_api(flow, registry_object_info(registry))
+    expected = {**expected, "mtp": "auto"}  # saved before TextGenerate had mtp: its default
     assert api["2"]["inputs"] == {"prompt": "A fox.", "max_length": 256, **expected, "clip": ["1", 0]}
     assert parse_graph(api, registry).nodes["2"].values == {"prompt": "A fox.", "max_length": 256, **expected}

@@ -190,8 +190,8 @@ async def _events(
 
 
 def _model_card(models: ModelManager, name: str) -> dict[str, Any]:
-    path = models.registry.folder(ModelKind.LLM) / name
-    created = int(path.stat().st_mtime) if path.exists() else 0
+    path = models.registry.find(ModelKind.LLM, name)  # llm/, or a single-file LLM in text_encoders/
+    created = int(path.stat().st_mtime) if path is not None and path.exists() else 0
     return {"id": name, "object": "model", "created": created, "owned_by": "genserve"}
 
 

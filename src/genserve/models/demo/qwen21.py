@@ -22,6 +22,7 @@ QWEN21_TRANSFORMER = "qwen_image_2.1_bf16.safetensors"
 QWEN21_TRANSFORMER_INT8 = "qwen_image_2.1_int8_convrot.safetensors"
 QWEN21_TEXT_ENCODER = "qwen3vl_8b_bf16.safetensors"
 QWEN21_VAE = "qwen_image_2.1_vae_bf16.safetensors"
+QWEN21_ENHANCER_I2I = "qwen3.5_9b_qwen_image_2.1_pe_i2i.int8_convrot.safetensors"
 MODULATION_GAIN = 8.0
 
 
@@ -67,17 +68,22 @@ def build_qwen21_transformer(folder: Path, context_dim: int, seed: int) -> list[
 
 
 def build_qwen21_set(root: Path, seed: int = 0) -> list[Path]:
-    """The three files a Qwen-Image 2.1 template loads, into the models folder ``root``: the text
-    encoder (with its tokenizer sidecar), the VAE, and the diffusion model in both formats, its
-    text width read from the text encoder just written."""
+    """The files a Qwen-Image 2.1 template loads, into the models folder ``root``: the text encoder
+    (with its tokenizer sidecar), the VAE, the diffusion model in both formats (its text width read
+    from the text encoder just written) and the two prompt enhancers (text-to-image and edit)."""
     from genserve.models.demo.qwen21_text import build_qwen21_text_encoder
     from genserve.models.demo.qwen21_vae import build_qwen21_vae
+    from genserve.models.demo.qwen35_llm import DEMO_QWEN35_LLM_INT8, build_qwen35_llm
     from genserve.models.formats.safetensors_header import read_header
 
     encoder = build_qwen21_text_encoder(root / "text_encoders" / QWEN21_TEXT_ENCODER, seed)
     context_dim = read_header(encoder, "clip_name").tensors["model.norm.weight"].shape[0]
+    encoders = root / "text_encoders"
     return [
         encoder,
         build_qwen21_vae(root / "vae" / QWEN21_VAE, seed),
         *build_qwen21_transformer(root / "diffusion_models", context_dim, seed),
+        # the prompt enhancers: Qwen3.5 LLMs as ComfyUI single files, beside the text encoders
+        build_qwen35_llm(encoders / DEMO_QWEN35_LLM_INT8, seed, int8=True),
+        build_qwen35_llm(encoders / QWEN21_ENHANCER_I2I, seed + 1, int8=True),
     ]

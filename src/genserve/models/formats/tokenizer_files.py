@@ -45,18 +45,18 @@ def find_tokenizer(
     file: Path, models_root: Path, hf_home: Path | None, allow_downloads: bool, field_name: str
 ) -> TokenizerSource:
     side = sidecar_folder(file)
-    if _has_tokenizer(side) and (side / PROCESSOR_FILE).is_file():
+    if has_tokenizer(side) and (side / PROCESSOR_FILE).is_file():
         config = side / "config.json"
         return TokenizerSource(side, side, config if config.is_file() else None, f"{side.name}/")
     for snapshot in _snapshots(models_root):
-        if _has_tokenizer(snapshot / "tokenizer") and (snapshot / "processor" / PROCESSOR_FILE).is_file():
+        if has_tokenizer(snapshot / "tokenizer") and (snapshot / "processor" / PROCESSOR_FILE).is_file():
             return TokenizerSource(
                 snapshot / "tokenizer", snapshot / "processor", None, f"snapshot {snapshot.name}"
             )
     hub = _hub(hf_home)
     if hub is not None:
         cached = snapshot_of(hub / cache_folder_name(TOKENIZER_REPO))
-        if _has_tokenizer(cached) and (cached / PROCESSOR_FILE).is_file():
+        if has_tokenizer(cached) and (cached / PROCESSOR_FILE).is_file():
             return TokenizerSource(cached, cached, None, f"the Hugging Face cache ({TOKENIZER_REPO})")
         if allow_downloads:
             return _download(hub, field_name)
@@ -72,7 +72,7 @@ def find_tokenizer(
     )
 
 
-def _has_tokenizer(folder: Path) -> bool:
+def has_tokenizer(folder: Path) -> bool:
     if not (folder / TOKENIZER_CONFIG).is_file():
         return False
     return any(all((folder / name).is_file() for name in files) for files in TOKENIZER_SETS)

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from genserve.errors import ErrorCode, GenserveError
-from genserve.models.formats import qwen3_vl, qwen_vl
+from genserve.models.formats import llm_single_file, qwen3_vl, qwen_vl
 from genserve.models.formats.layouts import diffusers_folder
 from genserve.models.formats.safetensors_header import Header, is_safetensors, read_header
 from genserve.models.formats.tokenizer_files import TokenizerSource, find_tokenizer
@@ -150,8 +150,9 @@ def make_text_encoder_loader(
     def load_text_encoder(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> LoadedModel:
         family: Family = "qwen2.5-vl"
         if entry.path.is_file() and is_safetensors(entry.path):
-            source = find_tokenizer(entry.path, models_root, hf_home, allow_downloads, FIELD)
             header = read_header(entry.path, FIELD)
+            _refuse_llm(entry, header)
+            source = find_tokenizer(entry.path, models_root, hf_home, allow_downloads, FIELD)
             if qwen3_vl.is_qwen3_vl(header):
                 model, processor = _qwen3_from_single_file(entry, header, source, device, dtype)
                 family = "qwen3-vl"
@@ -168,6 +169,19 @@ def make_text_encoder_loader(
         return LoadedModel(model=bundle, memory_bytes=module_bytes(model), device=device, move=model.to)
 
     return load_text_encoder
+
+
+def _refuse_llm(entry: ModelEntry, header: Header) -> None:
+    """A prompt enhancer (a causal LM in text_encoders/) is TextGenerate's model, not a text encoder:
+    said by name rather than as a layout it does not have."""
+    kind = llm_single_file.detect(header)
+    if kind is not None:
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT,
+            f"{FIELD}: {entry.name} is a {kind.label} language model (an LLM for TextGenerate), "
+            "not a text encoder; give the text encoder node a Qwen2.5-VL or Qwen3-VL text encoder",
+            field=FIELD,
+        )
 
 
 def _from_folder(entry: ModelEntry, device: torch.device, dtype: torch.dtype) -> tuple[Any, Path, Path]:

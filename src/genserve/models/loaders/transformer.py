@@ -34,6 +34,8 @@ from genserve.models.loaders.single_file import load_single_file
 from genserve.models.memory import HOST
 from genserve.models.registry import ModelEntry
 
+# A stored copy's fp8 type (ModelEntry.storage).
+FP8_TYPES = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 # What a run asks the gate for: LoRAs with their strengths, in chain order.
 Adapters = Sequence[tuple[LoraWeights, float]]
 _UNKNOWN = (("", math.nan),)  # after a failed switch: the adapters' state must be set again
@@ -185,10 +187,11 @@ def load_transformer(entry: ModelEntry, device: torch.device, dtype: torch.dtype
     offers ``narrow``: its weights kept in fp8 (the manager decides, see fp8 storage)."""
     transformer, fp8 = _load_module(entry, device, dtype)
     model = DiffusionModel(transformer, compute_dtype=dtype)
+    storage = FP8_TYPES[entry.storage] if entry.storage else torch.float8_e4m3fn
 
     def narrow() -> int:
         wide = qwen21_transformer.FP8_WIDE if is_qwen21(transformer) else qwen_transformer.FP8_WIDE
-        _keep_fp8(transformer, dtype, wide)
+        _keep_fp8(transformer, dtype, wide, storage)
         return module_bytes(transformer)
 
     return LoadedModel(
@@ -197,7 +200,7 @@ def load_transformer(entry: ModelEntry, device: torch.device, dtype: torch.dtype
         device=device,
         move=transformer.to,
         stream=model.stream,
-        narrow=narrow if fp8 else None,
+        narrow=narrow if fp8 or entry.storage else None,
     )
 
 
@@ -256,14 +259,17 @@ def is_qwen21(transformer: torch.nn.Module) -> bool:
     return isinstance(transformer, Qwen21Transformer)
 
 
-def _keep_fp8(transformer: torch.nn.Module, dtype: torch.dtype, wide: tuple[str, ...]) -> None:
-    """The file's values are exact in fp8 (an unscaled cast), so storing them as fp8 loses nothing;
-    the modules ``FP8_WIDE`` names stay in the compute dtype (sizes.loaded_bytes counts the same)."""
+def _keep_fp8(
+    transformer: torch.nn.Module, dtype: torch.dtype, wide: tuple[str, ...], storage: torch.dtype
+) -> None:
+    """An unscaled fp8 file's values are exact in fp8, so storing them as fp8 loses nothing; a stored
+    copy (UNETLoader's weight_dtype on a wider file) rounds them, as the user asked and ComfyUI
+    does. The modules ``wide`` names stay in the compute dtype (sizes.loaded_bytes counts the same)."""
     from diffusers.hooks import apply_layerwise_casting
 
     apply_layerwise_casting(
         transformer,
-        storage_dtype=torch.float8_e4m3fn,
+        storage_dtype=storage,
         compute_dtype=dtype,
         skip_modules_pattern=wide,
     )

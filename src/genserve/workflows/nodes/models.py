@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from genserve.errors import ErrorCode, GenserveError
+from genserve.models.kinds import STORAGE_MARK
 from genserve.models.loaders.transformer import is_qwen21_file
 from genserve.models.registry import ModelKind, ModelRegistry
 from genserve.models.slots import ModelStats
@@ -31,6 +32,13 @@ CLIP_TYPES = (
     "ovis", "ideogram4",
 )  # fmt: skip
 WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
+# weight_dtype -> the storage of the model's copy (no fp8 matmul here: _fast stores as e4m3fn).
+STORAGE_OF = {
+    "default": None,
+    "fp8_e4m3fn": "fp8_e4m3fn",
+    "fp8_e4m3fn_fast": "fp8_e4m3fn",
+    "fp8_e5m2": "fp8_e5m2",
+}
 
 
 def model_names(registry: ModelRegistry, kind: ModelKind) -> Callable[[], list[str]]:
@@ -77,19 +85,16 @@ def warm_stats(ctx: NodeContext, kind: ModelKind, name: str, field: str) -> Mode
 
 
 def _unet_loader(ctx: NodeContext, unet_name: str, weight_dtype: str = "default") -> tuple[ModelRef]:
-    """``weight_dtype`` default takes the manager's choice; an fp8 e4m3fn choice is honoured where
-    the manager keeps the weights in fp8 (an unscaled fp8 file under ``models.fp8_storage``), and
-    refused, saying why, where it would have to round bf16 weights to fp8 (ComfyUI would)."""
+    """``weight_dtype`` default takes the manager's choice. An fp8 choice keeps the weights in that
+    fp8 type: as they are where the manager already keeps the file's exact fp8 values, else in a
+    copy of the model of its own (``<file>#fp8_e4m3fn``) whose weights are rounded to it at load,
+    as ComfyUI rounds them; computing is in the compute dtype either way (no fp8 matmul, so
+    ``fp8_e4m3fn_fast`` stores as ``fp8_e4m3fn``)."""
     stats = warm_stats(ctx, ModelKind.DIFFUSION, unet_name, "unet_name")
     name = stats.name
-    if weight_dtype != "default" and (weight_dtype == "fp8_e5m2" or not stats.fp8_stored):
-        raise GenserveError(
-            ErrorCode.INVALID_INPUT,
-            f"weight_dtype: {weight_dtype} is not possible for {name}: genserve keeps weights in "
-            "fp8 (e4m3fn) only where they are exactly fp8, an unscaled fp8 file with "
-            "models.fp8_storage on or auto; it does not round other weights; choose default",
-            field="weight_dtype",
-        )
+    storage = STORAGE_OF[weight_dtype]
+    if storage is not None and not (storage == "fp8_e4m3fn" and stats.fp8_stored):
+        name = warm(ctx, ModelKind.DIFFUSION, f"{name}{STORAGE_MARK}{storage}", "unet_name")
     entry = resources_of(ctx).models.registry.resolve(ModelKind.DIFFUSION, name, "unet_name")
     return (ModelRef(name, family=QWEN21 if is_qwen21_file(entry.path) else QWEN_IMAGE),)
 
@@ -97,9 +102,13 @@ def _unet_loader(ctx: NodeContext, unet_name: str, weight_dtype: str = "default"
 def _clip_loader(
     ctx: NodeContext, clip_name: str, type: str = "qwen_image", device: str = "default"
 ) -> tuple[ClipRef]:
-    """A text encoder by that name, else an LLM by that name (MODEL_NOT_FOUND lists the encoders)."""
+    """A text encoder by that name, else an LLM by that name (MODEL_NOT_FOUND lists the encoders).
+    A text_encoders/ file whose tensors are a causal LM (a Qwen3.5 prompt enhancer) is that LLM:
+    ComfyUI's templates load it with CLIPLoader for TextGenerate, and no text encoder node can use it."""
     registry = resources_of(ctx).models.registry
-    if registry.find(ModelKind.TEXT_ENCODER, clip_name) is None and registry.find(ModelKind.LLM, clip_name):
+    llm = registry.find(ModelKind.LLM, clip_name)
+    encoder = registry.find(ModelKind.TEXT_ENCODER, clip_name)
+    if llm is not None and (encoder is None or encoder == llm):
         return (ClipRef(warm(ctx, ModelKind.LLM, clip_name, "clip_name"), kind=ModelKind.LLM),)
     return (ClipRef(warm(ctx, ModelKind.TEXT_ENCODER, clip_name, "clip_name")),)
 

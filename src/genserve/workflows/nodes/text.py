@@ -1,7 +1,8 @@
 """TextGenerate: ComfyUI's LLM node, run by genserve's text_generation service.
 
 The ``clip`` input names the model: CLIPLoader hands on an LLM from ``models/llm/`` (a
-transformers folder) when given one's name, and the node calls the same ``generation.run`` the
+transformers folder) or a ComfyUI single-file LLM from ``text_encoders/`` (Qwen-Image 2.1's Qwen3.5
+prompt enhancers) when given one's name, and the node calls the same ``generation.run`` the
 OpenAI-compatible routes and the cluster use, with the node's cancel flag. The prompt goes
 through the model's chat template (``use_default_template``, ComfyUI's default) with
 ``system_prompt`` as the system message, or is continued as plain text; ``thinking`` is the
@@ -10,6 +11,10 @@ Sampling ``on`` maps to the service's seeded sampler (temperature, top_k, top_p,
 its penalties (repetition, presence); ``off`` is greedy with no penalties, as ComfyUI's. An
 ``image`` (every image of the batch) is shown to a vision-language model before the prompt, as
 ComfyUI's does; a text-only model refuses it, and video or audio is refused rather than unseen.
+``mtp`` is ComfyUI's speculative decoding with a checkpoint's multi-token-prediction head: genserve
+decodes without it (it loads no MTP head), which is what ``off`` asks and what ``auto`` amounts to
+(it changes speed, not which text is likely); a pinned draft depth (2-5) cannot be honoured and is
+refused naming the input.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from genserve.models.registry import ModelKind
 from genserve.services.text import generation
 from genserve.workflows.inputs import (
     Boolean,
+    Combo,
     DynamicCombo,
     Float,
     InputSpec,
@@ -52,6 +58,8 @@ SAMPLING_ON: dict[str, InputSpec] = {
 }
 SAMPLING_ON_OPTIONAL = {"presence_penalty": Float(0.0, min=0.0, max=5.0, step=0.01)}
 SAMPLING_INPUTS = {**SAMPLING_ON, **SAMPLING_ON_OPTIONAL}
+MTP_CHOICES = ("auto", "off", "2", "3", "4", "5")
+MTP_HONOURED = ("auto", "off")  # no MTP head is loaded: decoding is plain, as "off" asks
 
 
 def _llm_name(ctx: NodeContext, clip: ClipRef) -> str:
@@ -63,7 +71,8 @@ def _llm_name(ctx: NodeContext, clip: ClipRef) -> str:
         return clip.clip_name
     raise GenserveError(
         ErrorCode.MODEL_NOT_FOUND,
-        f"clip: {clip.clip_name} is a text encoder; TextGenerate needs an LLM under llm/ "
+        f"clip: {clip.clip_name} is a text encoder; TextGenerate needs an LLM under llm/ or a "
+        "single-file LLM in text_encoders/ "
         f"(available: {', '.join(registry.available(ModelKind.LLM)) or 'none'})",
         field="clip",
     )
@@ -125,6 +134,14 @@ def _text_generate(
     system_prompt: str = "",
     **options: Any,
 ) -> tuple[str, str]:
+    mtp = str(options.pop("mtp", "auto"))
+    if mtp not in MTP_HONOURED:
+        raise GenserveError(
+            ErrorCode.INVALID_INPUT,
+            f"mtp: a draft depth of {mtp} asks for speculative decoding with an MTP head, which genserve "
+            "does not run (it decodes token by token, as ComfyUI without MTP weights); choose auto or off",
+            field="mtp",
+        )
     for name, given in (("video", video), ("audio", audio)):
         if given is not None:
             raise GenserveError(
@@ -173,6 +190,13 @@ def text_node_types() -> list[NodeType]:
                 "system_prompt": with_options(String("", multiline=True), forceInput=True),
                 "thinking": Boolean(False),
                 "use_default_template": Boolean(True),
+                "mtp": Combo(
+                    MTP_CHOICES,
+                    default="auto",
+                    tooltip="Speculative decoding with the checkpoint's multi-token-prediction head "
+                    "(ComfyUI's). genserve decodes without it: auto and off give the same text; "
+                    "a pinned depth is refused.",
+                ),
             },
             return_types=("STRING", "STRING"),
             return_names=("generated_text", "thinking"),

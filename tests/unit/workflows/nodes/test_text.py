@@ -166,7 +166,7 @@ def test_clip_loader_lists_llms_and_text_generate_has_comfyuis_inputs(runner: Wo
     node = info["TextGenerate"]
     assert node["input_order"] == {
         "required": ["clip", "prompt", "max_length", "sampling_mode"],
-        "optional": ["image", "video", "audio", "system_prompt", "thinking", "use_default_template"],
+        "optional": ["image", "video", "audio", "system_prompt", "thinking", "use_default_template", "mtp"],
     }
     assert node["output_name"] == ["generated_text", "thinking"]
     kind, options = node["input"]["required"]["sampling_mode"]

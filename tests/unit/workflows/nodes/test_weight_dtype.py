@@ -1,6 +1,6 @@
-"""UNETLoader's ``weight_dtype``: honoured where genserve keeps the weights in fp8 e4m3fn (an
-unscaled fp8 file under ``models.fp8_storage``), refused, naming the input, where it would have to
-round other weights to fp8."""
+"""UNETLoader's ``weight_dtype``: the model as it is where genserve already keeps the file's exact
+fp8 weights (an unscaled fp8 file under ``models.fp8_storage``); elsewhere a copy of its own with
+the weights rounded to the fp8 type asked for, as ComfyUI does, leaving the model itself as it was."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from genserve.app.runtime import Runtime, build_runtime
 from genserve.errors import ErrorCode, GenserveError
 from genserve.models.demo.pipeline import DEMO_TRANSFORMER
 from genserve.models.demo.single_files import write_transformer_files
+from genserve.models.registry import ModelKind
 from genserve.workflows.nodes.base import NodeContext
 from genserve.workflows.nodes.builtin import PipelineResources, pipeline_registry
 from tests.conftest import small_settings
@@ -53,13 +55,38 @@ def test_fp8_is_honoured_where_the_weights_are_kept_in_fp8(
 
 
 @pytest.mark.parametrize(
-    ("unet_name", "weight_dtype"),
-    [(DEMO_TRANSFORMER, "fp8_e4m3fn"), (DEMO_TRANSFORMER, "fp8_e4m3fn_fast"), (FP8_FILE, "fp8_e5m2")],
+    ("unet_name", "weight_dtype", "suffix", "storage"),
+    [
+        (DEMO_TRANSFORMER, "fp8_e4m3fn", "#fp8_e4m3fn", torch.float8_e4m3fn),
+        (DEMO_TRANSFORMER, "fp8_e4m3fn_fast", "#fp8_e4m3fn", torch.float8_e4m3fn),
+        (FP8_FILE, "fp8_e5m2", "#fp8_e5m2", torch.float8_e5m2),
+    ],
 )
-def test_fp8_that_would_round_the_weights_is_refused(
-    fp8_runtime: Runtime, data_root: Path, unet_name: str, weight_dtype: str
+def test_fp8_that_rounds_the_weights_is_a_copy_of_its_own(
+    fp8_runtime: Runtime,
+    data_root: Path,
+    unet_name: str,
+    weight_dtype: str,
+    suffix: str,
+    storage: torch.dtype,
 ) -> None:
+    model = _load(fp8_runtime, data_root, unet_name, weight_dtype)
+    copy = unet_name + suffix
+    assert model.unet_name == copy  # type: ignore[attr-defined]
+    stats = {s.name: s for s in fp8_runtime.models.loaded()}
+    assert stats[copy].fp8_stored
+    assert stats[copy].memory_bytes < stats[unet_name].memory_bytes or unet_name == FP8_FILE
+    with fp8_runtime.models.use(ModelKind.DIFFUSION, copy) as rounded:
+        block = rounded.transformer.transformer_blocks[0].attn.to_q
+        assert block.weight.dtype == storage
+        rounded_values = block.weight.float()
+    with fp8_runtime.models.use(ModelKind.DIFFUSION, unet_name) as original:
+        values = original.transformer.transformer_blocks[0].attn.to_q.weight.float()
+    assert not torch.equal(rounded_values, values)  # rounded: not the original weights
+    assert torch.allclose(rounded_values, values, rtol=0.15, atol=1e-3)
+
+
+def test_a_copy_names_one_of_the_fp8_types(fp8_runtime: Runtime) -> None:
     with pytest.raises(GenserveError) as info:
-        _load(fp8_runtime, data_root, unet_name, weight_dtype)
-    assert info.value.code is ErrorCode.INVALID_INPUT and info.value.details["field"] == "weight_dtype"
-    assert weight_dtype in info.value.message and "default" in info.value.message
+        fp8_runtime.models.registry.resolve(ModelKind.DIFFUSION, f"{FP8_FILE}#int3", "unet_name")
+    assert info.value.code is ErrorCode.INVALID_INPUT and "fp8_e4m3fn" in info.value.message
