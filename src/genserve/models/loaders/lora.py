@@ -38,8 +38,12 @@ FIELD = "lora_model_name"
 SHOWN_KEYS = 3  # offending keys quoted in an error
 METADATA_KEY = "lora_adapter_metadata"  # where diffusers keeps a LoRA's adapter config
 
-# The Qwen-Image transformer's top-level modules: a key naming anything else is not a LoRA for it.
-_ROOTS = ("transformer_blocks", "img_in", "txt_in", "txt_norm", "time_text_embed", "norm_out", "proj_out")
+# The Qwen-Image (and 2.1) transformers' top-level modules: a key naming anything else is not a
+# LoRA for them.
+_ROOTS = (
+    "transformer_blocks", "img_in", "txt_in", "txt_norm", "time_text_embed", "norm_out", "proj_out",
+    "modulation",
+)  # fmt: skip
 _MODULE = rf"(?P<module>(?:{'|'.join(_ROOTS)})(?:\.\w+)*)"
 _PART = r"(?:(?P<part>lora_A|lora_B|lora_down|lora_up)\.weight|(?P<alpha>alpha))"
 # peft's model.state_dict() names the adapter between the part and ".weight" (".lora_A.default.weight").

@@ -30,6 +30,7 @@ from genserve.models.formats.layouts import diffusers_folder
 from genserve.models.formats.safetensors_header import is_safetensors, read_header
 from genserve.models.loaders.base import LoadedModel, module_bytes
 from genserve.models.loaders.lora import LoraWeights
+from genserve.models.loaders.lora_hooks import HookedLoras
 from genserve.models.loaders.single_file import load_single_file
 from genserve.models.memory import HOST
 from genserve.models.registry import ModelEntry
@@ -49,6 +50,9 @@ class AdapterGate:
         self._active: tuple[tuple[str, float], ...] = ()
         self._users = 0
         self._adapters: set[str] = set()
+        # genserve's own modules (Qwen-Image 2.1's) have no peft support: LoRAs go on as hooks.
+        peft = hasattr(transformer, "load_lora_adapter")
+        self._hooks = None if peft else HookedLoras(transformer, compute_dtype)
 
     @contextmanager
     def applied(self, lora: LoraWeights | None, strength: float) -> Iterator[None]:
@@ -78,13 +82,9 @@ class AdapterGate:
 
     def _switch(self, adapters: list[tuple[LoraWeights, float]]) -> None:
         model = self._transformer
-        if adapters and not hasattr(model, "load_lora_adapter"):
-            raise GenserveError(
-                ErrorCode.INVALID_INPUT,
-                f"lora_model_name: {adapters[0][0].name}: genserve does not apply LoRAs to Qwen-Image 2.1 "
-                "diffusion models yet; run it without the LoRA",
-                field="lora_model_name",
-            )
+        if self._hooks is not None:
+            self._hooks.install(adapters)
+            return
         if not adapters:
             if self._adapters:
                 model.disable_adapters()
