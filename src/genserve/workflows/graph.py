@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -19,6 +20,8 @@ from typing import Any, NamedTuple
 from genserve.errors import ErrorCode, GenserveError
 from genserve.workflows.inputs import ANY_TYPE, InputValueError, accepts
 from genserve.workflows.nodes.base import NodeRegistry, NodeType
+
+log = logging.getLogger("genserve.workflows")
 
 
 class Link(NamedTuple):
@@ -233,8 +236,23 @@ def _check_node(
     live = node_type.live_inputs(inputs)
     for name, value in inputs.items():
         spec = live.get(name)
+        if spec is None and is_link(value):
+            # A link feeds data the workflow means to use: running without it would give another
+            # result than the workflow's author got, so it is refused rather than dropped.
+            report(
+                "bad_linked_input",
+                name,
+                f"links to an input {class_type} does not have here (genserve's {class_type} takes "
+                f"{', '.join(live) or 'no inputs'})",
+            )
+            continue
         if spec is None:
-            continue  # ComfyUI ignores inputs a node does not declare (UI leftovers); so do we
+            # A constant for an input the node lacks is what the UI leaves behind (a widget of
+            # another version); ComfyUI ignores it and so does genserve, saying so in the log.
+            log.info(
+                "node %s (%s): input %r is not one genserve's node takes; ignored", node_id, class_type, name
+            )
+            continue
         if is_link(value):
             link = Link(str(value[0]), int(value[1]))
             upstream = raw.get(link.node_id)

@@ -267,3 +267,11 @@ def test_fingerprint_joins_the_key_and_its_failure_names_the_node() -> None:
     data["1"]["inputs"]["text"] = "missing"
     with pytest.raises(GraphValidationError, match=r"node 1 \(LoadText\): cannot read its inputs"):
         _digests(data, registry)
+
+
+def test_a_link_to_an_input_the_node_lacks_is_refused_naming_it(registry: NodeRegistry) -> None:
+    """A constant the node does not take is a UI leftover and ignored (above); a link carries data
+    the workflow means to use, so running without it would change the result: refused."""
+    data = chain()
+    data["3"]["inputs"]["video"] = ["1", 0]
+    assert _problems(data, registry) == [("3", "Scale", "video", "bad_linked_input")]
