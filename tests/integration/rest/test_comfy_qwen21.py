@@ -124,3 +124,4 @@ def test_object_info_declares_the_2_1_nodes_inputs_and_outputs(comfy: httpx.Clie
     cache = comfy.get("/object_info/QwenImage21Cache").json()["QwenImage21Cache"]
     assert cache["input"]["required"]["device"][0] == ["auto", "gpu", "cpu", "off"]
     assert cache["input"]["required"]["dtype"][0] == ["default", "int8", "int4"]
+    assert cache["experimental"] is True and "experimental" not in info

@@ -95,6 +95,7 @@ class NodeType:
     category: str = "genserve"
     description: str = ""
     output_node: bool = False
+    experimental: bool = False  # ComfyUI's badge for a node whose inputs may still change
     cacheable: bool = True
     fingerprint: Callable[..., Any] | None = None
     lazy: frozenset[str] = frozenset()
@@ -167,7 +168,7 @@ class NodeType:
         if optional:
             inputs["optional"] = optional
             order["optional"] = list(optional)
-        return {
+        info = {
             "input": inputs,
             "input_order": order,
             "output": list(self.return_types),
@@ -180,6 +181,9 @@ class NodeType:
             "category": self.category,
             "output_node": self.output_node,
         }
+        if self.experimental:  # ComfyUI's server adds the key only when set
+            info["experimental"] = True
+        return info
 
 
 class NodeRegistry:

@@ -194,6 +194,7 @@ def qwen21_node_types() -> list[NodeType]:
             return_types=("MODEL",),
             display_name="Qwen Image 2.1 Cache",
             category="model/conditioning/qwen image",
+            experimental=True,
             description="Allows setting the KV cache device and quantization, by default the model uses the "
             "auto -option. Quantization potentially speeds up edit workflows when memory starved ",
         ),
