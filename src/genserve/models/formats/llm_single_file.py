@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from genserve.errors import ErrorCode, GenserveError
+from genserve.models.formats.qwen_vl import TOKENS  # the Qwen chat and vision tokens
 from genserve.models.formats.safetensors_header import Header, is_safetensors, read_header
 
 QWEN35 = "qwen3.5"
@@ -45,14 +46,6 @@ QWEN3_ROPE_THETA = 1_000_000.0
 QWEN3_MAX_POSITIONS = 40_960
 RMS_NORM_EPS = 1e-6
 VISION_HEADS = 16
-TOKENS = (
-    "<|image_pad|>",
-    "<|video_pad|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|im_end|>",
-    "<|endoftext|>",
-)
 
 LM = "model.language_model."
 EMBED_KEY = LM + "embed_tokens.weight"

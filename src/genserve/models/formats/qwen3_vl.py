@@ -23,6 +23,7 @@ import re
 from typing import Any
 
 from genserve.errors import ErrorCode, GenserveError
+from genserve.models.formats.qwen_vl import TOKENS  # the Qwen chat and vision tokens
 from genserve.models.formats.safetensors_header import Header
 
 TEXT_HEAD_DIM = 128
@@ -41,14 +42,6 @@ IMAGE_MEAN = [0.5, 0.5, 0.5]
 IMAGE_STD = [0.5, 0.5, 0.5]
 MIN_PIXELS = 3136
 MAX_PIXELS = 12_845_056
-TOKENS = (
-    "<|image_pad|>",
-    "<|video_pad|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|im_end|>",
-    "<|endoftext|>",
-)
 
 DEEPSTACK_KEY = "model.visual.deepstack_merger_list.0.norm.weight"
 EMBED_KEY = "model.language_model.embed_tokens.weight"
