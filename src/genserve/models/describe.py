@@ -7,7 +7,18 @@ from collections import Counter
 from pathlib import Path
 
 from genserve.errors import GenserveError
-from genserve.models.formats import fp8, int8_convrot, qwen_control, qwen_transformer, qwen_vl, wan_vae
+from genserve.models.formats import (
+    fp8,
+    int8_convrot,
+    llm_single_file,
+    qwen3_vl,
+    qwen21_transformer,
+    qwen21_vae,
+    qwen_control,
+    qwen_transformer,
+    qwen_vl,
+    wan_vae,
+)
 from genserve.models.formats.layouts import CACHE_FOLDER, snapshot_of
 from genserve.models.formats.safetensors_header import Header, is_safetensors, read_header
 from genserve.models.formats.sizes import weight_files
@@ -45,6 +56,15 @@ def _format(entry: ModelEntry) -> str:
 
 def _single_file(kind: ModelKind, header: Header) -> str:
     quant = _quantisation(header)
+    if kind is ModelKind.DIFFUSION and qwen21_transformer.is_qwen21_transformer(header):
+        keys = "prefixed" if any(k.startswith(qwen21_transformer.PREFIX) for k in header.names()) else "bare"
+        return f"ComfyUI single file (Qwen-Image 2.1, {keys} keys{quant})"
+    if kind is ModelKind.VAE and qwen21_vae.is_qwen21_vae(header):
+        return "Qwen-Image 2.1 VAE single file (RGBA)"
+    if kind is ModelKind.TEXT_ENCODER and qwen3_vl.is_qwen3_vl(header):
+        return f"ComfyUI single file (Qwen3-VL{quant})"
+    if kind is ModelKind.LLM and (found := llm_single_file.detect(header)) is not None:
+        return f"ComfyUI single file ({found.label}{quant})"
     if kind is ModelKind.DIFFUSION and qwen_transformer.is_qwen_transformer(header):
         keys = "prefixed" if any(k.startswith(qwen_transformer.PREFIX) for k in header.names()) else "bare"
         marker = ", Edit-2511" if header.has(qwen_transformer.ZERO_COND_MARKER) else ""

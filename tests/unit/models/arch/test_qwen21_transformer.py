@@ -174,3 +174,28 @@ def test_a_qwen_image_file_is_not_taken_for_2_1_and_a_broken_one_is_refused(tmp_
     assert is_qwen21_file(broken)
     with pytest.raises(GenserveError, match=r"not a Qwen-Image 2\.1 diffusion model"):
         load_transformer(_entry(broken), CPU, torch.float32)
+
+
+def test_listings_name_the_2_1_files_by_family(tmp_path: Path) -> None:
+    from genserve.models.demo.qwen21 import (
+        QWEN21_ENHANCER_I2I,
+        QWEN21_TEXT_ENCODER,
+        QWEN21_VAE,
+        build_qwen21_set,
+    )
+    from genserve.models.describe import describe
+
+    build_qwen21_set(tmp_path)
+    cases = [
+        (
+            ModelKind.DIFFUSION,
+            tmp_path / "diffusion_models" / QWEN21_TRANSFORMER_INT8,
+            "Qwen-Image 2.1, prefixed keys, int8",
+        ),
+        (ModelKind.VAE, tmp_path / "vae" / QWEN21_VAE, "Qwen-Image 2.1 VAE"),
+        (ModelKind.TEXT_ENCODER, tmp_path / "text_encoders" / QWEN21_TEXT_ENCODER, "(Qwen3-VL)"),
+        (ModelKind.LLM, tmp_path / "text_encoders" / QWEN21_ENHANCER_I2I, "Qwen3.5 vision-language"),
+    ]
+    for kind, path, expected in cases:
+        fmt, _ = describe(ModelEntry(kind=kind, name=path.name, path=path))
+        assert expected in fmt, (path.name, fmt)
