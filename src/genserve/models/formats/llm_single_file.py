@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from genserve.errors import ErrorCode, GenserveError
+from genserve.models.formats import qwen3_vl
 from genserve.models.formats.qwen_vl import TOKENS  # the Qwen chat and vision tokens
 from genserve.models.formats.safetensors_header import Header, is_safetensors, read_header
 
@@ -88,15 +89,8 @@ class LlmFile:
 def canonical_key(key: str) -> str:
     """A file key as transformers names it in the family's ``...ForConditionalGeneration`` (the
     language model under ``model.language_model.``), from either layout; others are kept as they are."""
-    if key.startswith((LM, "model.visual.", "lm_head.", MTP)):
-        return key
-    if key.startswith("model.lm_head."):
-        return key[len("model.") :]
-    if key.startswith("visual."):
-        return "model." + key
-    if key.startswith("model."):
-        return LM + key[len("model.") :]
-    return key
+    # The spellings are Qwen3-VL's (ComfyUI renames both families alike); the MTP head stays as is.
+    return key if key.startswith(MTP) else qwen3_vl.model_key(key)
 
 
 def canonical_names(header: Header) -> dict[str, str]:
